@@ -1,0 +1,90 @@
+"""Augmentation: the op registry, policies, their views and serialization, baselines.
+
+Imports neither torch, optuna nor ray, so ``load_policy`` works in any training code.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+
+def _import_albumentations_without_torch() -> None:
+    """Import albumentations without its torch helpers.
+
+    albumentations 2.0.8's ``__init__`` runs ``from .pytorch import *`` (suppressing
+    ImportError), which imports torch whenever torch is installed: about a second, and against
+    this package's rule. A ``None`` entry in ``sys.modules`` makes that import fail quietly; it
+    is removed right after, and ``A.ToTensorV2`` / ``A.ToTensor3D`` still resolve on first use.
+    """
+    if "albumentations" in sys.modules or "torch" in sys.modules:
+        return
+    key = "albumentations.pytorch"
+    sys.modules[key] = None  # type: ignore[assignment]
+    try:
+        import albumentations
+    finally:
+        if key in sys.modules and sys.modules[key] is None:
+            del sys.modules[key]
+
+    def __getattr__(name: str) -> Any:  # PEP 562, on the albumentations module
+        if name in ("ToTensorV2", "ToTensor3D"):
+            import albumentations.pytorch as albu_torch
+
+            return getattr(albu_torch, name)
+        raise AttributeError(f"module 'albumentations' has no attribute {name!r}")
+
+    if not hasattr(albumentations, "ToTensorV2"):
+        albumentations.__getattr__ = __getattr__  # type: ignore[attr-defined]
+
+
+_import_albumentations_without_torch()
+
+from policysearch.augment.baselines import (  # noqa: E402
+    BASELINES,
+    get_baseline,
+    register_baseline,
+)
+from policysearch.augment.ops import OPS, Op, build_slot, get_op, register_op  # noqa: E402
+from policysearch.augment.policy import (  # noqa: E402
+    SCHEMA,
+    MultiTaskAugment,
+    Policy,
+    Slot,
+    Weighting,
+    load_policy,
+)
+
+
+def ops_table() -> list[dict[str, Any]]:
+    """One row per registered op, for ``policysearch ops``."""
+    return [
+        {
+            "name": op.name,
+            "kind": op.kind,
+            "signed": op.signed,
+            "targets": op.targets,
+            "range_at_1": op.range_at_1,
+            "description": op.description,
+        }
+        for op in OPS.values()
+    ]
+
+
+__all__ = [
+    "BASELINES",
+    "OPS",
+    "SCHEMA",
+    "MultiTaskAugment",
+    "Op",
+    "Policy",
+    "Slot",
+    "Weighting",
+    "build_slot",
+    "get_baseline",
+    "get_op",
+    "load_policy",
+    "ops_table",
+    "register_baseline",
+    "register_op",
+]

@@ -1,0 +1,291 @@
+"""The ``policysearch`` command.
+
+Exit status: 0 done; 2 bad input (one line naming the file and field); 1 an internal error;
+130 interrupted (finished trials are kept; the same command resumes).
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from policysearch import __version__
+from policysearch.errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Search augmentation policies and loss weights for multi-task vision.")
+out_console = Console(soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _handles_errors(func: F) -> F:
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except UserError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted: finished trials are kept; run the same command again "
+                       "to resume", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"policysearch {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+) -> None:
+    """policysearch: augmentation-policy search for multi-task networks."""
+
+
+class Engine(StrEnum):
+    optuna = "optuna"
+    ray = "ray"
+
+
+class Device(StrEnum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+class Format(StrEnum):
+    table = "table"
+    csv = "csv"
+    md = "md"
+    json = "json"
+
+
+def _fmt_time(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class ProgressPrinter:
+    """Prints one line per finished trial: k of N, Δm%, best so far, elapsed, remaining."""
+
+    def __init__(self, console: Console):
+        self.console = console
+        self.started = time.monotonic()
+        self.durations: list[float] = []
+        self.best: tuple[float, int] | None = None
+        self.finished = 0
+        self.target = 0
+        self.trial_started = time.monotonic()
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "start":
+            self.finished, self.target = data["finished"], data["target"]
+            resumed = f", resuming with {self.finished} finished" if self.finished else ""
+            self.console.print(f"study {data['study']}: target {self.target} finished "
+                               f"trials{resumed}", highlight=False)
+        elif event == "stale":
+            self.console.print(f"trial {data['trial']} was left running by an interrupted "
+                               "search: marked failed, its budget runs again", highlight=False)
+        elif event == "trial_start":
+            self.trial_started = time.monotonic()
+            what = "reference" if data["role"] == "reference" else "trial"
+            self.console.print(f"  {what} {data['trial']}: {data['policy'] or '(no ops)'}",
+                               highlight=False, style="dim")
+        elif event == "trial_end":
+            self._trial_end(data)
+        elif event == "timeout":
+            self.console.print(f"timeout reached: stopping with {data['finished']} of "
+                               f"{data['target']} trials finished; run the same command to "
+                               "continue", highlight=False)
+
+    def _trial_end(self, data: dict[str, Any]) -> None:
+        took = time.monotonic() - self.trial_started
+        self.durations.append(took)
+        state = data["state"]
+        if state in ("complete", "pruned"):
+            self.finished += 1
+        value = data.get("delta_m")
+        if state == "complete" and value is not None and (self.best is None
+                                                          or value > self.best[0]):
+            self.best = (value, data["trial"])
+        remaining = max(0, self.target - self.finished)
+        eta = remaining * (sum(self.durations) / len(self.durations))
+        delta = f"Δm% {value:+7.2f}" if value is not None else f"{'':12}"
+        best = f"best {self.best[0]:+.2f} (#{self.best[1]})" if self.best else "best -"
+        if data.get("role") == "reference":
+            delta = "Δm%    0.00 (reference)"
+        note = f"  {data['error']}" if data.get("error") else ""
+        self.console.print(
+            f"[{self.finished}/{self.target}] trial {data['trial']:>3} {state:<8} {delta}  "
+            f"{best}  {took:5.1f} s  elapsed {_fmt_time(time.monotonic() - self.started)}  "
+            f"remaining ~{_fmt_time(eta)}{note}", highlight=False)
+
+
+def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> None:
+    from policysearch.results import compact_columns
+
+    shown = frame.head(top) if top else frame
+    table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
+    columns = compact_columns(frame, info)
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("state", "policy") else "right",
+                         overflow="fold")
+    for _, row in shown.iterrows():
+        cells = []
+        for col in columns:
+            value = row[col]
+            if value is None or (isinstance(value, float) and value != value):
+                cells.append("-")
+            elif col == "delta_m":
+                cells.append(f"{value:+.2f}")
+            elif isinstance(value, float):
+                cells.append(f"{value:.3f}" if col != "duration_s" else f"{value:.1f}")
+            else:
+                cells.append(str(value))
+        table.add_row(*cells)
+    console.print(table)
+    ref = frame.attrs.get("reference")
+    if ref:
+        console.print(f"Δm% is measured against the reference trial ({ref}).", highlight=False)
+    for note in frame.attrs.get("notes", []):
+        console.print(f"warning: {note}", style="yellow", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def search(
+    space: Annotated[str, typer.Option(help="Shipped space name or YAML path.")] = "default",
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the space's).")] = None,
+    engine: Annotated[Engine, typer.Option(help="Search engine.")] = Engine.optuna,
+    trials: Annotated[int, typer.Option(help="Finished trials to reach, reference included.")] = 8,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    image_size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
+                                             help="bf16 mixed precision (CUDA only).")] = None,
+    storage: Annotated[str | None,
+                       typer.Option(help="Optuna storage URL or .journal file.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name (default: the space's).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default runs/<study>).")] = None,
+    workers: Annotated[int, typer.Option(help="Concurrent trials.")] = 1,
+    device: Annotated[Device, typer.Option(help="Where trials train.")] = Device.auto,
+    seed: Annotated[int, typer.Option(help="Training seed shared by all trials.")] = 0,
+    timeout: Annotated[float | None, typer.Option(help="Start no trial after SECONDS.")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads per trial.")] = None,
+) -> None:
+    """Search policies (and loss weights); resume by running the same command again."""
+    from policysearch.search.driver import SearchOptions
+    from policysearch.search.driver import search as run_search
+
+    options = SearchOptions(space=space, dataset=dataset, engine=engine.value, trials=trials,
+                            epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
+                            amp=amp, storage=storage, study=study, out=out, workers=workers,
+                            device=device.value, seed=seed, timeout=timeout, threads=threads)
+    with warnings.catch_warnings(record=True):
+        outcome = run_search(options, progress=ProgressPrinter(out_console))
+    _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
+    out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
+    if outcome.export is not None:
+        for task, why in outcome.export.skipped.items():
+            out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
+
+
+def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
+    from policysearch.search.optuna_engine import load_records
+
+    if storage is None and out is None:
+        raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
+    return load_records(out_dir=out, storage=storage, study_name=study)
+
+
+@app.command()
+@_handles_errors
+def results(
+    out: Annotated[Path | None, typer.Option(help="A search's output folder.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    format: Annotated[Format, typer.Option(help="Output format.")] = Format.table,
+    top: Annotated[int | None, typer.Option(help="Show the K best rows.")] = None,
+) -> None:
+    """Print the ranked results table of a study."""
+    from policysearch import results as res
+
+    records = _records(out, storage, study)
+    with warnings.catch_warnings(record=True):
+        frame = res.results_frame(records)
+    if format is Format.table:
+        _print_table(frame, records.metrics_info, top, out_console)
+    elif format is Format.csv:
+        sys.stdout.write(res.to_csv(frame, top))
+    elif format is Format.md:
+        sys.stdout.write(res.to_markdown(frame, top) + "\n")
+    else:
+        sys.stdout.write(res.to_json(frame, top) + "\n")
+
+
+@app.command()
+@_handles_errors
+def export(
+    out: Annotated[Path | None, typer.Option(help="A search's output folder.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    rank: Annotated[int, typer.Option(help="Which ranked trial (1 = best).")] = 1,
+    to: Annotated[Path | None, typer.Option(help="Policy YAML to write.")] = None,
+) -> None:
+    """Write a ranked trial's policy as YAML plus one albumentations file per task."""
+    from policysearch.export import export_policy, pick_trial
+
+    records = _records(out, storage, study)
+    policy, provenance = pick_trial(records, rank)
+    target = to or (out or Path(".")) / "best_policy.yaml"
+    result = export_policy(policy, target)
+    out_console.print(f"trial {provenance['trial']} (rank {rank}, Δm% "
+                      f"{provenance['delta_m']:+.2f}): {policy.summary() or '(no ops)'}",
+                      highlight=False)
+    out_console.print(f"wrote {result.yaml_path}", highlight=False)
+    for path in result.albumentations.values():
+        out_console.print(f"wrote {path}", highlight=False)
+    for task, why in result.skipped.items():
+        out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def ops() -> None:
+    """List every op: kind, whether signed, and its range at magnitude 1."""
+    from policysearch.augment import ops_table
+
+    table = Table(title="augmentation ops (magnitude in [0, 1] maps linearly onto the range)",
+                  title_justify="left")
+    for col in ("op", "kind", "signed", "range at magnitude 1", "description"):
+        table.add_column(col, overflow="fold")
+    for row in ops_table():
+        table.add_row(row["name"], row["kind"], "±" if row["signed"] else "",
+                      row["range_at_1"], row["description"])
+    out_console.print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

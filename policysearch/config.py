@@ -1,0 +1,231 @@
+"""Validated schemas of the search-space YAML and of a trial's training budget."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from policysearch.errors import UserError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_range(value: tuple[float, float], low: float, high: float) -> tuple[float, float]:
+    lo, hi = value
+    if not (low <= lo <= hi <= high):
+        raise ValueError(f"must be [low, high] with {low} <= low <= high <= {high}, "
+                         f"got {list(value)}")
+    return value
+
+
+class SlotSpace(_Strict):
+    """How many slots to search, over which ops, and the ranges of probability and magnitude."""
+
+    slots: int = Field(2, ge=0, le=8)
+    ops: list[str] = Field(default_factory=list, description="empty: every op")
+    p: tuple[float, float] = (0.0, 1.0)
+    magnitude: tuple[float, float] = (0.0, 1.0)
+
+    @field_validator("p", "magnitude")
+    @classmethod
+    def _unit_range(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(value, 0.0, 1.0)
+
+    @field_validator("ops")
+    @classmethod
+    def _known_ops(cls, ops: list[str]) -> list[str]:
+        from policysearch.augment import OPS
+
+        for i, name in enumerate(ops):
+            if name not in OPS:
+                raise ValueError(f"unknown op {name!r} (item {i}); "
+                                 "run 'policysearch ops' to list them")
+        if len(set(ops)) != len(ops):
+            raise ValueError("lists an op twice")
+        return ops
+
+    @model_validator(mode="after")
+    def _default_ops(self) -> SlotSpace:
+        # No 'ops' list means every registered op.
+        if not self.ops:
+            from policysearch.augment import OPS
+
+            object.__setattr__(self, "ops", sorted(OPS))
+        return self
+
+
+class PerTaskSpace(SlotSpace):
+    """Slots searched separately for each task listed in ``tasks`` (each adds a view)."""
+
+    slots: int = Field(1, ge=0, le=8)
+    tasks: list[str] = Field(default_factory=list)
+
+
+class WeightSpace(_Strict):
+    """Loss weights: ``static`` searches one log-uniform weight per task, ``equal`` fixes 1.0."""
+
+    method: Literal["static", "equal"] = "static"
+    range: tuple[float, float] = (0.25, 4.0)
+
+    @field_validator("range")
+    @classmethod
+    def _positive(cls, value: tuple[float, float]) -> tuple[float, float]:
+        return _check_range(value, 1e-6, 1e6)
+
+
+class Budget(_Strict):
+    """The training budget of one trial; CLI flags override these fields."""
+
+    epochs: int = Field(24, ge=1, le=10_000)
+    batch_size: int = Field(16, ge=1, le=65_536)
+    lr: float = Field(3e-3, gt=0, le=10)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    weight_decay: float = Field(1e-4, ge=0, le=1)
+    image_size: int = Field(64, ge=16, le=4096)
+    amp: bool = False
+    encoder: str = "small"
+    encoder_weights: str | None = None
+
+
+class DatasetOptions(_Strict):
+    """Size of the built-in dataset's splits and its generator seed."""
+
+    n_train: int = Field(400, ge=8, le=1_000_000)
+    n_val: int = Field(200, ge=8, le=1_000_000)
+    n_test: int = Field(500, ge=8, le=1_000_000)
+    seed: int = Field(0, ge=0)
+
+
+class SamplerConfig(_Strict):
+    name: Literal["tpe", "random"] = "tpe"
+    n_startup_trials: int = Field(4, ge=0)
+
+
+class PrunerConfig(_Strict):
+    name: Literal["median", "none"] = "median"
+    n_startup_trials: int = Field(2, ge=0)
+    n_warmup_steps: int = Field(3, ge=0)
+
+
+class SearchSpace(_Strict):
+    """A search-space file (``search_spaces/*.yaml``)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    dataset: str = "shapes"
+    dataset_options: DatasetOptions = DatasetOptions()
+    structure: Literal["sequence"] = "sequence"
+    shared: SlotSpace = SlotSpace()
+    per_task: PerTaskSpace = PerTaskSpace(slots=0)
+    weights: WeightSpace = WeightSpace()
+    reference: str = "flipcrop"
+    budget: Budget = Budget()
+    sampler: SamplerConfig = SamplerConfig()
+    pruner: PrunerConfig = PrunerConfig()
+
+    def with_budget(self, **overrides: Any) -> SearchSpace:
+        """A copy whose budget has the given non-None fields replaced (CLI flags)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        if not changes:
+            return self
+        try:
+            budget = Budget(**{**self.budget.model_dump(), **changes})
+        except ValidationError as err:
+            raise _user_error(err, "command line") from None
+        return self.model_copy(update={"budget": budget})
+
+    def canonical(self) -> dict[str, Any]:
+        """Everything that defines the study: a resume must match it exactly."""
+        data = self.model_dump(mode="json")
+        data.pop("description", None)
+        return data
+
+    def fingerprint(self) -> str:
+        blob = json.dumps(self.canonical(), sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _user_error(err: ValidationError, source: str) -> UserError:
+    first = err.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        message = "unknown key"
+    elif first["type"] == "missing":
+        message = "required key is missing"
+    return UserError(message, source=source, field=field)
+
+
+def shipped_spaces() -> dict[str, Path]:
+    """Names of the search spaces that ship with the package, with their files."""
+    try:
+        folder = resources.files("policysearch.search_spaces")
+    except ModuleNotFoundError:  # imported from a source checkout rather than the installed wheel
+        folder = Path(__file__).resolve().parent.parent / "search_spaces"
+    return {
+        entry.name.removesuffix(".yaml"): Path(str(entry))
+        for entry in folder.iterdir()
+        if entry.name.endswith(".yaml")
+    }
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file with the safe loader; any problem is a UserError naming the file."""
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UserError("file not found", source=str(path)) from None
+    except IsADirectoryError:
+        raise UserError("is a directory, not a YAML file", source=str(path)) from None
+    except UnicodeDecodeError as err:
+        raise UserError(f"not UTF-8 text (byte {err.start})", source=str(path)) from None
+    except OSError as err:
+        raise UserError(f"cannot read: {err.strerror}", source=str(path)) from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else None
+        problem = getattr(err, "problem", None) or "invalid YAML"
+        raise UserError(f"invalid YAML: {problem}", source=str(path), field=where) from None
+
+
+def load_space(name_or_path: str | Path) -> SearchSpace:
+    """Read a shipped space by name (``default``) or a YAML file by path, validated."""
+    spaces = shipped_spaces()
+    text = str(name_or_path)
+    if text in spaces:
+        path = spaces[text]
+    else:
+        path = Path(text)
+        if not path.exists() and path.suffix not in (".yaml", ".yml"):
+            known = ", ".join(sorted(spaces))
+            raise UserError(f"no shipped space of that name and no such file (shipped: {known})",
+                            source=text, field="--space")
+    data = read_yaml(path)
+    if not isinstance(data, dict):
+        raise UserError("must be a YAML mapping of keys to values", source=str(path))
+    data.setdefault("name", path.stem)
+    try:
+        return SearchSpace.model_validate(data)
+    except ValidationError as err:
+        raise _user_error(err, str(path)) from None
+
+
+def validate_tasks(space: SearchSpace, task_names: list[str], source: str) -> None:
+    """Check that per-task policies name tasks the dataset has."""
+    for i, task in enumerate(space.per_task.tasks):
+        if task not in task_names:
+            raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
+                            source=source, field=f"per_task.tasks[{i}]")
+    if space.per_task.tasks and space.per_task.slots == 0:
+        raise UserError("per_task.tasks is set but per_task.slots is 0", source=source,
+                        field="per_task.slots")

@@ -1,0 +1,478 @@
+"""The built-in ``shapes`` dataset: procedurally generated multi-task scenes.
+
+Each RGB scene (``size`` x ``size``, 64 by default) holds 1-4 objects of four classes
+(circle, square, triangle, star) on a textured background, painted far-to-near so that
+nearer objects occlude farther ones. Every sample carries the targets of four tasks:
+
+* ``label`` -- class of the largest *visible* object (most visible pixels);
+* ``mask`` -- semantic mask, 0 = background, 1 + class for visible object pixels;
+* ``boxes`` / ``box_labels`` -- tight boxes (x1, y1, x2, y2; x2/y2 exclusive) of each object's
+  visible pixels, objects with fewer than ``MIN_BOX_PIXELS`` visible pixels left out;
+* ``depth`` -- positive depth: a slanted background plane (about 9 at the top, 6 at the
+  bottom) and objects at about 1.5-5.3, each occluder nearer than what it hides.
+
+Samples are deterministic in (seed, split, index): sample ``i`` of a split is drawn from its
+own ``numpy.random.default_rng`` seeded with (salt, seed, split id, i), so it does not depend
+on the split's length. A split is generated once and cached as one ``.npz`` file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, overload
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from policysearch.data.base import Sample, TaskSpec
+from policysearch.errors import UserError
+
+__all__ = [
+    "CLASSES",
+    "MIN_BOX_PIXELS",
+    "SPLITS",
+    "Scene",
+    "VERSION",
+    "ShapesDataset",
+    "ShapesSplit",
+    "default_cache_dir",
+    "generate_split",
+    "render_scene",
+]
+
+# Bump whenever the generator's output changes: it is part of every cache file's name.
+VERSION = 2
+
+CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+MIN_BOX_PIXELS = 12
+
+_SALT = 0x5A4E5  # keeps these seed sequences apart from other users of (seed, ...)
+_MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
+_LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
+_Z_NEAR, _Z_FAR = 1.5, 5.0  # object base depths
+_Z_GAP = 0.65  # minimal gap between base depths: > 2 x the largest in-object deviation (0.21)
+_Z_SLOPE = 0.1  # largest depth change per circumradius across an object
+_REL_CLIP = 1.5  # relative coordinates (in circumradii) are clipped to this for the slope
+# Circumradius factor per class (circle, square, triangle, star): comparable areas.
+_CLASS_SCALE = np.array([0.85, 0.95, 1.15, 1.1])
+_ARRAY_KEYS = ("images", "masks", "depths", "labels", "boxes", "box_labels", "box_offsets")
+
+
+def default_cache_dir() -> Path:
+    """``$POLICYSEARCH_CACHE`` if set, else ``~/.cache/policysearch``."""
+    env = os.environ.get("POLICYSEARCH_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "policysearch"
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A textured background (float RGB, 0-255) and its depth plane (float32)."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)
+    # Linear gradient between two random colours in a random direction.
+    c0, c1 = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    angle = rng.uniform(0, 2 * np.pi)
+    t = xx * np.cos(angle) + yy * np.sin(angle)
+    t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
+    img = c0 + (c1 - c0) * t[..., None]
+    # Low-frequency colour noise: a small random grid upsampled smoothly.
+    k = int(rng.integers(3, 7))
+    grid = np.clip(128 + 50 * rng.standard_normal((k, k, 3)), 0, 255).astype(np.uint8)
+    noise = np.asarray(Image.fromarray(grid, "RGB").resize((size, size), Image.BICUBIC))
+    img += (noise.astype(np.float32) - 128.0) * rng.uniform(0.2, 0.5)
+    # Optional stripes or checkerboard in a third palette colour.
+    pattern = rng.integers(0, 3)  # 0 none, 1 stripes, 2 checker
+    if pattern:
+        period = rng.uniform(4, 16) / size  # in units of the side
+        if pattern == 1:
+            phi = rng.uniform(0, np.pi)
+            wave = (xx * np.cos(phi) + yy * np.sin(phi)) / period
+            on = (np.floor(wave + rng.uniform()) % 2).astype(np.float32)
+        else:
+            on = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
+        c2 = rng.uniform(0, 255, size=3).astype(np.float32)
+        alpha = rng.uniform(0.1, 0.25)
+        img += alpha * on[..., None] * (c2 - img)
+    img += rng.normal(0, 3, size=img.shape).astype(np.float32)
+    # Depth: a floor/wall plane, far at the top and near at the bottom, slightly tilted.
+    top = rng.uniform(8.5, 9.5)
+    bottom = rng.uniform(5.8, 6.4)
+    tilt = rng.uniform(-0.3, 0.3)
+    depth = top + (bottom - top) * yy + tilt * (xx - 0.5) * 2
+    return img, depth.astype(np.float32)
+
+
+def _vertices(cls: int, cx: float, cy: float, r: float, theta: float) -> list[tuple[float, float]]:
+    """Polygon vertices of a square (1), triangle (2) or star (3) of circumradius ``r``."""
+    if cls == 1:
+        angles = theta + np.arange(4) * (np.pi / 2)
+        radii = np.full(4, r)
+    elif cls == 2:
+        angles = theta + np.arange(3) * (2 * np.pi / 3)
+        radii = np.full(3, r)
+    else:
+        angles = theta + np.arange(10) * (np.pi / 5)
+        radii = np.where(np.arange(10) % 2 == 0, r, 0.5 * r)
+    xs = cx + radii * np.cos(angles)
+    ys = cy + radii * np.sin(angles)
+    return [(float(x), float(y)) for x, y in zip(xs, ys, strict=True)]
+
+
+def _shape_mask(cls: int, cx: float, cy: float, r: float, theta: float, size: int) -> np.ndarray:
+    """Boolean H x W coverage of one object (no anti-aliasing)."""
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    if cls == 0:
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=1)
+    else:
+        draw.polygon(_vertices(cls, cx, cy, r, theta), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def _object_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndarray:
+    """A random colour, away from the background mean and the other objects where possible."""
+    best, best_dist = None, -1.0
+    for _ in range(12):
+        colour = rng.uniform(0, 255, size=3).astype(np.float32)
+        dist = min(float(np.linalg.norm(colour - a)) for a in avoid)
+        if dist > 110:
+            return colour
+        if dist > best_dist:
+            best, best_dist = colour, dist
+    assert best is not None
+    return best
+
+
+@dataclass
+class Scene:
+    """One rendered scene: its sample dict and what the renderer knows about its objects.
+
+    ``instance`` (H x W uint8) holds 0 for background and ``k + 1`` for the visible pixels of
+    object ``k``; ``classes``, ``z`` (base depth) and ``coverage`` (n x H x W bool, the full
+    shape before occlusion) describe the objects, ``visible`` their visible pixel counts.
+    """
+
+    sample: Sample
+    instance: np.ndarray
+    classes: np.ndarray
+    z: np.ndarray
+    coverage: np.ndarray
+    visible: np.ndarray
+
+
+def _try_scene(rng: np.random.Generator, size: int) -> Scene:
+    """One candidate scene."""
+    img, depth = _background(rng, size)
+    n = int(rng.choice(4, p=(0.2, 0.3, 0.3, 0.2))) + 1
+    classes = rng.integers(0, len(CLASSES), size=n)
+    # Diameter 16-45% of the side, scaled per class so that the classes' areas are comparable.
+    radii = rng.uniform(0.16, 0.45, size=n) * size / 2 * _CLASS_SCALE[classes]
+    # Base depths with a minimal gap so that in-object slopes cannot reorder overlaps.
+    spread = (_Z_FAR - _Z_NEAR) - (n - 1) * _Z_GAP
+    zs = _Z_NEAR + np.sort(rng.uniform(0, spread, size=n)) + np.arange(n) * _Z_GAP
+    zs = rng.permutation(zs)
+    centres = np.zeros((n, 2))
+    for k in range(n):
+        lo, hi = 0.6 * radii[k], size - 0.6 * radii[k]
+        if k > 0 and rng.uniform() < 0.6:  # place next to an earlier object: occlusion
+            j = int(rng.integers(0, k))
+            ang = rng.uniform(0, 2 * np.pi)
+            dist = rng.uniform(0.3, 1.0) * (radii[j] + radii[k])
+            centres[k] = centres[j] + dist * np.array([np.cos(ang), np.sin(ang)])
+        else:
+            centres[k] = rng.uniform(lo, hi, size=2)
+        centres[k] = np.clip(centres[k], lo, hi)
+    avoid = [img.reshape(-1, 3).mean(axis=0)]
+    instance = np.zeros((size, size), dtype=np.uint8)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    coverage = np.zeros((n, size, size), dtype=bool)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    for k in np.argsort(-zs, kind="stable"):  # far to near
+        cls = int(classes[k])
+        cx, cy = float(centres[k, 0]), float(centres[k, 1])
+        r = float(radii[k])
+        cover = _shape_mask(cls, cx, cy, r, rng.uniform(0, 2 * np.pi), size)
+        coverage[k] = cover
+        colour = _object_colour(rng, avoid)
+        avoid.append(colour)
+        rel_x = np.clip((xx[cover] + 0.5 - cx) / r, -_REL_CLIP, _REL_CLIP)
+        rel_y = np.clip((yy[cover] + 0.5 - cy) / r, -_REL_CLIP, _REL_CLIP)
+        gx, gy = rng.uniform(-1, 1, size=2) * (_Z_SLOPE / np.sqrt(2))
+        depth[cover] = zs[k] + gx * rel_x + gy * rel_y
+        # Shading: the nearer side a little brighter, plus fine colour noise.
+        shade = 1.0 + rng.uniform(0.1, 0.3) * (-(gx * rel_x + gy * rel_y) / _Z_SLOPE)
+        img[cover] = colour[None, :] * shade[:, None] + rng.normal(0, 4, size=(rel_x.size, 3))
+        instance[cover] = k + 1
+        mask[cover] = cls + 1
+    visible = np.bincount(instance.ravel(), minlength=n + 1)[1:]
+    boxes, box_labels = [], []
+    for k in range(n):
+        if visible[k] < MIN_BOX_PIXELS:
+            continue
+        ys, xs = np.nonzero(instance == k + 1)
+        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        box_labels.append(int(classes[k]))
+    sample: Sample = {
+        "image": np.clip(np.rint(img), 0, 255).astype(np.uint8),
+        "label": int(classes[int(np.argmax(visible))]),
+        "mask": mask,
+        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+        "box_labels": np.asarray(box_labels, dtype=np.int64),
+        "depth": depth,
+    }
+    return Scene(sample, instance, classes.astype(np.int64), zs, coverage, visible)
+
+
+def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
+    """Draw one scene from ``rng``.
+
+    Scenes whose largest visible object is tiny, or hardly larger than the next one, are
+    redrawn, so that the classification label (class of the largest visible object) is clear.
+    """
+    min_pixels = max(MIN_BOX_PIXELS, min(_MIN_LABEL_PIXELS, size * size // 200))
+    for _ in range(100):
+        scene = _try_scene(rng, size)
+        ranked = np.sort(scene.visible)[::-1]
+        if ranked[0] >= min_pixels and (
+            ranked.size == 1 or ranked[1] <= _LABEL_MARGIN * ranked[0]
+        ):
+            break
+    return scene
+
+
+def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
+    return np.random.default_rng([_SALT, seed, SPLITS[split], index])
+
+
+def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, np.ndarray]:
+    """Generate the ``n`` samples of ``split`` as stacked arrays (the cache file's content).
+
+    Keys: ``images`` (N,H,W,3) uint8, ``masks`` (N,H,W) uint8, ``depths`` (N,H,W) float32,
+    ``labels`` (N,) int64, ``boxes`` (M,4) float32, ``box_labels`` (M,) int64 and
+    ``box_offsets`` (N+1,) int64: the boxes of image ``i`` are rows
+    ``box_offsets[i]:box_offsets[i+1]``.
+    """
+    _check_split(split)
+    images = np.empty((n, size, size, 3), dtype=np.uint8)
+    masks = np.empty((n, size, size), dtype=np.uint8)
+    depths = np.empty((n, size, size), dtype=np.float32)
+    labels = np.empty(n, dtype=np.int64)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    boxes, box_labels = [], []
+    for i in range(n):
+        sample = render_scene(_sample_rng(seed, split, i), size).sample
+        images[i] = sample["image"]
+        masks[i] = sample["mask"]
+        depths[i] = sample["depth"]
+        labels[i] = sample["label"]
+        boxes.append(sample["boxes"])
+        box_labels.append(sample["box_labels"])
+        offsets[i + 1] = offsets[i] + len(sample["boxes"])
+    return {
+        "images": images,
+        "masks": masks,
+        "depths": depths,
+        "labels": labels,
+        "boxes": np.concatenate(boxes).astype(np.float32).reshape(-1, 4)
+        if boxes else np.zeros((0, 4), np.float32),
+        "box_labels": np.concatenate(box_labels).astype(np.int64)
+        if box_labels else np.zeros(0, np.int64),
+        "box_offsets": offsets,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Dataset
+
+
+def _check_split(split: str) -> None:
+    if split not in SPLITS:
+        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
+
+
+class ShapesSplit(Sequence[Sample]):
+    """One split of ``shapes``: a sequence of fresh sample dicts over stacked arrays.
+
+    Every ``__getitem__`` returns new arrays (copies), so callers may modify them freely.
+    The stacked arrays are read-only attributes (``images``, ``masks``, ``depths``,
+    ``labels``, ``boxes``, ``box_labels``, ``box_offsets``) for vectorised use.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray]):
+        def frozen(key: str) -> np.ndarray:
+            arr = np.asarray(arrays[key])
+            arr.flags.writeable = False
+            return arr
+
+        self.images = frozen("images")
+        self.masks = frozen("masks")
+        self.depths = frozen("depths")
+        self.labels = frozen("labels")
+        self.boxes = frozen("boxes")
+        self.box_labels = frozen("box_labels")
+        self.box_offsets = frozen("box_offsets")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        lo, hi = int(self.box_offsets[i]), int(self.box_offsets[i + 1])
+        return {
+            "image": self.images[i].copy(),
+            "label": int(self.labels[i]),
+            "mask": self.masks[i].copy(),
+            "boxes": self.boxes[lo:hi].copy(),
+            "box_labels": self.box_labels[lo:hi].copy(),
+            "depth": self.depths[i].copy(),
+        }
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self[i]
+
+
+def _valid_arrays(arrays: dict[str, np.ndarray], n: int, size: int) -> bool:
+    """Whether loaded cache arrays have the expected keys, shapes and dtypes."""
+    expected: dict[str, tuple[tuple[int, ...] | None, Any]] = {
+        "images": ((n, size, size, 3), np.uint8),
+        "masks": ((n, size, size), np.uint8),
+        "depths": ((n, size, size), np.float32),
+        "labels": ((n,), np.int64),
+        "boxes": (None, np.float32),
+        "box_labels": (None, np.int64),
+        "box_offsets": ((n + 1,), np.int64),
+    }
+    for key, (shape, dtype) in expected.items():
+        arr = arrays.get(key)
+        if arr is None or arr.dtype != dtype or (shape is not None and arr.shape != shape):
+            return False
+    m = int(arrays["box_offsets"][-1])
+    return (
+        arrays["boxes"].shape == (m, 4)
+        and arrays["box_labels"].shape == (m,)
+        and int(arrays["box_offsets"][0]) == 0
+        and bool(np.all(np.diff(arrays["box_offsets"]) >= 0))
+    )
+
+
+class ShapesDataset:
+    """The built-in ``shapes`` dataset (see the module docstring).
+
+    Splits are generated on first use and cached under ``cache_dir`` (default
+    :func:`default_cache_dir`); a missing, corrupt or stale cache file is regenerated.
+    """
+
+    name = "shapes"
+    tasks: tuple[TaskSpec, ...] = (
+        TaskSpec("shape", "classification", num_classes=4, class_names=CLASSES),
+        TaskSpec("seg", "segmentation", num_classes=5, class_names=("background",) + CLASSES),
+        TaskSpec("objects", "detection", num_classes=4, class_names=CLASSES),
+        TaskSpec("depth", "depth"),
+    )
+
+    def __init__(
+        self,
+        seed: int = 0,
+        size: int = 64,
+        n_train: int = 400,
+        n_val: int = 200,
+        n_test: int = 500,
+        cache_dir: str | Path | None = None,
+    ):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UserError(f"seed must be a non-negative integer, not {seed!r}", field="seed")
+        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
+            raise UserError(f"size must be an integer >= 16, not {size!r}", field="size")
+        counts = {"train": n_train, "val": n_val, "test": n_test}
+        for split, n in counts.items():
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise UserError(f"n_{split} must be a positive integer, not {n!r}",
+                                field=f"n_{split}")
+        self.seed = int(seed)
+        self.size = int(size)
+        self.counts = {k: int(v) for k, v in counts.items()}
+        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
+        self._splits: dict[str, ShapesSplit] = {}
+
+    def __repr__(self) -> str:
+        return (f"ShapesDataset(seed={self.seed}, size={self.size}, n_train={self.counts['train']}"
+                f", n_val={self.counts['val']}, n_test={self.counts['test']})")
+
+    def cache_path(self, split: str) -> Path:
+        """The cache file of ``split`` (named by a hash of the generator's parameters)."""
+        _check_split(split)
+        params = {"version": VERSION, "seed": self.seed, "size": self.size, "split": split,
+                  "n": self.counts[split]}
+        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
+        directory = self.cache_dir if self.cache_dir is not None else default_cache_dir()
+        return directory / f"shapes-v{VERSION}-{split}-{digest}.npz"
+
+    def split(self, name: str) -> ShapesSplit:
+        """``train``, ``val`` or ``test``, loaded from the cache or generated and cached."""
+        _check_split(name)
+        if name not in self._splits:
+            self._splits[name] = ShapesSplit(self._load_or_generate(name))
+        return self._splits[name]
+
+    def _load_or_generate(self, split: str) -> dict[str, np.ndarray]:
+        path = self.cache_path(split)
+        n = self.counts[split]
+        arrays = _read_cache(path)
+        if arrays is not None and _valid_arrays(arrays, n, self.size):
+            return arrays
+        arrays = generate_split(self.seed, split, n, self.size)
+        _write_cache(path, arrays)
+        return arrays
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of a cache file, or None when it is missing or unreadable."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {key: data[key] for key in _ARRAY_KEYS if key in data.files}
+    except Exception:  # corrupt, truncated, wrong format: regenerate
+        return None
+
+
+def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to ``path`` atomically; a failure only costs the cache (warning)."""
+    tmp_name = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+        os.replace(tmp_name, path)
+        tmp_name = None
+    except OSError as err:
+        warnings.warn(f"could not write the shapes cache {path}: {err}", stacklevel=3)
+    finally:
+        if tmp_name is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp_name)

@@ -1,0 +1,114 @@
+"""The search as one call: validate inputs, load the dataset once, run the engine, write outputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from policysearch.config import SearchSpace, load_space, validate_tasks
+from policysearch.data import get_dataset
+from policysearch.data.base import MultiTaskDataset
+from policysearch.errors import UserError
+from policysearch.export import ExportResult, export_policy, pick_trial
+from policysearch.results import StudyRecords, metrics_info_from_tasks, results_frame, write_results
+
+
+@dataclass
+class SearchOptions:
+    """Everything ``policysearch search`` takes; None means "the space file's value"."""
+
+    space: str | Path = "default"
+    dataset: str | None = None
+    engine: str = "optuna"
+    trials: int = 8
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    image_size: int | None = None
+    amp: bool | None = None
+    storage: str | None = None
+    study: str | None = None
+    out: Path | None = None
+    workers: int = 1
+    device: str = "auto"
+    seed: int = 0
+    timeout: float | None = None
+    threads: int | None = None
+
+
+@dataclass
+class SearchOutcome:
+    study: StudyRecords
+    table: pd.DataFrame
+    out_dir: Path
+    files: list[Path] = field(default_factory=list)
+    export: ExportResult | None = None
+
+
+def resolve_space(options: SearchOptions) -> SearchSpace:
+    space = load_space(options.space)
+    space = space.with_budget(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
+                              image_size=options.image_size, amp=options.amp)
+    if options.dataset is not None:
+        space = space.model_copy(update={"dataset": options.dataset})
+    return space
+
+
+def load_dataset(space: SearchSpace) -> MultiTaskDataset:
+    """The dataset, generated or read once for the whole search; splits checked up front."""
+    opts = space.dataset_options
+    dataset = get_dataset(space.dataset, size=space.budget.image_size, seed=opts.seed,
+                          n_train=opts.n_train, n_val=opts.n_val, n_test=opts.n_test)
+    for split in ("train", "val"):
+        if len(dataset.split(split)) == 0:
+            raise UserError(f"the {split} split is empty", field="dataset")
+    return dataset
+
+
+def search(options: SearchOptions,
+           progress: Callable[[str, dict[str, Any]], None] | None = None) -> SearchOutcome:
+    """Run (or resume) a policy search and write results and the best policy into ``out``."""
+    from policysearch.search.optuna_engine import optimize
+    from policysearch.tasks import make_task
+    from policysearch.training import run_trial
+
+    if options.engine != "optuna":
+        raise UserError(f"engine {options.engine!r} is not available in this version "
+                        "(available: optuna)", field="--engine")
+    if options.workers != 1:
+        raise UserError("only --workers 1 is available in this version", field="--workers")
+    if options.trials < 1:
+        raise UserError("must be at least 1", field="--trials")
+    space = resolve_space(options)
+    study_name = options.study or space.name
+    out_dir = options.out or Path("runs") / study_name
+    dataset = load_dataset(space)
+    tasks = [make_task(spec) for spec in dataset.tasks]
+    task_kinds = {t.name: t.spec.kind for t in tasks}
+    validate_tasks(space, list(task_kinds), f"search space {space.name}")
+    info = metrics_info_from_tasks(tasks)
+
+    def runner(policy, reporter):  # noqa: ANN001, ANN202
+        return run_trial(policy, dataset, space.budget, seed=options.seed,
+                         device=options.device, reporter=reporter, threads=options.threads)
+
+    def checkpoint(study: StudyRecords) -> None:
+        write_results(results_frame(study, warn=False), out_dir)
+
+    records = optimize(space, tasks=task_kinds, metrics_info=info, dataset_name=dataset.name,
+                       runner=runner, n_trials=options.trials, out_dir=out_dir,
+                       storage=options.storage, study_name=study_name, seed=options.seed,
+                       timeout=options.timeout, progress=progress, on_trial_end=checkpoint)
+    table = results_frame(records)
+    files = write_results(table, out_dir)
+    outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
+    if table["rank"].notna().any():
+        policy, _ = pick_trial(records, rank=1)
+        outcome.export = export_policy(policy, out_dir / "best_policy.yaml")
+        outcome.files.append(outcome.export.yaml_path)
+        outcome.files.extend(outcome.export.albumentations.values())
+    return outcome

@@ -1,0 +1,327 @@
+"""Optuna engine: studies in a journal file (default) or any Optuna storage URL.
+
+The reference trial (a baseline policy) runs first; every later trial's objective is its Δm%
+against it. Trials are driven with ask/tell so that the reference, failures and interruptions
+are recorded exactly as they happened.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import BaseStorage
+from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.trial import FrozenTrial, Trial, TrialState
+
+from policysearch.augment import Policy, Weighting, get_baseline
+from policysearch.config import SearchSpace
+from policysearch.errors import UserError
+from policysearch.results import MetricsInfo, StudyRecords, TrialRecord, delta_m
+from policysearch.search.space import Param, parameters, policy_from_params
+from policysearch.training import Metrics, TrialFailed, TrialPruned, TrialResult
+
+JOURNAL_NAME = "study.journal"
+_STATES = {
+    TrialState.COMPLETE: "complete",
+    TrialState.PRUNED: "pruned",
+    TrialState.FAIL: "failed",
+    TrialState.RUNNING: "running",
+    TrialState.WAITING: "waiting",
+}
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Consecutive trials failing with an unexpected exception before the search gives up.
+MAX_CONSECUTIVE_ERRORS = 3
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def storage_location(storage: str | None, out_dir: Path) -> str:
+    """The storage URL or journal path a search uses (for messages and resume hints)."""
+    return storage or str(out_dir / JOURNAL_NAME)
+
+
+def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str, bool]:
+    """An Optuna storage and whether it is a local file that only this driver writes."""
+    if storage is None or storage.endswith(".journal"):
+        path = Path(storage) if storage else out_dir / JOURNAL_NAME
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            backend = JournalFileBackend(str(path))
+        except OSError as err:
+            raise UserError(f"cannot create the study storage: {err.strerror}",
+                            source=str(path)) from None
+        return JournalStorage(backend), True
+    if "://" not in storage:
+        raise UserError("expected a database URL (postgresql://…) or a *.journal file",
+                        field="--storage", source=storage)
+    return storage, False
+
+
+def _first_difference(old: Any, new: Any, path: str = "") -> str:
+    if isinstance(old, dict) and isinstance(new, dict):
+        for key in sorted(set(old) | set(new)):
+            if old.get(key) != new.get(key):
+                return _first_difference(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
+    return f"{path}: {old!r} → {new!r}"
+
+
+def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_dir: Path,
+               seed: int, metrics_info: MetricsInfo, tasks: Mapping[str, str],
+               dataset: str) -> tuple[optuna.Study, bool]:
+    """Create or resume the study; refuse a resume whose space (or seed) differs."""
+    store, is_file = open_storage(storage, out_dir)
+    try:
+        study = optuna.create_study(storage=store, study_name=study_name, direction="maximize",
+                                    load_if_exists=True)
+    except Exception as err:  # unreachable database, bad URL, …
+        raise UserError(f"cannot open the study storage: {err}".splitlines()[0],
+                        source=storage_location(storage, out_dir), field="--storage") from None
+    wanted = {"space": space.canonical(), "seed": seed}
+    stored = study.user_attrs.get("definition")
+    if stored is None:
+        study.set_user_attr("definition", wanted)
+        study.set_user_attr("metrics_info", metrics_info)
+        study.set_user_attr("tasks", dict(tasks))
+        study.set_user_attr("reference", space.reference)
+        study.set_user_attr("dataset", dataset)
+    elif stored != wanted:
+        raise UserError(
+            "refusing to resume: the search space differs from the study's "
+            f"({_first_difference(stored, wanted)}); use another --study or --out",
+            source=storage_location(storage, out_dir), field=f"study {study_name}")
+    return study, is_file
+
+
+def _sampler(space: SearchSpace, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    # Offsetting the seed by the trials already present keeps a resumed search from replaying
+    # the random start-up suggestions it already tried.
+    sampler_seed = seed * 100_003 + n_existing
+    if space.sampler.name == "random":
+        return optuna.samplers.RandomSampler(seed=sampler_seed)
+    return optuna.samplers.TPESampler(seed=sampler_seed,
+                                      n_startup_trials=space.sampler.n_startup_trials)
+
+
+def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
+    if space.pruner.name == "none":
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=space.pruner.n_startup_trials,
+                                       n_warmup_steps=space.pruner.n_warmup_steps)
+
+
+def suggest(trial: Trial, params: Sequence[Param]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.kind == "categorical":
+            values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        else:
+            values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
+    return values
+
+
+class OptunaReporter:
+    """Feeds each epoch's Δm% (against the reference's final metrics) to Optuna's pruner."""
+
+    def __init__(self, trial: Trial, reference: Metrics | None, info: MetricsInfo,
+                 on_epoch: Callable[[int, Metrics], None] | None = None):
+        self.trial = trial
+        self.reference = reference
+        self.info = info
+        self.on_epoch = on_epoch
+        self.last: Metrics | None = None
+        self.epochs = 0
+
+    def report(self, epoch: int, metrics: Metrics) -> None:
+        self.last = metrics
+        self.epochs = epoch + 1
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, metrics)
+        if self.reference is None:
+            return
+        value, _ = delta_m(metrics, self.reference, self.info)
+        if math.isfinite(value):
+            self.trial.report(value, epoch)
+            if self.trial.should_prune():
+                raise TrialPruned(f"pruned after epoch {epoch + 1}")
+
+
+def to_record(trial: FrozenTrial) -> TrialRecord:
+    attrs = trial.user_attrs
+    duration = trial.duration.total_seconds() if trial.duration is not None else None
+    return TrialRecord(
+        number=trial.number,
+        state=_STATES.get(trial.state, trial.state.name.lower()),
+        role=attrs.get("role", "search"),
+        metrics=attrs.get("metrics"),
+        policy=attrs.get("policy"),
+        duration_s=duration,
+        epochs=attrs.get("epochs"),
+        error=attrs.get("error"),
+    )
+
+
+def study_records(study: optuna.Study) -> StudyRecords:
+    attrs = study.user_attrs
+    if "metrics_info" not in attrs:
+        raise UserError("not a policysearch study (no metrics recorded)",
+                        field=f"study {study.study_name}")
+    return StudyRecords(
+        name=study.study_name,
+        metrics_info=attrs["metrics_info"],
+        records=[to_record(t) for t in study.get_trials(deepcopy=False)],
+        reference_name=attrs.get("reference", "flipcrop"),
+        dataset=attrs.get("dataset", ""),
+        image_size=(attrs.get("definition") or {}).get("space", {}).get("budget", {})
+        .get("image_size"),
+    )
+
+
+def load_records(*, out_dir: Path | None, storage: str | None,
+                 study_name: str | None) -> StudyRecords:
+    """Read a finished or running study from ``--out`` or ``--storage/--study``."""
+    if storage is None:
+        if out_dir is None:
+            raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
+        path = out_dir / JOURNAL_NAME
+        if not path.exists():
+            raise UserError("no study here (study.journal not found)", source=str(out_dir),
+                            field="--out")
+        storage = str(path)
+    store, _ = open_storage(storage, out_dir or Path("."))
+    try:
+        names = optuna.get_all_study_names(storage=store)
+    except Exception as err:
+        raise UserError(f"cannot open the study storage: {err}".splitlines()[0],
+                        source=storage, field="--storage") from None
+    if study_name is None:
+        if len(names) != 1:
+            raise UserError(f"name the study with --study (found: {', '.join(names) or 'none'})",
+                            source=storage, field="--study")
+        study_name = names[0]
+    elif study_name not in names:
+        raise UserError(f"no study named {study_name!r} (found: {', '.join(names) or 'none'})",
+                        source=storage, field="--study")
+    return study_records(optuna.load_study(study_name=study_name, storage=store))
+
+
+TrialRunner = Callable[[Policy, OptunaReporter], TrialResult]
+Progress = Callable[[str, dict[str, Any]], None]
+
+
+def optimize(
+    space: SearchSpace,
+    *,
+    tasks: Mapping[str, str],
+    metrics_info: MetricsInfo,
+    dataset_name: str,
+    runner: TrialRunner,
+    n_trials: int,
+    out_dir: Path,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    timeout: float | None = None,
+    progress: Progress | None = None,
+    on_trial_end: Callable[[StudyRecords], None] | None = None,
+) -> StudyRecords:
+    """Run trials until ``n_trials`` are finished (complete or pruned, reference included)."""
+    study_name = study_name or space.name
+    study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
+                                seed=seed, metrics_info=metrics_info, tasks=tasks,
+                                dataset=dataset_name)
+    emit = progress or (lambda event, data: None)
+    if is_file:
+        # Only this driver writes a local journal: trials still "running" were left by a
+        # driver that died; mark them failed so that their budget is run again.
+        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            study._storage.set_trial_user_attr(stale._trial_id, "error",
+                                               "left running by an interrupted search")
+            study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
+            emit("stale", {"trial": stale.number})
+    params = parameters(space, list(tasks))
+    deadline = time.monotonic() + timeout if timeout else None
+    consecutive_errors = 0
+
+    def finished() -> int:
+        return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+    def reference_metrics() -> Metrics | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.user_attrs.get("role") == "reference":
+                return t.user_attrs["metrics"]
+        return None
+
+    emit("start", {"study": study_name, "finished": finished(), "target": n_trials})
+    while finished() < n_trials:
+        if deadline is not None and time.monotonic() >= deadline:
+            emit("timeout", {"finished": finished(), "target": n_trials})
+            break
+        reference = reference_metrics()
+        study.sampler = _sampler(space, seed, len(study.get_trials(deepcopy=False)))
+        study.pruner = _pruner(space)
+        trial = study.ask()
+        if reference is None:
+            trial.set_user_attr("role", "reference")
+            policy = get_baseline(space.reference, dict(tasks))
+            policy = replace(policy, weighting=Weighting("static", {t: 1.0 for t in tasks}))
+        else:
+            trial.set_user_attr("role", "search")
+            policy = policy_from_params(space, tasks, suggest(trial, params))
+        trial.set_user_attr("policy", policy.to_dict())
+        role = trial.user_attrs["role"]
+        emit("trial_start", {"trial": trial.number, "role": role, "policy": policy.summary(),
+                             "finished": finished(), "target": n_trials})
+        reporter = OptunaReporter(trial, reference, metrics_info,
+                                  on_epoch=lambda e, m, n=trial.number: emit(
+                                      "epoch", {"trial": n, "epoch": e, "metrics": m}))
+        try:
+            result = runner(policy, reporter)
+        except TrialPruned as pruned:
+            if reporter.last is not None:
+                trial.set_user_attr("metrics", reporter.last)
+            trial.set_user_attr("epochs", reporter.epochs)
+            trial.set_user_attr("error", str(pruned))
+            study.tell(trial, state=TrialState.PRUNED)
+            emit("trial_end", {"trial": trial.number, "state": "pruned", "role": role})
+        except TrialFailed as failed:
+            trial.set_user_attr("error", str(failed))
+            study.tell(trial, state=TrialState.FAIL)
+            emit("trial_end", {"trial": trial.number, "state": "failed", "error": str(failed)})
+        except (KeyboardInterrupt, UserError) as stop:
+            trial.set_user_attr("error", "interrupted" if isinstance(stop, KeyboardInterrupt)
+                                else str(stop))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # a bug or an environment problem inside one trial
+            consecutive_errors += 1
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            trial.set_user_attr("error", message)
+            study.tell(trial, state=TrialState.FAIL)
+            emit("trial_end", {"trial": trial.number, "state": "failed", "error": message})
+            if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
+                raise RuntimeError(f"{consecutive_errors} trials in a row failed; last: "
+                                   f"{message}") from err
+        else:
+            consecutive_errors = 0
+            trial.set_user_attr("metrics", result.metrics)
+            trial.set_user_attr("epochs", result.epochs)
+            value = 0.0
+            if reference is not None:
+                value, _ = delta_m(result.metrics, reference, metrics_info)
+            if not math.isfinite(value):
+                trial.set_user_attr("error", "Δm% is undefined: every reference metric is ~0")
+                study.tell(trial, state=TrialState.FAIL)
+                emit("trial_end", {"trial": trial.number, "state": "failed"})
+            else:
+                study.tell(trial, value)
+                emit("trial_end", {"trial": trial.number, "state": "complete", "role": role,
+                                   "delta_m": value, "seconds": result.seconds})
+        if on_trial_end is not None:
+            on_trial_end(study_records(study))
+    return study_records(study)

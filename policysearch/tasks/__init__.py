@@ -1,0 +1,40 @@
+"""Task kinds: head factory, collate, loss, metrics and directions, one module per kind.
+
+Importing this package registers the built-in kinds in ``TASK_KINDS``; a user's own kind is one
+``register_task_kind(MyTask)`` away.
+"""
+
+from __future__ import annotations
+
+from policysearch.tasks import classification, depth, detection, segmentation
+from policysearch.tasks.base import (
+    TASK_KINDS,
+    DenseDecoder,
+    Evaluator,
+    MetricInfo,
+    Task,
+    make_task,
+    register_task_kind,
+)
+from policysearch.tasks.classification import ClassificationTask
+from policysearch.tasks.depth import DepthTask
+from policysearch.tasks.detection import DetectionTask
+from policysearch.tasks.segmentation import SegmentationTask
+
+__all__ = [
+    "TASK_KINDS",
+    "ClassificationTask",
+    "DenseDecoder",
+    "DepthTask",
+    "DetectionTask",
+    "Evaluator",
+    "MetricInfo",
+    "SegmentationTask",
+    "Task",
+    "classification",
+    "depth",
+    "detection",
+    "make_task",
+    "register_task_kind",
+    "segmentation",
+]

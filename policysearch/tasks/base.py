@@ -1,0 +1,209 @@
+"""The task concept: head factory, target collation, loss, metrics and their directions.
+
+One subclass per task *kind* (classification, segmentation, …), registered in ``TASK_KINDS``;
+``make_task(spec)`` builds the task of a dataset's ``TaskSpec``. ``DenseDecoder`` is the FPN-lite
+decoder shared by the dense heads (segmentation, depth, detection).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar, Protocol, TypeVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from policysearch.data.base import Sample, TaskSpec
+from policysearch.errors import UserError
+
+
+@dataclass(frozen=True)
+class MetricInfo:
+    """A metric of a task kind: its name, direction and whether it enters Δm%."""
+
+    name: str
+    higher_is_better: bool
+    primary: bool
+
+
+class Evaluator(Protocol):
+    """Accumulates one task's metrics over the batches of a split."""
+
+    def update(self, output: Any, targets: Any) -> None: ...
+
+    def compute(self) -> dict[str, float]: ...
+
+
+class Task(ABC):
+    """A task of the multi-task network; ``kind`` selects the subclass (see ``TASK_KINDS``)."""
+
+    kind: ClassVar[str]
+    metrics: ClassVar[tuple[MetricInfo, ...]]
+
+    def __init__(self, spec: TaskSpec):
+        self.spec = spec
+        self.name = spec.name
+
+    @abstractmethod
+    def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
+        """A head mapping the encoder's features (fine→coarse, with these channels and strides
+        relative to the input image) to this task's output."""
+
+    @abstractmethod
+    def collate(self, samples: Sequence[Sample]) -> Any:
+        """The targets of a batch of samples, as CPU tensors (or lists of them)."""
+
+    def to_device(self, targets: Any, device: torch.device | str) -> Any:
+        """Move collated targets to ``device`` (tensors inside dicts, lists and tuples)."""
+        return move_to(targets, device)
+
+    @abstractmethod
+    def loss(self, output: Any, targets: Any) -> Tensor:
+        """Scalar training loss of a batch (mean over the batch)."""
+
+    @abstractmethod
+    def evaluator(self) -> Evaluator:
+        """A fresh metric accumulator for one evaluation pass."""
+
+    def primary_metrics(self) -> tuple[str, ...]:
+        """Names of the metrics that enter Δm%."""
+        return tuple(m.name for m in self.metrics if m.primary)
+
+    def direction(self, metric: str) -> bool:
+        """True when a higher value of ``metric`` is better."""
+        for m in self.metrics:
+            if m.name == metric:
+                return m.higher_is_better
+        known = ", ".join(m.name for m in self.metrics)
+        raise UserError(f"task {self.name!r} ({self.kind}) has no metric {metric!r}; "
+                        f"known: {known}", field="metric")
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r})"
+
+    def _require_classes(self, minimum: int) -> int:
+        n = int(self.spec.num_classes)
+        if n < minimum:
+            raise UserError(f"task {self.name!r} ({self.kind}) needs num_classes >= {minimum}, "
+                            f"got {n}", field="num_classes")
+        return n
+
+
+TASK_KINDS: dict[str, type[Task]] = {}
+T = TypeVar("T", bound=type[Task])
+
+
+def register_task_kind(cls: T, *, replace: bool = False) -> T:
+    """Register a task kind under ``cls.kind``; returns ``cls`` (usable as a decorator)."""
+    existing = TASK_KINDS.get(cls.kind)
+    if existing is not None and existing is not cls and not replace:
+        raise ValueError(f"task kind {cls.kind!r} is already registered to {existing.__name__}")
+    TASK_KINDS[cls.kind] = cls
+    return cls
+
+
+def make_task(spec: TaskSpec) -> Task:
+    """The task object for a dataset's task spec."""
+    cls = TASK_KINDS.get(spec.kind)
+    if cls is None:
+        known = ", ".join(sorted(TASK_KINDS))
+        raise UserError(f"unknown task kind {spec.kind!r} (task {spec.name!r}); known: {known}",
+                        field="kind")
+    return cls(spec)
+
+
+def move_to(obj: Any, device: torch.device | str) -> Any:
+    """``obj`` with every tensor inside (dicts, lists, tuples) moved to ``device``."""
+    if isinstance(obj, Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, Mapping):
+        return {k: move_to(v, device) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [move_to(v, device) for v in obj]
+    if isinstance(obj, tuple):
+        return tuple(move_to(v, device) for v in obj)
+    return obj
+
+
+def as_tensor(value: Any, dtype: torch.dtype) -> Tensor:
+    """A CPU tensor of ``dtype`` from a NumPy array, tensor, list or scalar."""
+    if isinstance(value, Tensor):
+        return value.detach().to("cpu", dtype)
+    return torch.as_tensor(np.asarray(value), dtype=dtype)
+
+
+def image_size(sample: Sample) -> tuple[int, int]:
+    """(H, W) of a sample's H×W×3 image."""
+    shape = sample["image"].shape
+    return int(shape[0]), int(shape[1])
+
+
+def resize_to(output: Tensor, size: Sequence[int]) -> Tensor:
+    """Bilinearly resize a B×C×h×w map to ``size`` when it differs (input sides not divisible
+    by the encoder's strides)."""
+    if tuple(output.shape[-2:]) == tuple(size):
+        return output
+    return F.interpolate(output, size=tuple(size), mode="bilinear", align_corners=False)
+
+
+def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class DenseDecoder(nn.Module):
+    """FPN-lite: 1×1 laterals to ``width`` channels, upsample-add coarse→fine, one 3×3 conv.
+
+    Uses the features of stride ≥ ``out_stride`` (default: the finest stride) and returns one
+    B×width map at ``out_stride``, bilinearly resampled when the finest used stride differs.
+    """
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], width: int = 32,
+                 out_stride: int | None = None):
+        super().__init__()
+        if len(channels) != len(strides) or not channels:
+            raise ValueError("channels and strides must be non-empty and of equal length")
+        self.out_stride = int(out_stride if out_stride is not None else min(strides))
+        used = [i for i, s in enumerate(strides) if s >= self.out_stride] or [len(strides) - 1]
+        self.used = tuple(used)
+        self.in_stride = int(strides[used[0]])
+        self.width = width
+        self.laterals = nn.ModuleList(nn.Conv2d(channels[i], width, 1) for i in used)
+        self.fuse = conv_bn_relu(width, width)
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        feats = [features[i] for i in self.used]
+        x = self.laterals[-1](feats[-1])
+        for lateral, f in zip(reversed(self.laterals[:-1]), reversed(feats[:-1]), strict=True):
+            x = lateral(f) + F.interpolate(x, size=f.shape[-2:], mode="nearest")
+        if self.in_stride != self.out_stride:
+            h, w = feats[0].shape[-2:]
+            scale = self.in_stride / self.out_stride
+            x = F.interpolate(x, size=(round(h * scale), round(w * scale)), mode="bilinear",
+                              align_corners=False)
+        return self.fuse(x)
+
+
+class DensePredictionHead(nn.Module):
+    """``DenseDecoder`` + 1×1 prediction, bilinearly upsampled to the input image size."""
+
+    def __init__(self, channels: Sequence[int], strides: Sequence[int], out_channels: int,
+                 width: int = 32):
+        super().__init__()
+        self.decoder = DenseDecoder(channels, strides, width)
+        self.predict = nn.Conv2d(width, out_channels, 1)
+        self.stride = self.decoder.out_stride
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        x = self.predict(self.decoder(features))
+        finest = features[self.decoder.used[0]]
+        scale = self.decoder.in_stride
+        size = (finest.shape[-2] * scale, finest.shape[-1] * scale)
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

@@ -1,0 +1,84 @@
+"""Image classification: pooled coarsest feature → MLP → logits; cross-entropy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
+
+from policysearch.data.base import Sample, TaskSpec
+from policysearch.tasks.base import MetricInfo, Task, register_task_kind
+
+MISSING = -100  # label of a sample without this target (partial labels); ignored by loss/metrics
+
+
+class ClassificationHead(nn.Module):
+    """Average- and max-pooled coarsest feature, then a one-hidden-layer MLP."""
+
+    def __init__(self, channels: int, num_classes: int, hidden: int = 64):
+        super().__init__()
+        self.mlp = nn.Sequential(
+            nn.Linear(2 * channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes)
+        )
+
+    def forward(self, features: Sequence[Tensor]) -> Tensor:
+        x = features[-1]
+        # Max pooling keeps "is this shape present" evidence that averaging dilutes.
+        return self.mlp(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
+
+
+class ClassificationEvaluator:
+    """Accuracy (micro) and macro F1 over all labelled samples of a split."""
+
+    def __init__(self, num_classes: int):
+        self.accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.f1 = MulticlassF1Score(num_classes, average="macro")
+
+    def update(self, output: Tensor, targets: Tensor) -> None:
+        preds = output.detach().argmax(dim=1).cpu()
+        targets = targets.cpu()
+        keep = targets != MISSING
+        if keep.any():
+            self.accuracy.update(preds[keep], targets[keep])
+            self.f1.update(preds[keep], targets[keep])
+
+    def compute(self) -> dict[str, float]:
+        if not self.accuracy.update_called:
+            return {"accuracy": 0.0, "macro_f1": 0.0}
+        return {"accuracy": float(self.accuracy.compute()), "macro_f1": float(self.f1.compute())}
+
+
+class ClassificationTask(Task):
+    """Single-label classification; the target is an int in 0..num_classes-1."""
+
+    kind = "classification"
+    metrics = (
+        MetricInfo("accuracy", higher_is_better=True, primary=True),
+        MetricInfo("macro_f1", higher_is_better=True, primary=False),
+    )
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.num_classes = self._require_classes(2)
+
+    def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
+        return ClassificationHead(channels[-1], self.num_classes)
+
+    def collate(self, samples: Sequence[Sample]) -> Tensor:
+        key = self.spec.target_key()
+        labels = [s.get(key) for s in samples]
+        return torch.tensor([MISSING if v is None else int(v) for v in labels], dtype=torch.long)
+
+    def loss(self, output: Tensor, targets: Tensor) -> Tensor:
+        if not (targets != MISSING).any():
+            return output.sum() * 0.0  # keeps the graph for weightings that need it
+        return F.cross_entropy(output, targets, ignore_index=MISSING)
+
+    def evaluator(self) -> ClassificationEvaluator:
+        return ClassificationEvaluator(self.num_classes)
+
+
+register_task_kind(ClassificationTask)

@@ -1,0 +1,36 @@
+"""Shared fixtures: a per-session dataset cache and a tiny search space that trains in seconds."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _dataset_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    # Keep generated datasets out of ~/.cache, but share them between the tests of a session.
+    os.environ["POLICYSEARCH_CACHE"] = str(tmp_path_factory.mktemp("dataset-cache"))
+
+
+TINY_SPACE = {
+    "name": "tiny",
+    "dataset": "shapes",
+    "dataset_options": {"n_train": 48, "n_val": 24, "n_test": 24, "seed": 0},
+    "shared": {"slots": 1, "ops": ["identity", "hflip", "rotate", "brightness"]},
+    "per_task": {"tasks": ["shape"], "slots": 1, "ops": ["identity", "contrast"]},
+    "weights": {"method": "static", "range": [0.5, 2.0]},
+    "budget": {"epochs": 2, "batch_size": 16, "lr": 0.003, "image_size": 32},
+    "sampler": {"name": "tpe", "n_startup_trials": 2},
+    "pruner": {"name": "none"},
+}
+
+
+@pytest.fixture
+def tiny_space(tmp_path: Path) -> Path:
+    """A search-space file whose trials take about a second on one CPU core."""
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
+    return path

@@ -1,0 +1,478 @@
+"""Policy: views, determinism, box bookkeeping, YAML and albumentations round trips, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import albumentations as A
+import numpy as np
+import pytest
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from policysearch.augment import (
+    BASELINES,
+    OPS,
+    SCHEMA,
+    MultiTaskAugment,
+    Policy,
+    Slot,
+    Weighting,
+    get_baseline,
+    load_policy,
+)
+from policysearch.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[1]
+TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
+         "depth": "depth"}
+H = W = 64
+
+
+def _sample(seed: int = 0, n_boxes: int = 3) -> dict:
+    rng = np.random.default_rng(seed)
+    image = rng.integers(0, 61, size=(H, W, 3), dtype=np.uint8)
+    mask = np.zeros((H, W), dtype=np.uint8)
+    depth = np.full((H, W), 8.0, dtype=np.float32)
+    boxes = []
+    for i in range(n_boxes):
+        x, y = 4 + 18 * i, 6 + 16 * i
+        image[y:y + 14, x:x + 12] = 230
+        mask[y:y + 14, x:x + 12] = i + 1
+        depth[y:y + 14, x:x + 12] = 2.0 + i
+        boxes.append([x, y, x + 12, y + 14])
+    return {
+        "image": image,
+        "label": 2,
+        "mask": mask,
+        "boxes": np.array(boxes, dtype=np.float32).reshape(-1, 4),
+        "box_labels": np.arange(1, n_boxes + 1, dtype=np.int64),
+        "depth": depth,
+        "id": f"sample-{seed}",
+    }
+
+
+def _equal(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    for key in a:
+        x, y = a[key], b[key]
+        if isinstance(x, np.ndarray):
+            if x.dtype != y.dtype or not np.array_equal(x, y):
+                return False
+        elif x != y:
+            return False
+    return True
+
+
+RICH = Policy(
+    tasks=TASKS,
+    shared=(Slot("rotate", 0.6, 0.3), Slot("crop", 0.8, 0.5), Slot("brightness", 0.5, 0.4)),
+    per_task={"seg": (Slot("vflip", 1.0, 1.0),), "shape": (Slot("solarize", 0.2, 0.7),)},
+    weighting=Weighting("static", {"shape": 1.0, "seg": 0.8, "objects": 1.3, "depth": 0.5}),
+    provenance={"study": "demo", "trial": 17, "delta_m": 4.2, "reference": "flipcrop"},
+)
+
+
+# --- views -------------------------------------------------------------------------------------
+
+
+def test_views_and_the_view_each_task_trains_on() -> None:
+    aug = RICH.transform(seed=0)
+    assert isinstance(aug, MultiTaskAugment)
+    views = aug(_sample())
+    assert list(views) == ["shared", "shape", "seg"] == list(aug.views) == list(RICH.views())
+    assert {t: RICH.view_of(t) for t in TASKS} == {
+        "shape": "shape", "seg": "seg", "objects": "shared", "depth": "shared"}
+    with pytest.raises(UserError, match="unknown task 'nope'"):
+        RICH.view_of("nope")
+
+
+def test_task_view_is_the_shared_view_further_transformed() -> None:
+    # Per-task vflip (p=1) on top of a random shared draw: one shared draw per sample.
+    aug = RICH.transform(seed=3)
+    for seed in range(8):
+        sample = _sample(seed)
+        views = aug(sample)
+        shared, seg = views["shared"], views["seg"]
+        np.testing.assert_array_equal(seg["image"], shared["image"][::-1])
+        np.testing.assert_array_equal(seg["mask"], shared["mask"][::-1])
+        np.testing.assert_array_equal(seg["depth"], shared["depth"][::-1])
+        flipped = shared["boxes"].copy()
+        flipped[:, [1, 3]] = H - shared["boxes"][:, [3, 1]]
+        np.testing.assert_allclose(seg["boxes"], flipped, atol=1e-4)
+        np.testing.assert_array_equal(seg["box_labels"], shared["box_labels"])
+        assert seg["label"] == 2 and seg["id"] == sample["id"]
+
+
+def test_identity_shared_then_vflip_task_view() -> None:
+    policy = Policy(tasks={"seg": "segmentation"}, shared=(Slot("identity", 1.0, 0.0),),
+                    per_task={"seg": (Slot("vflip", 1.0, 1.0),)})
+    sample = _sample()
+    views = policy.transform(seed=0)(sample)
+    assert _equal(views["shared"], sample)
+    np.testing.assert_array_equal(views["seg"]["image"], sample["image"][::-1])
+    np.testing.assert_array_equal(views["seg"]["mask"], sample["mask"][::-1])
+
+
+def test_transform_for_one_task_returns_its_single_view() -> None:
+    sample = _sample(1)
+    for task in TASKS:
+        single = RICH.transform(task=task, seed=5)(sample)
+        views = RICH.transform(seed=5)(sample)
+        assert "image" in single and "shared" not in single
+        # Same seed, same draws: the single view equals the matching view of the full call.
+        assert _equal(single, views[RICH.view_of(task)])
+
+
+def test_missing_targets_and_other_keys() -> None:
+    aug = RICH.transform(seed=0)
+    image_only = {"image": _sample()["image"]}
+    views = aug(image_only)
+    assert set(views["shared"]) == {"image"} and views["shared"]["image"].shape == (H, W, 3)
+    sample = _sample()
+    del sample["mask"], sample["depth"]
+    out = aug(sample)["shared"]
+    assert set(out) == set(sample) and out["id"] == sample["id"]
+
+
+def test_dtypes_and_contiguity_are_kept() -> None:
+    policy = Policy(tasks=TASKS, shared=(Slot("rotate", 1.0, 0.5), Slot("hflip", 1.0, 1.0)))
+    aug = policy.transform(seed=0)
+    for mask_dtype in (np.uint8, np.int32, np.int64):
+        sample = _sample()
+        sample["mask"] = sample["mask"].astype(mask_dtype)
+        out = aug(sample)["shared"]
+        for key in ("image", "mask", "depth", "boxes", "box_labels"):
+            assert out[key].dtype == sample[key].dtype, key
+            assert out[key].flags["C_CONTIGUOUS"], key
+
+
+def test_boxes_dropped_with_their_labels() -> None:
+    # A box at each side: a translation by 0.45 of the width pushes exactly one out.
+    sample = _sample(n_boxes=0)
+    sample["boxes"] = np.array([[50, 10, 62, 30], [2, 34, 14, 54]], np.float32)
+    sample["box_labels"] = np.array([5, 9], np.int64)
+    aug = Policy(tasks=TASKS, shared=(Slot("translate_x", 1.0, 1.0),)).transform(seed=0)
+    kept = set()
+    for _ in range(20):
+        out = aug(sample)["shared"]
+        assert out["boxes"].shape == (1, 4) and out["box_labels"].shape == (1,)
+        label = int(out["box_labels"][0])
+        x1 = out["boxes"][0, 0]
+        assert (label, x1) in {(5, 50 - 28), (9, 2 + 28)}
+        kept.add(label)
+    assert kept == {5, 9}
+
+
+def test_boxes_everywhere_out_leave_empty_float32_and_int64() -> None:
+    sample = _sample(n_boxes=1)
+    sample["boxes"] = np.array([[28, 28, 36, 36]], np.float32)
+    aug = Policy(tasks=TASKS, shared=(Slot("translate_y", 1.0, 1.0),
+                                      Slot("translate_x", 1.0, 1.0),
+                                      Slot("translate_y", 1.0, 1.0))).transform(seed=1)
+    seen_empty = False
+    for _ in range(20):
+        out = aug(sample)["shared"]
+        assert out["boxes"].dtype == np.float32 and out["boxes"].shape[1] == 4
+        assert out["box_labels"].dtype == np.int64
+        assert len(out["boxes"]) == len(out["box_labels"])
+        seen_empty |= len(out["boxes"]) == 0
+    assert seen_empty
+    sample["boxes"] = np.zeros((0, 4), np.float32)
+    sample["box_labels"] = np.zeros(0, np.int64)
+    out = aug(sample)["shared"]
+    assert out["boxes"].shape == (0, 4) and out["boxes"].dtype == np.float32
+    assert out["box_labels"].shape == (0,) and out["box_labels"].dtype == np.int64
+
+
+def test_normals_under_geometric_ops_are_refused() -> None:
+    policy = Policy(tasks={"normals": "normals"}, shared=(Slot("rotate", 0.5, 0.5),))
+    with pytest.raises(UserError, match="normals"):
+        policy.transform()
+    photometric = Policy(tasks={"normals": "normals"}, shared=(Slot("contrast", 0.5, 0.5),))
+    sample = {"image": _sample()["image"], "normals": np.zeros((H, W, 3), np.float32)}
+    assert photometric.transform(seed=0)(sample)["shared"]["normals"] is sample["normals"]
+
+
+# --- determinism -------------------------------------------------------------------------------
+
+
+def test_same_seed_same_outputs_different_seed_different() -> None:
+    samples = [_sample(i) for i in range(6)]
+
+    def run(seed: int) -> list[dict]:
+        aug = RICH.transform(seed=seed)
+        return [aug(s) for s in samples]
+
+    a, b, c = run(7), run(7), run(8)
+    for x, y in zip(a, b, strict=True):
+        assert all(_equal(x[v], y[v]) for v in x)
+    assert not all(_equal(x[v], z[v]) for x, z in zip(a, c, strict=True) for v in x)
+
+
+def test_set_seed_restarts_the_stream() -> None:
+    samples = [_sample(i) for i in range(4)]
+    aug = get_baseline("flipcrop", TASKS).transform(seed=1)
+    first = [aug(s)["shared"] for s in samples]
+    aug.set_seed(1)
+    again = [aug(s)["shared"] for s in samples]
+    assert all(_equal(x, y) for x, y in zip(first, again, strict=True))
+
+
+def test_slots_draw_independently() -> None:
+    # Two slots with the same p must not be applied together every time (albumentations seeds
+    # every transform of a seeded Compose alike; the policy must not inherit that).
+    policy = Policy(tasks={"c": "classification"},
+                    shared=(Slot("invert", 0.5, 1.0), Slot("hflip", 0.5, 1.0)))
+    aug = policy.transform(seed=0)
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, 0] = 100
+    outcomes = set()
+    for _ in range(40):
+        out = aug({"image": image})["shared"]["image"]
+        outcomes.add((bool(out.max() == 255), bool(out[0, -1, 0] in (100, 155))))
+    assert len(outcomes) == 4
+
+
+# --- YAML --------------------------------------------------------------------------------------
+
+
+def test_yaml_round_trip(tmp_path: Path) -> None:
+    path = RICH.to_yaml(tmp_path / "best_policy.yaml")
+    assert load_policy(path) == RICH
+    data = yaml.safe_load(path.read_text())
+    assert data["schema"] == SCHEMA and list(data) == [
+        "schema", "tasks", "structure", "shared", "per_task", "weighting", "provenance"]
+    assert data["shared"][0] == {"op": "rotate", "p": 0.6, "magnitude": 0.3}
+    assert Policy.from_dict(RICH.to_dict()) == RICH
+
+
+def test_design_example_loads(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(
+        "schema: policysearch.policy/v1\n"
+        "tasks: {shape: classification, seg: segmentation, objects: detection, depth: depth}\n"
+        "structure: sequence\n"
+        "shared:\n  - {op: rotate, p: 0.6, magnitude: 0.3}\n"
+        "per_task:\n  shape:\n    - {op: solarize, p: 0.2, magnitude: 0.7}\n"
+        "weighting: {method: static, weights: {shape: 1.0, seg: 0.8, objects: 1.3, depth: 0.5}}\n"
+        "provenance: {study: demo, trial: 17, delta_m: 4.2, reference: flipcrop}\n"
+    )
+    policy = load_policy(path)
+    assert policy.shared == (Slot("rotate", 0.6, 0.3),)
+    assert policy.per_task == {"shape": (Slot("solarize", 0.2, 0.7),)}
+    assert policy.weighting == Weighting("static", {"shape": 1.0, "seg": 0.8, "objects": 1.3,
+                                                    "depth": 0.5})
+    assert policy.summary() == "rotate(.6,.3) | shape: solarize(.2,.7)"
+
+
+slots = st.lists(
+    st.builds(Slot, op=st.sampled_from(sorted(OPS)), p=st.floats(0, 1), magnitude=st.floats(0, 1)),
+    max_size=3,
+).map(tuple)
+
+
+@settings(max_examples=25, deadline=None)
+@given(shared=slots, seg=slots, w=st.floats(0.01, 10), trial=st.integers(0, 10**6))
+def test_yaml_round_trip_property(tmp_path_factory: pytest.TempPathFactory, shared: tuple,
+                                  seg: tuple, w: float, trial: int) -> None:
+    policy = Policy(tasks={"seg": "segmentation", "cls": "classification"}, shared=shared,
+                    per_task={"seg": seg} if seg else {},
+                    weighting=Weighting("static", {"seg": w}),
+                    provenance={"trial": trial, "note": "x"})
+    path = policy.to_yaml(tmp_path_factory.mktemp("rt") / "p.yaml")
+    assert load_policy(path) == policy
+
+
+def _policy_text(**changes: object) -> str:
+    data = RICH.to_dict()
+    data.update(changes)
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def _slot(op: str = "hflip", p: object = 0.5, magnitude: object = 1.0) -> dict:
+    return {"op": op, "p": p, "magnitude": magnitude}
+
+
+BAD = {
+    "unknown_op": (_policy_text(shared=[_slot(), _slot("zoom")]), "shared[1].op", "unknown op"),
+    "p_too_big": (_policy_text(per_task={"seg": [_slot(p=1.5)]}), "per_task.seg[0].p", "[0, 1]"),
+    "magnitude_str": (_policy_text(shared=[_slot(magnitude="high")]), "shared[0].magnitude",
+                      "[0, 1]"),
+    "missing_p": (_policy_text(shared=[{"op": "hflip", "magnitude": 1.0}]), "shared[0].p",
+                  "missing"),
+    "bad_schema": (_policy_text(schema="policysearch.policy/v9"), "schema", "unsupported"),
+    "no_schema": (yaml.safe_dump({"tasks": TASKS}), "schema", "unsupported"),
+    "unknown_key": (_policy_text(colour="red"), "colour", "unknown key"),
+    "unknown_task": (_policy_text(per_task={"nope": [_slot()]}), "per_task.nope",
+                     "not one of the policy's tasks"),
+    "bad_weight": (_policy_text(weighting={"method": "static", "weights": {"seg": 0}}),
+                   "weighting.weights.seg", "> 0"),
+    "weight_unknown_task": (_policy_text(weighting={"weights": {"nope": 1.0}}),
+                            "weighting.weights.nope", "not one of"),
+    "structure": (_policy_text(structure="randaugment"), "structure", "not supported yet"),
+    "structure_unknown": (_policy_text(structure="zigzag"), "structure", "unknown structure"),
+    "shared_task_name": (_policy_text(tasks={"shared": "classification"}, per_task={},
+                                      weighting={"method": "static", "weights": {}}),
+                         "tasks.shared", "reserved"),
+    "schedule": (_policy_text(schedule=[]), "schedule", "not supported"),
+    "bad_yaml": ("schema: [unclosed\n  tasks: {", None, "invalid YAML at line"),
+    "not_mapping": ("- just\n- a list\n", None, "must be a mapping"),
+    "empty_file": ("", None, "must be a mapping"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_policy_files(tmp_path: Path, case: str) -> None:
+    text, field, message = BAD[case]
+    path = tmp_path / f"{case}.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_policy(path)
+    line = str(err.value)
+    assert "\n" not in line and line.startswith(str(path))
+    assert err.value.source == str(path) and err.value.field == field
+    if field:
+        assert f": {field}: " in line
+    assert message in line
+
+
+def test_non_utf8_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "latin1.yaml"
+    path.write_bytes("schema: caf\xe9\n".encode("latin-1"))
+    with pytest.raises(UserError, match="not UTF-8") as err:
+        load_policy(path)
+    assert err.value.source == str(path)
+    with pytest.raises(UserError, match="file not found"):
+        load_policy(tmp_path / "missing.yaml")
+
+
+def test_programmatic_policies_are_validated_too() -> None:
+    with pytest.raises(UserError, match=r"shared\[0\]\.p"):
+        Policy(tasks={"a": "classification"}, shared=(Slot("hflip", 2.0, 0.5),))
+    with pytest.raises(UserError, match="unknown op"):
+        Policy(tasks={"a": "classification"}, per_task={"a": [Slot("nope", 0.5, 0.5)]})
+
+
+def test_summary() -> None:
+    assert RICH.summary() == (
+        "rotate(.6,.3) crop(.8,.5) brightness(.5,.4) | shape: solarize(.2,.7) | seg: vflip(1.0,1.0)"
+    )
+    assert Policy(tasks={"a": "classification"}).summary() == "none"
+
+
+# --- baselines ---------------------------------------------------------------------------------
+
+
+def test_baselines() -> None:
+    assert {"none", "flipcrop"} <= set(BASELINES)
+    none = get_baseline("none", TASKS)
+    assert none.shared == () and none.per_task == {} and none.provenance == {"baseline": "none"}
+    sample = _sample()
+    assert _equal(none.transform(seed=0)(sample)["shared"], sample)
+    flipcrop = get_baseline("flipcrop", TASKS)
+    assert flipcrop.shared == (Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5))
+    assert flipcrop.tasks == TASKS and flipcrop.provenance == {"baseline": "flipcrop"}
+    with pytest.raises(UserError, match="unknown baseline 'fancy'; known: none, flipcrop"):
+        get_baseline("fancy", TASKS)
+
+
+# --- albumentations export ---------------------------------------------------------------------
+
+
+def test_to_albumentations_uses_albumentations_keys() -> None:
+    sample = _sample()
+    det = RICH.to_albumentations("objects", size=(H, W), seed=0)
+    out = det(image=sample["image"], bboxes=sample["boxes"], labels=sample["box_labels"])
+    assert out["image"].shape == (H, W, 3) and len(out["bboxes"]) == len(out["labels"])
+    seg = RICH.to_albumentations("seg", size=(H, W))
+    assert [type(t).__name__ for t in seg.transforms][-1] == "VerticalFlip"
+    depth = RICH.to_albumentations("depth", size=(H, W), seed=0)
+    out = depth(image=sample["image"], depth=sample["depth"])
+    assert out["depth"].dtype == np.float32
+
+
+def test_to_albumentations_refusals() -> None:
+    policy = Policy(tasks={"n": "normals", "c": "classification"},
+                    shared=(Slot("crop", 1.0, 0.5),))
+    with pytest.raises(UserError, match="surface normals need policysearch's own step"):
+        policy.to_albumentations("n")
+    with pytest.raises(UserError, match="size"):
+        policy.to_albumentations("c")
+    assert policy.to_albumentations("c", size=(32, 32)).transforms[0].size == (32, 32)
+    with_size = Policy(tasks=policy.tasks, shared=policy.shared, provenance={"image_size": 48})
+    assert with_size.to_albumentations("c").transforms[0].size == (48, 48)
+    with pytest.raises(UserError, match="unknown task"):
+        policy.to_albumentations("zzz")
+
+
+_CHILD = """
+import json, sys
+import albumentations as A
+import numpy as np
+compose = A.load(sys.argv[1], data_format="json")
+data = dict(np.load(sys.argv[2]))
+compose.set_random_seed(11)
+outs = {}
+for i in range(5):
+    kwargs = {k: v for k, v in data.items() if k != "labels"}
+    if "bboxes" in kwargs:
+        kwargs["labels"] = data["labels"]
+    out = compose(**kwargs)
+    for k, v in out.items():
+        outs[f"{i}:{k}"] = np.asarray(v)
+np.savez(sys.argv[3], **outs)
+print(json.dumps(sorted(m for m in sys.modules if m.split(".")[0] == "policysearch")))
+"""
+
+
+@pytest.mark.parametrize("task", ["seg", "objects", "depth", "shape"])
+def test_albumentations_file_loads_without_policysearch(tmp_path: Path, task: str) -> None:
+    compose = RICH.to_albumentations(task, size=(H, W))
+    path = tmp_path / f"best_policy.{task}.albumentations.json"
+    A.save(compose, str(path), data_format="json")
+    sample = _sample()
+    inputs = {"image": sample["image"]}
+    inputs.update({
+        "seg": {"mask": sample["mask"]},
+        "objects": {"bboxes": sample["boxes"], "labels": sample["box_labels"]},
+        "depth": {"depth": sample["depth"]},
+        "shape": {},
+    }[task])
+    np.savez(tmp_path / "in.npz", **inputs)
+    result = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(path), str(tmp_path / "in.npz"),
+         str(tmp_path / "out.npz")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+    theirs = dict(np.load(tmp_path / "out.npz"))
+    compose.set_random_seed(11)
+    for i in range(5):
+        kwargs = {k: v for k, v in inputs.items()}
+        for key, value in compose(**kwargs).items():
+            np.testing.assert_array_equal(np.asarray(value), theirs[f"{i}:{key}"])
+
+
+# --- import hygiene ----------------------------------------------------------------------------
+
+
+def test_augment_imports_neither_torch_optuna_nor_ray() -> None:
+    code = (
+        "import sys, policysearch.augment as a\n"
+        "a.load_policy, a.get_baseline('flipcrop', {'c': 'classification'}).transform(seed=0)\n"
+        "print(sorted(m for m in ('torch', 'optuna', 'ray') if m in sys.modules))\n"
+        "import albumentations as A, importlib.util\n"
+        "if importlib.util.find_spec('torch'):\n"
+        "    assert A.ToTensorV2.__name__ == 'ToTensorV2'  # still there, on first use\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=ROOT, timeout=120, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,94 @@
+from __future__ import annotations
+
+import math
+import warnings
+
+import pytest
+
+from policysearch.results import (
+    ReferenceWarning,
+    StudyRecords,
+    TrialRecord,
+    delta_m,
+    results_frame,
+    to_markdown,
+)
+
+INFO = {
+    "cls": {"accuracy": {"higher": True, "primary": True},
+            "macro_f1": {"higher": True, "primary": False}},
+    "depth": {"abs_err": {"higher": False, "primary": True},
+              "rel_err": {"higher": False, "primary": True}},
+}
+REF = {"cls": {"accuracy": 0.5, "macro_f1": 0.4}, "depth": {"abs_err": 2.0, "rel_err": 0.5}}
+
+
+def test_delta_m_signs_and_within_task_mean_first() -> None:
+    metrics = {"cls": {"accuracy": 0.6, "macro_f1": 0.1},  # +20 % (f1 not primary)
+               "depth": {"abs_err": 1.0, "rel_err": 0.6}}  # -(-50 %) = +50, -(+20 %) = -20
+    value, notes = delta_m(metrics, REF, INFO)
+    # LibMTL: depth's two metrics are averaged first (+15), then tasks: (20 + 15) / 2.
+    assert value == pytest.approx(17.5)
+    # A flat mean over all three primary metrics would differ: (20 + 50 - 20) / 3.
+    assert value != pytest.approx(50 / 3)
+    assert notes == []
+
+
+def test_delta_m_of_reference_is_zero_and_worse_is_negative() -> None:
+    assert delta_m(REF, REF, INFO)[0] == pytest.approx(0.0)
+    worse = {"cls": {"accuracy": 0.4, "macro_f1": 0.4}, "depth": {"abs_err": 2.2, "rel_err": 0.5}}
+    assert delta_m(worse, REF, INFO)[0] < 0
+
+
+def test_reference_near_zero_is_left_out_with_warning() -> None:
+    ref = {"cls": {"accuracy": 0.0, "macro_f1": 0.0}, "depth": {"abs_err": 2.0, "rel_err": 0.5}}
+    metrics = {"cls": {"accuracy": 0.9, "macro_f1": 0.9},
+               "depth": {"abs_err": 1.0, "rel_err": 0.25}}
+    value, notes = delta_m(metrics, ref, INFO)
+    assert value == pytest.approx(50.0)  # only depth counts
+    assert notes and "cls.accuracy" in notes[0]
+
+
+def test_task_missing_from_reference_is_an_error() -> None:
+    with pytest.raises(KeyError, match="depth"):
+        delta_m(REF, {"cls": REF["cls"]}, INFO)
+
+
+def _study() -> StudyRecords:
+    def rec(n: int, acc: float, abs_err: float, state: str = "complete",
+            role: str = "search") -> TrialRecord:
+        return TrialRecord(number=n, state=state, role=role,
+                           metrics={"cls": {"accuracy": acc, "macro_f1": acc},
+                                    "depth": {"abs_err": abs_err, "rel_err": 0.5}},
+                           policy=None, duration_s=1.0, epochs=2)
+
+    return StudyRecords(name="s", metrics_info=INFO, records=[
+        rec(0, 0.5, 2.0, role="reference"),
+        rec(1, 0.55, 2.0),              # +5
+        rec(2, 0.45, 1.0),              # (-10 + 25) / 2 = +7.5  -> rank 1
+        rec(3, 0.9, 0.1, state="pruned"),
+        TrialRecord(number=4, state="failed", error="boom"),
+        rec(5, 0.4, 2.0),               # -10
+    ])
+
+
+def test_ranking_orders_complete_by_delta_m_then_pruned_then_failed() -> None:
+    frame = results_frame(_study())
+    assert list(frame["trial"]) == [2, 1, 0, 5, 3, 4]
+    assert list(frame["rank"][:4]) == [1, 2, 3, 4]
+    assert frame["rank"][4:].isna().all()
+    assert frame.loc[0, "delta_m"] == pytest.approx(7.5)
+    assert frame.loc[frame["trial"] == 4, "note"].item() == "boom"
+    assert math.isnan(frame.loc[frame["trial"] == 4, "delta_m"].item())
+    assert "cls.accuracy" in frame.columns and "depth.rel_err" in frame.columns
+
+
+def test_markdown_mentions_reference_and_warnings() -> None:
+    study = _study()
+    study.records[0].metrics["cls"]["accuracy"] = 0.0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        frame = results_frame(study)
+    assert any(issubclass(w.category, ReferenceWarning) for w in caught)
+    text = to_markdown(frame)
+    assert "reference trial (flipcrop)" in text and "warning: cls.accuracy" in text
