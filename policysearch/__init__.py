@@ -31,7 +31,7 @@ def results(out: str | None = None, *, storage: str | None = None,
     """The ranked results table (a pandas DataFrame) of a study."""
     from pathlib import Path
 
-    from policysearch.results import results_frame
+    from policysearch.results_table import results_frame
     from policysearch.search.optuna_engine import load_records
 
     records = load_records(out_dir=Path(out) if out else None, storage=storage,

@@ -24,7 +24,8 @@ from policysearch.errors import UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Search augmentation policies and loss weights for multi-task vision.")
-out_console = Console(soft_wrap=True)
+# Piped output (CI logs, files) would otherwise be wrapped at 80 columns, splitting the table.
+out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -138,19 +139,23 @@ class ProgressPrinter:
 
 
 def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> None:
-    from policysearch.results import compact_columns
+    import pandas as pd
+
+    from policysearch.results_table import compact_columns
 
     shown = frame.head(top) if top else frame
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
     columns = compact_columns(frame, info)
+    headers = {"delta_m": "Δm%", "duration_s": "s"}
     for col in columns:
-        table.add_column(col, justify="left" if col in ("state", "policy") else "right",
-                         overflow="fold")
+        table.add_column(headers.get(col, col),
+                         justify="left" if col in ("state", "policy") else "right",
+                         no_wrap=col != "policy", overflow="fold")
     for _, row in shown.iterrows():
         cells = []
         for col in columns:
             value = row[col]
-            if value is None or (isinstance(value, float) and value != value):
+            if value is None or value is pd.NA or (isinstance(value, float) and value != value):
                 cells.append("-")
             elif col == "delta_m":
                 cells.append(f"{value:+.2f}")
@@ -225,7 +230,7 @@ def results(
     top: Annotated[int | None, typer.Option(help="Show the K best rows.")] = None,
 ) -> None:
     """Print the ranked results table of a study."""
-    from policysearch import results as res
+    from policysearch import results_table as res
 
     records = _records(out, storage, study)
     with warnings.catch_warnings(record=True):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from policysearch.augment import Policy, load_policy
 from policysearch.errors import UserError
-from policysearch.results import StudyRecords, results_frame
+from policysearch.results_table import StudyRecords, results_frame
 
 __all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy", "pick_trial"]
 

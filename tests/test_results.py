@@ -5,7 +5,7 @@ import warnings
 
 import pytest
 
-from policysearch.results import (
+from policysearch.results_table import (
     ReferenceWarning,
     StudyRecords,
     TrialRecord,

@@ -114,6 +114,24 @@ def test_version_and_ops() -> None:
     assert result.exit_code == 0 and "rotate" in result.output and "geometric" in result.output
 
 
+@pytest.mark.slow
+def test_results_and_export_in_a_fresh_process(tiny_space: Path, tmp_path: Path) -> None:
+    # In-process CLI tests share imported modules; a fresh process catches import-order bugs.
+    out = tmp_path / "fresh"
+    assert _search(tiny_space, out, 2).exit_code == 0
+    cli = [sys.executable, "-m", "policysearch"]
+    proc = subprocess.run([*cli, "results", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "Δm%" in proc.stdout and "reference" in proc.stdout
+    proc = subprocess.run([*cli, "export", "--out", str(out), "--to", str(tmp_path / "p.yaml")],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.yaml").exists() and (tmp_path / "p.seg.albumentations.json").exists()
+    code = f"import policysearch as ps; print(type(ps.results({str(out)!r})).__name__)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stdout.strip() == "DataFrame", proc.stderr
+
+
 def test_results_without_study_is_a_user_error(tmp_path: Path) -> None:
     result = runner.invoke(app, ["results", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "study.journal not found" in result.output

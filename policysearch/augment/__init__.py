@@ -5,8 +5,13 @@ Imports neither torch, optuna nor ray, so ``load_policy`` works in any training 
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
+
+# albumentations 2.0.8 asks PyPI for a newer version on import (2 s timeout); policysearch makes
+# no network requests at run time. A user who wants the check can set the variable to 0.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 
 def _import_albumentations_without_torch() -> None:

@@ -14,7 +14,12 @@ from policysearch.data import get_dataset
 from policysearch.data.base import MultiTaskDataset
 from policysearch.errors import UserError
 from policysearch.export import ExportResult, export_policy, pick_trial
-from policysearch.results import StudyRecords, metrics_info_from_tasks, results_frame, write_results
+from policysearch.results_table import (
+    StudyRecords,
+    metrics_info_from_tasks,
+    results_frame,
+    write_results,
+)
 
 
 @dataclass

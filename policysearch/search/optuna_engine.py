@@ -22,7 +22,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
-from policysearch.results import MetricsInfo, StudyRecords, TrialRecord, delta_m
+from policysearch.results_table import MetricsInfo, StudyRecords, TrialRecord, delta_m
 from policysearch.search.space import Param, parameters, policy_from_params
 from policysearch.training import Metrics, TrialFailed, TrialPruned, TrialResult
 

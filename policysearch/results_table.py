@@ -164,6 +164,9 @@ def write_results(frame: pd.DataFrame, out_dir: Path) -> list[Path]:
 
 def to_markdown(frame: pd.DataFrame, top: int | None = None) -> str:
     shown = _rounded(frame.head(top) if top else frame).drop(columns=["role"], errors="ignore")
+    for col in ("policy", "note"):
+        if col in shown.columns:  # a bare "|" would end the Markdown table cell
+            shown[col] = shown[col].astype(str).str.replace("|", "\\|", regex=False)
     text = shown.to_markdown(index=False)
     notes = frame.attrs.get("notes") or []
     ref = frame.attrs.get("reference")
