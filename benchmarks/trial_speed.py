@@ -5,7 +5,8 @@ Writes benchmarks/results/trial_speed.md (or --out). Measures:
     albumentations transforms called directly, for the flipcrop baseline and a 2-slot policy;
   * one trial of the default search space (flipcrop reference): seconds per epoch, training
     images/s, peak resident memory;
-  * validation metrics of that trial next to those of the untrained network, per task.
+  * validation metrics of that trial next to those of the untrained network, per task;
+  * seed noise: the same reference trial with seeds 1 and 2, as Δm% against seed 0.
 
     .venv/bin/python benchmarks/trial_speed.py            # full run, ~1-2 minutes
     .venv/bin/python benchmarks/trial_speed.py --smoke-test
@@ -26,6 +27,7 @@ from policysearch.augment import Policy, Slot, get_baseline
 from policysearch.config import load_space
 from policysearch.data import get_dataset
 from policysearch.models import build_network
+from policysearch.results_table import delta_m, metrics_info_from_tasks
 from policysearch.tasks import make_task
 from policysearch.training import evaluate, run_trial
 
@@ -136,6 +138,25 @@ def main() -> None:
     for task, metrics in result.metrics.items():
         for metric, value in metrics.items():
             lines.append(f"| {task} | {metric} | {untrained[task][metric]:.3f} | {value:.3f} |")
+    if not args.smoke_test:
+        info = metrics_info_from_tasks(task_objs)
+        lines += [
+            "",
+            "## Seed noise (same policy and budget, different training seed)",
+            "",
+            "| seed | Δm% against seed 0 |",
+            "|---:|---:|",
+        ]
+        values = []
+        for seed in (1, 2):
+            other = run_trial(get_baseline(space.reference, tasks), dataset, budget, seed=seed,
+                              device="cpu", threads=2)
+            value, _ = delta_m(other.metrics, result.metrics, info)
+            values.append(value)
+            lines.append(f"| {seed} | {value:+.2f} |")
+        lines += ["", f"A policy's Δm% must differ by more than about "
+                  f"{max(abs(v) for v in values):.1f} points before a single-seed comparison "
+                  "means anything at this budget."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

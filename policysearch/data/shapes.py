@@ -49,7 +49,7 @@ __all__ = [
 ]
 
 # Bump whenever the generator's output changes: it is part of every cache file's name.
-VERSION = 2
+VERSION = 5
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
 SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
@@ -81,7 +81,8 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     """A textured background (float RGB, 0-255) and its depth plane (float32)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / max(1, size - 1)
     # Linear gradient between two random colours in a random direction.
-    c0, c1 = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+    c0 = rng.uniform(30, 225, size=3).astype(np.float32)
+    c1 = np.clip(c0 + rng.normal(0, 35, size=3), 0, 255).astype(np.float32)
     angle = rng.uniform(0, 2 * np.pi)
     t = xx * np.cos(angle) + yy * np.sin(angle)
     t = (t - t.min()) / max(1e-6, float(t.max() - t.min()))
@@ -90,9 +91,9 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     k = int(rng.integers(3, 7))
     grid = np.clip(128 + 50 * rng.standard_normal((k, k, 3)), 0, 255).astype(np.uint8)
     noise = np.asarray(Image.fromarray(grid, "RGB").resize((size, size), Image.BICUBIC))
-    img += (noise.astype(np.float32) - 128.0) * rng.uniform(0.2, 0.5)
+    img += (noise.astype(np.float32) - 128.0) * rng.uniform(0.1, 0.3)
     # Optional stripes or checkerboard in a third palette colour.
-    pattern = rng.integers(0, 3)  # 0 none, 1 stripes, 2 checker
+    pattern = rng.choice(3, p=(0.6, 0.2, 0.2))  # 0 none, 1 stripes, 2 checker
     if pattern:
         period = rng.uniform(4, 16) / size  # in units of the side
         if pattern == 1:
@@ -102,9 +103,9 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
         else:
             on = ((np.floor(xx / period) + np.floor(yy / period)) % 2).astype(np.float32)
         c2 = rng.uniform(0, 255, size=3).astype(np.float32)
-        alpha = rng.uniform(0.1, 0.25)
+        alpha = rng.uniform(0.05, 0.12)
         img += alpha * on[..., None] * (c2 - img)
-    img += rng.normal(0, 3, size=img.shape).astype(np.float32)
+    img += rng.normal(0, 6, size=img.shape).astype(np.float32)  # fine grain
     # Depth: a floor/wall plane, far at the top and near at the bottom, slightly tilted.
     top = rng.uniform(8.5, 9.5)
     bottom = rng.uniform(5.8, 6.4)
@@ -174,10 +175,14 @@ class Scene:
 def _try_scene(rng: np.random.Generator, size: int) -> Scene:
     """One candidate scene."""
     img, depth = _background(rng, size)
-    n = int(rng.choice(4, p=(0.2, 0.3, 0.3, 0.2))) + 1
+    n = int(rng.choice(4, p=(0.35, 0.3, 0.2, 0.15))) + 1
     classes = rng.integers(0, len(CLASSES), size=n)
-    # Diameter 16-45% of the side, scaled per class so that the classes' areas are comparable.
-    radii = rng.uniform(0.16, 0.45, size=n) * size / 2 * _CLASS_SCALE[classes]
+    # One main object of 35-55% of the side and smaller ones of 15-35%, scaled per class so that
+    # the classes' areas are comparable: the largest object is clear enough to learn from a few
+    # hundred images, while the others still occlude it and carry their own targets.
+    diameters = rng.uniform(0.15, 0.35, size=n)
+    diameters[0] = rng.uniform(0.35, 0.55)
+    radii = diameters * size / 2 * _CLASS_SCALE[classes]
     # Base depths with a minimal gap so that in-object slopes cannot reorder overlaps.
     spread = (_Z_FAR - _Z_NEAR) - (n - 1) * _Z_GAP
     zs = _Z_NEAR + np.sort(rng.uniform(0, spread, size=n)) + np.arange(n) * _Z_GAP
