@@ -131,6 +131,15 @@ class SearchSpace(_Strict):
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
 
+    @field_validator("reference")
+    @classmethod
+    def _known_baseline(cls, name: str) -> str:
+        from policysearch.augment import BASELINES
+
+        if name not in BASELINES:
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        return name
+
     def with_budget(self, **overrides: Any) -> SearchSpace:
         """A copy whose budget has the given non-None fields replaced (CLI flags)."""
         changes = {k: v for k, v in overrides.items() if v is not None}

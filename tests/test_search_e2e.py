@@ -107,6 +107,33 @@ def test_bad_space_exits_2_with_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2 and "missing.yaml: file not found" in proc.stderr
 
 
+def test_probability_out_of_range_via_cli(tmp_path: Path) -> None:
+    space = tmp_path / "p.yaml"
+    space.write_text(yaml.safe_dump({"name": "p", "shared": {"slots": 1, "ops": ["rotate"],
+                                                            "p": [0.0, 1.5]}}))
+    result = runner.invoke(app, ["search", "--space", str(space), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(space) in lines[0] and "shared.p" in lines[0]
+    assert not (tmp_path / "o").exists()  # refused before a study was created
+
+
+def test_unknown_reference_baseline_is_refused_up_front(tmp_path: Path) -> None:
+    space = tmp_path / "r.yaml"
+    space.write_text(yaml.safe_dump({"name": "r", "reference": "flipcropp"}))
+    result = runner.invoke(app, ["search", "--space", str(space), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "reference" in result.output and "flipcropp" in result.output
+
+
+def test_timeout_starts_no_new_trial(tiny_space: Path, tmp_path: Path) -> None:
+    out = tmp_path / "t"
+    result = _search(tiny_space, out, 5, "--timeout", "0.000001")
+    assert result.exit_code == 0, result.output
+    assert "timeout reached" in result.output
+    assert len(_finished(out)) == 0
+    assert not (out / "best_policy.yaml").exists()
+
+
 def test_version_and_ops() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("policysearch ")

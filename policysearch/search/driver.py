@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,7 +80,7 @@ def search(options: SearchOptions,
     """Run (or resume) a policy search and write results and the best policy into ``out``."""
     from policysearch.search.optuna_engine import optimize
     from policysearch.tasks import make_task
-    from policysearch.training import run_trial
+    from policysearch.training import resolve_device, run_trial
 
     if options.engine != "optuna":
         raise UserError(f"engine {options.engine!r} is not available in this version "
@@ -88,6 +89,8 @@ def search(options: SearchOptions,
         raise UserError("only --workers 1 is available in this version", field="--workers")
     if options.trials < 1:
         raise UserError("must be at least 1", field="--trials")
+    resolve_device(options.device)  # a missing GPU is a user error before any trial
+    threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     space = resolve_space(options)
     study_name = options.study or space.name
     out_dir = options.out or Path("runs") / study_name
@@ -99,7 +102,7 @@ def search(options: SearchOptions,
 
     def runner(policy, reporter):  # noqa: ANN001, ANN202
         return run_trial(policy, dataset, space.budget, seed=options.seed,
-                         device=options.device, reporter=reporter, threads=options.threads)
+                         device=options.device, reporter=reporter, threads=threads)
 
     def checkpoint(study: StudyRecords) -> None:
         write_results(results_frame(study, warn=False), out_dir)
