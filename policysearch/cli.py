@@ -273,17 +273,39 @@ def export(
 
 @app.command()
 @_handles_errors
+def preview(
+    policy: Annotated[str, typer.Option(help="Policy YAML file or baseline name.")],
+    to: Annotated[Path, typer.Option(help="PNG file to write.")],
+    dataset: Annotated[str, typer.Option(help="Dataset to draw samples from.")] = "shapes",
+    n: Annotated[int, typer.Option(help="Samples (rows).")] = 8,
+    draws: Annotated[int, typer.Option(help="Augmented draws per sample.")] = 4,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+) -> None:
+    """Render N samples × K augmented draws of a policy, with masks, boxes and depth."""
+    from policysearch.data import get_dataset
+    from policysearch.preview import preview_grid_for, write_png
+
+    if n < 1 or draws < 1:
+        raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")
+    image = preview_grid_for(policy, get_dataset(dataset), n=n, draws=draws, seed=seed)
+    write_png(image, to)
+    out_console.print(f"wrote {to} ({image.width}×{image.height})", highlight=False)
+
+
+@app.command()
+@_handles_errors
 def ops() -> None:
     """List every op: kind, whether signed, and its range at magnitude 1."""
     from policysearch.augment import ops_table
 
     table = Table(title="augmentation ops (magnitude in [0, 1] maps linearly onto the range)",
                   title_justify="left")
-    for col in ("op", "kind", "signed", "range at magnitude 1", "description"):
+    for col in ("op", "kind", "signed", "range at 1 (standard)", "range at 1 (wide)",
+                "description"):
         table.add_column(col, overflow="fold")
     for row in ops_table():
         table.add_row(row["name"], row["kind"], "±" if row["signed"] else "",
-                      row["range_at_1"], row["description"])
+                      row["range_at_1"], row.get("range_wide_at_1") or "", row["description"])
     out_console.print(table)
 
 

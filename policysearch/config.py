@@ -62,6 +62,26 @@ class SlotSpace(_Strict):
         return self
 
 
+class SharedSpace(SlotSpace):
+    """The shared policy's space; ``subpolicies`` and ``n`` matter only for their structures.
+
+    subpolicies: K sub-policies of ``slots`` slots each, one picked per sample (AutoAugment).
+    randaugment: N (searched in ``n``) ops of magnitude M (searched in ``magnitude``) drawn
+    per sample from ``ops``; ``p`` is unused.
+    """
+
+    subpolicies: int = Field(5, ge=1, le=64)
+    n: tuple[int, int] = (1, 3)
+
+    @field_validator("n")
+    @classmethod
+    def _n_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        lo, hi = value
+        if not 1 <= lo <= hi <= 16:
+            raise ValueError(f"must be [low, high] with 1 <= low <= high <= 16, got {list(value)}")
+        return value
+
+
 class PerTaskSpace(SlotSpace):
     """Slots searched separately for each task listed in ``tasks`` (each adds a view)."""
 
@@ -122,8 +142,8 @@ class SearchSpace(_Strict):
     description: str = ""
     dataset: str = "shapes"
     dataset_options: DatasetOptions = DatasetOptions()
-    structure: Literal["sequence"] = "sequence"
-    shared: SlotSpace = SlotSpace()
+    structure: Literal["sequence", "subpolicies", "randaugment"] = "sequence"
+    shared: SharedSpace = SharedSpace()
     per_task: PerTaskSpace = PerTaskSpace(slots=0)
     weights: WeightSpace = WeightSpace()
     reference: str = "flipcrop"
@@ -134,10 +154,11 @@ class SearchSpace(_Strict):
     @field_validator("reference")
     @classmethod
     def _known_baseline(cls, name: str) -> str:
-        from policysearch.augment import BASELINES
+        from policysearch.augment import BASELINES, is_baseline
 
-        if name not in BASELINES:
-            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)}")
+        if not is_baseline(name):
+            raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)} "
+                             "or a timm-style string such as rand-n2-m9")
         return name
 
     def with_budget(self, **overrides: Any) -> SearchSpace:

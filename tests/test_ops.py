@@ -11,7 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from policysearch.augment import OPS, Policy, Slot, build_slot, get_op, ops_table
+from policysearch.augment import (
+    OPS,
+    Policy,
+    Slot,
+    TrivialAugmentSpec,
+    build_gaussian,
+    build_sampled,
+    build_slot,
+    get_op,
+    ops_table,
+)
 from policysearch.augment.ops import PLACEHOLDER_SIZE, Op, register_op, set_output_size
 from policysearch.errors import UserError
 
@@ -91,7 +101,7 @@ CASES: dict[str, tuple[str, type, object]] = {
                              {"alpha": _pair(0.9 * m / 13), "lightness": _pair(1.0)})),
     "posterize": ("photometric", (A.Posterize, A.NoOp),
                   lambda m: (lambda t: getattr(t, "num_bits", (8, 8)),
-                             (int(8 - 4 * m), int(8 - 4 * m)))),
+                             (8 - round(4 * m), 8 - round(4 * m)))),
     "solarize": ("photometric", A.Solarize,
                  lambda m: (lambda t: t.threshold_range, _pair(1 - m))),
     "equalize": ("photometric", A.Equalize, None),
@@ -161,8 +171,12 @@ def test_ops_table_lists_every_op() -> None:
     rows = ops_table()
     assert [r["name"] for r in rows] == list(OPS)
     for row in rows:
-        assert set(row) >= {"name", "kind", "signed", "range_at_1", "description"}
-        assert row["range_at_1"] and row["description"]
+        assert set(row) >= {"name", "kind", "signed", "range_at_1", "range_wide_at_1",
+                            "description"}
+        assert row["range_at_1"] and row["range_wide_at_1"] and row["description"]
+    wide = {r["name"]: r["range_wide_at_1"] for r in rows}
+    assert wide["rotate"] == "±135°" and wide["posterize"] == "2 bits"
+    assert wide["scale"] == {r["name"]: r["range_at_1"] for r in rows}["scale"]
 
 
 def test_crop_output_size_is_set() -> None:
@@ -225,6 +239,15 @@ def test_geometric_ops_move_every_target_with_the_image(name: str, m: float, see
                                                        obj: tuple) -> None:
     sample = _sample(np.random.default_rng(seed), *obj)
     out = _run(name, m, seed, sample)
+    if not OPS[name].fills_outside:
+        assert not (out["mask"] == 255).any()
+    assert_targets_follow(sample, out)
+
+
+def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True) -> None:
+    """The targets of ``out`` (a view of a ``_sample``) moved with its image: dtypes, shapes
+    and contiguity kept; depth follows the mask exactly; boxes enclose the object pixels; with
+    ``image_aligned`` (no photometric op ran) the bright object pixels match the mask."""
     image, mask, depth = out["image"], out["mask"], out["depth"]
     assert image.dtype == np.uint8 and image.shape == (H, W, 3)
     assert mask.dtype == np.int64 and depth.dtype == np.float32
@@ -239,18 +262,17 @@ def test_geometric_ops_move_every_target_with_the_image(name: str, m: float, see
     np.testing.assert_array_equal(depth == 2.0, mask == 1)
     np.testing.assert_array_equal(depth == 8.0, mask == 0)
     np.testing.assert_array_equal(depth == 0.0, mask == 255)
-    if not OPS[name].fills_outside:
-        assert not (mask == 255).any()
 
     obj_px = mask == 1
-    bright = image.max(axis=2) > BRIGHT
-    # Away from the object's edge (3x3 neighbourhood all object / all not object) the image
-    # and the mask agree exactly; overall, edges included, IoU >= 0.9 unless the object is
-    # small (shrunk, or mostly out of the frame), where edges dominate.
-    assert bright[_erode(obj_px)].all()
-    assert not bright[_erode(~obj_px)].any()
-    if obj_px.sum() >= 150:
-        assert _iou(obj_px, bright) >= 0.9
+    if image_aligned:
+        bright = image.max(axis=2) > BRIGHT
+        # Away from the object's edge (3x3 neighbourhood all object / all not object) the image
+        # and the mask agree exactly; overall, edges included, IoU >= 0.9 unless the object is
+        # small (shrunk, or mostly out of the frame), where edges dominate.
+        assert bright[_erode(obj_px)].all()
+        assert not bright[_erode(~obj_px)].any()
+        if obj_px.sum() >= 150:
+            assert _iou(obj_px, bright) >= 0.9
     if len(out["boxes"]):
         assert out["box_labels"].tolist() == [7]
         x1, y1, x2, y2 = out["boxes"][0]
@@ -367,3 +389,100 @@ def test_crop_resizes_back_to_the_input_size_within_its_area_range() -> None:
         s["depth"] = np.ascontiguousarray(sample["depth"][: size[0], : size[1]])
         out = aug(s)["shared"]
         assert out["image"].shape[:2] == size and out["mask"].shape == size
+
+
+# --- scales and sampled strengths --------------------------------------------------------------
+
+
+WIDE_AT_1 = {
+    "rotate": (_affine_params, _affine_expect(rotate=135)),
+    "shear_x": (_affine_params, _affine_expect(shear=(math.degrees(math.atan(0.99)), 0.0))),
+    "translate_y": (_affine_params, _affine_expect(ty=1.0)),
+    "brightness": (_jitter, _jitter_expect("brightness", 1.99)),
+    "saturation": (_jitter, _jitter_expect("saturation", 1.99)),
+    "sharpness": (lambda t: t.alpha, _pair(0.99 / 13)),
+    "posterize": (lambda t: t.num_bits, (2, 2)),
+    "solarize": (lambda t: t.threshold_range, _pair(0.0)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WIDE_AT_1))
+def test_wide_scale_at_magnitude_1_follows_trivialaugment_wide(name: str) -> None:
+    read, wanted = WIDE_AT_1[name]
+    t = build_slot(name, 1.0, 1.0, scale="wide")
+    plus = t.transforms[0] if isinstance(t, A.OneOf) else t
+    assert read(plus) == wanted
+
+
+@pytest.mark.parametrize("name", ["scale", "hue", "blur", "noise", "cutout", "crop"])
+def test_ops_trivialaugment_wide_lacks_keep_their_standard_range(name: str) -> None:
+    std = build_slot(name, 1.0, 0.7).to_dict()
+    assert build_slot(name, 1.0, 0.7, scale="wide").to_dict() == std
+    assert OPS[name].wide_range == OPS[name].range_at_1
+
+
+def test_posterize_rounds_like_torchvision() -> None:
+    # torchvision: 8 - round(k / ((bins - 1) / 4)) bits for bin k; ours 8 - round(4 m).
+    for bins in (10, 31):
+        for k in range(bins):
+            t = build_slot("posterize", 1.0, k / (bins - 1))
+            bits = getattr(t, "num_bits", (8, 8))[0]
+            assert bits == 8 - round(k / ((bins - 1) / 4)), (bins, k)
+
+
+def test_sampled_signed_op_is_one_symmetric_range() -> None:
+    t = build_sampled("rotate", 0.0, 1.0, scale="wide", p=0.4)
+    assert isinstance(t, A.Affine) and t.rotate == (-135.0, 135.0) and t.p == 0.4
+    t = build_sampled("rotate", 0.5, 1.0)  # |strength| in [15, 30] degrees, random sign
+    assert isinstance(t, A.OneOf) and t.transforms_ps == [0.5, 0.5]
+    assert [c.rotate for c in t.transforms] == [(15.0, 30.0), (-30.0, -15.0)]
+    t = build_sampled("solarize", 0.0, 1.0)
+    assert isinstance(t, A.Solarize) and t.threshold_range == (0.0, 1.0)
+    assert isinstance(build_sampled("hflip"), A.HorizontalFlip)
+    sharp = build_sampled("sharpness", 0.0, 1.0, scale="wide")
+    assert [type(c).__name__ for c in sharp.transforms] == ["GaussianBlur", "Sharpen"]
+    assert sharp.transforms_ps == [0.5, 0.5]
+    with pytest.raises(ValueError):
+        build_sampled("rotate", 0.6, 0.5)
+
+
+def test_sampled_posterize_weighs_each_bit_count() -> None:
+    # Wide: removed = round(6 u), u ~ U[0, 1] -> 0 and 6 get 1/12, 1..5 get 1/6 each.
+    t = build_sampled("posterize", 0.0, 1.0, scale="wide")
+    assert [getattr(c, "num_bits", (8, 8))[0] for c in t.transforms] == [8, 7, 6, 5, 4, 3, 2]
+    np.testing.assert_allclose(t.transforms_ps, [1 / 12] + [1 / 6] * 5 + [1 / 12])
+
+
+def test_gaussian_magnitude_is_a_histogram_of_the_clipped_normal() -> None:
+    t = build_gaussian("rotate", 0.9, 0.1)
+    assert isinstance(t, A.OneOf) and t.p == 1.0
+    assert sum(t.transforms_ps) == pytest.approx(1.0)
+    # The first child is the clipped upper tail: exact strength 1 (±30°), P(N > 1) = 0.159.
+    tail = t.transforms[0]
+    assert [c.rotate for c in tail.transforms] == [(30.0, 30.0), (-30.0, -30.0)]
+    assert t.transforms_ps[0] == pytest.approx(0.5 * math.erfc(1 / math.sqrt(2)), abs=1e-3)
+    exact = build_gaussian("rotate", 0.4, 0.0, p=0.3)
+    assert exact.to_dict() == build_slot("rotate", 0.3, 0.4).to_dict()
+    assert isinstance(build_gaussian("equalize", 0.5, 0.2), A.Equalize)
+
+
+def test_an_op_without_ranged_factory_is_sampled_on_levels(monkeypatch: pytest.MonkeyPatch
+                                                            ) -> None:
+    op = Op("my_gamma", "photometric", False, "gamma", "x", lambda m: A.RandomGamma(
+        gamma_limit=(100 + 50 * m, 100 + 50 * m), p=1.0))
+    monkeypatch.setitem(OPS, "my_gamma", op)
+    t = build_sampled("my_gamma", 0.0, 1.0, scale="wide")
+    assert isinstance(t, A.OneOf) and len(t.transforms) == 31
+    assert t.transforms[-1].gamma_limit == (150.0, 150.0)
+    assert op.wide_range == "x"
+
+
+@pytest.mark.parametrize("name", GEOMETRIC)
+@settings(max_examples=12, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), obj=objects)
+def test_geometric_ops_on_the_wide_scale_move_every_target(name: str, seed: int,
+                                                            obj: tuple) -> None:
+    sample = _sample(np.random.default_rng(seed), *obj)
+    policy = Policy(tasks=TASKS, shared=TrivialAugmentSpec(ops=(name,)))
+    out = policy.transform(seed=seed)(sample)["shared"]
+    assert_targets_follow(sample, out)

@@ -20,7 +20,10 @@ from policysearch.augment import (
     SCHEMA,
     MultiTaskAugment,
     Policy,
+    RandAugmentSpec,
     Slot,
+    SubPolicies,
+    TrivialAugmentSpec,
     Weighting,
     get_baseline,
     load_policy,
@@ -315,8 +318,48 @@ BAD = {
                    "weighting.weights.seg", "> 0"),
     "weight_unknown_task": (_policy_text(weighting={"weights": {"nope": 1.0}}),
                             "weighting.weights.nope", "not one of"),
-    "structure": (_policy_text(structure="randaugment"), "structure", "not supported yet"),
+    "structure_shared_mismatch": (_policy_text(structure="randaugment"), "shared",
+                                  "needs a mapping {n, magnitude, mstd, ops}"),
     "structure_unknown": (_policy_text(structure="zigzag"), "structure", "unknown structure"),
+    "sequence_of_lists": (_policy_text(structure="sequence", shared=[[_slot()]]), "shared[0]",
+                          "needs structure: subpolicies"),
+    "subpolicies_bad_p": (_policy_text(structure="subpolicies",
+                                       shared=[[_slot()], [_slot(), _slot(p=2)]]),
+                          "shared[1][1].p", "[0, 1]"),
+    "subpolicies_empty": (_policy_text(structure="subpolicies", shared=[]), "shared",
+                          "a list of sub-policies"),
+    "subpolicies_flat": (_policy_text(structure="subpolicies", shared=[_slot()]), "shared[0]",
+                         "must be a list of {op, p, magnitude}"),
+    "randaugment_key": (_policy_text(structure="randaugment",
+                                     shared={"n": 2, "magnitude": 0.3, "ops": ["rotate"],
+                                             "m": 9}), "shared.m", "unknown key"),
+    "randaugment_missing_n": (_policy_text(structure="randaugment",
+                                           shared={"magnitude": 0.3, "ops": ["rotate"]}),
+                              "shared.n", "missing"),
+    "randaugment_n": (_policy_text(structure="randaugment",
+                                   shared={"n": 1.5, "magnitude": 0.3, "ops": ["rotate"]}),
+                      "shared.n", "whole number"),
+    "randaugment_magnitude": (_policy_text(structure="randaugment",
+                                           shared={"n": 2, "magnitude": 9, "ops": ["rotate"]}),
+                              "shared.magnitude", "[0, 1]"),
+    "randaugment_mstd": (_policy_text(structure="randaugment",
+                                      shared={"n": 2, "magnitude": 0.3, "mstd": -1,
+                                              "ops": ["rotate"]}), "shared.mstd", ">= 0"),
+    "randaugment_op": (_policy_text(structure="randaugment",
+                                    shared={"n": 2, "magnitude": 0.3,
+                                            "ops": ["rotate", "zoom"]}),
+                       "shared.ops[1]", "unknown op"),
+    "randaugment_twice": (_policy_text(structure="randaugment",
+                                       shared={"n": 2, "magnitude": 0.3,
+                                               "ops": ["rotate", "rotate"]}),
+                          "shared.ops[1]", "listed twice"),
+    "trivialaugment_empty": (_policy_text(structure="trivialaugment", shared={"ops": []}),
+                             "shared.ops", "non-empty"),
+    "trivialaugment_scale": (_policy_text(structure="trivialaugment",
+                                          shared={"ops": ["rotate"], "scale": "huge"}),
+                             "shared.scale", "standard, wide"),
+    "trivialaugment_list": (_policy_text(structure="trivialaugment", shared=[_slot()]),
+                            "shared", "needs a mapping {ops}"),
     "shared_task_name": (_policy_text(tasks={"shared": "classification"}, per_task={},
                                       weighting={"method": "static", "weights": {}}),
                          "tasks.shared", "reserved"),
@@ -378,7 +421,8 @@ def test_baselines() -> None:
     flipcrop = get_baseline("flipcrop", TASKS)
     assert flipcrop.shared == (Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5))
     assert flipcrop.tasks == TASKS and flipcrop.provenance == {"baseline": "flipcrop"}
-    with pytest.raises(UserError, match="unknown baseline 'fancy'; known: none, flipcrop"):
+    with pytest.raises(UserError, match="unknown baseline 'fancy'; known: none, flipcrop, "
+                       "randaugment, trivialaugment, autoaugment"):
         get_baseline("fancy", TASKS)
 
 
@@ -458,6 +502,235 @@ def test_albumentations_file_loads_without_policysearch(tmp_path: Path, task: st
         kwargs = {k: v for k, v in inputs.items()}
         for key, value in compose(**kwargs).items():
             np.testing.assert_array_equal(np.asarray(value), theirs[f"{i}:{key}"])
+
+
+# --- structures --------------------------------------------------------------------------------
+
+STRUCTURED = {
+    "subpolicies": Policy(
+        tasks=TASKS,
+        shared=SubPolicies(((Slot("rotate", 0.6, 0.3), Slot("equalize", 0.5, 0.0)),
+                            (Slot("crop", 0.8, 0.5),), ())),
+        per_task={"seg": (Slot("vflip", 1.0, 1.0),)},
+        provenance={"image_size": [H, W]},
+    ),
+    "randaugment": Policy(
+        tasks=TASKS,
+        shared=RandAugmentSpec(n=3, magnitude=0.9, mstd=0.05,
+                               ops=("rotate", "translate_x", "solarize", "cutout", "crop")),
+        provenance={"image_size": H},
+    ),
+    "trivialaugment": Policy(
+        tasks=TASKS,
+        shared=TrivialAugmentSpec(ops=("identity", "shear_y", "posterize", "hflip")),
+        per_task={"shape": (Slot("solarize", 0.2, 0.7),)},
+    ),
+    "randaugment_wide": Policy(
+        tasks=TASKS, shared=RandAugmentSpec(n=1, magnitude=0.5, ops=("rotate",), scale="wide"),
+    ),
+    "trivialaugment_standard": Policy(
+        tasks=TASKS, shared=TrivialAugmentSpec(ops=("rotate",), scale="standard"),
+    ),
+}
+
+
+def test_structure_follows_the_type_of_shared() -> None:
+    assert RICH.structure == "sequence"
+    assert {name: p.structure for name, p in STRUCTURED.items()} == {
+        "subpolicies": "subpolicies", "randaugment": "randaugment",
+        "trivialaugment": "trivialaugment", "randaugment_wide": "randaugment",
+        "trivialaugment_standard": "trivialaugment"}
+    # Lists are accepted and frozen to tuples; equality is by value.
+    as_lists = Policy(tasks={"a": "classification"}, structure="subpolicies",
+                      shared=[[Slot("hflip", 0.5, 1.0)], [Slot("invert", 0.2, 0.0)]])
+    assert as_lists.shared == SubPolicies(((Slot("hflip", 0.5, 1.0),),
+                                           (Slot("invert", 0.2, 0.0),)))
+    assert RandAugmentSpec(ops=["rotate"]) == RandAugmentSpec(ops=("rotate",))
+    assert RandAugmentSpec().n == 2 and RandAugmentSpec().magnitude == 0.3
+    assert TrivialAugmentSpec().scale == "wide" and len(TrivialAugmentSpec().ops) == 14
+
+
+def test_structure_and_shared_must_agree() -> None:
+    tasks = {"a": "classification"}
+    with pytest.raises(UserError, match="structure 'randaugment' needs shared") as err:
+        Policy(tasks=tasks, shared=(Slot("hflip", 0.5, 1.0),), structure="randaugment")
+    assert err.value.field == "shared"
+    with pytest.raises(UserError, match="structure 'sequence' needs shared"):
+        Policy(tasks=tasks, shared=RandAugmentSpec(), structure="sequence")
+    with pytest.raises(UserError, match=r"shared\.ops\[0\]: unknown op"):
+        Policy(tasks=tasks, shared=TrivialAugmentSpec(ops=("zoom",)))
+    with pytest.raises(UserError, match=r"shared\.n"):
+        Policy(tasks=tasks, shared=RandAugmentSpec(n=-1))
+    with pytest.raises(UserError, match=r"shared\[0\]\[0\]\.magnitude"):
+        Policy(tasks=tasks, shared=SubPolicies(((Slot("rotate", 0.5, 3.0),),)))
+    with pytest.raises(UserError, match="at least one sub-policy"):
+        Policy(tasks=tasks, shared=SubPolicies(()))
+
+
+@pytest.mark.parametrize("name", sorted(STRUCTURED))
+def test_yaml_round_trip_of_each_structure(tmp_path: Path, name: str) -> None:
+    policy = STRUCTURED[name]
+    path = policy.to_yaml(tmp_path / "p.yaml")
+    assert load_policy(path) == policy
+    assert Policy.from_dict(policy.to_dict()) == policy
+    data = yaml.safe_load(path.read_text())
+    assert data["structure"] == policy.structure
+
+
+def test_yaml_forms_of_the_structures(tmp_path: Path) -> None:
+    sub = yaml.safe_load(STRUCTURED["subpolicies"].to_yaml(tmp_path / "s.yaml").read_text())
+    assert sub["shared"] == [
+        [{"op": "rotate", "p": 0.6, "magnitude": 0.3},
+         {"op": "equalize", "p": 0.5, "magnitude": 0.0}],
+        [{"op": "crop", "p": 0.8, "magnitude": 0.5}],
+        [],
+    ]
+    ra = yaml.safe_load(STRUCTURED["randaugment"].to_yaml(tmp_path / "r.yaml").read_text())
+    assert ra["shared"] == {"n": 3, "magnitude": 0.9, "mstd": 0.05,
+                            "ops": ["rotate", "translate_x", "solarize", "cutout", "crop"]}
+    ta = yaml.safe_load(STRUCTURED["trivialaugment"].to_yaml(tmp_path / "t.yaml").read_text())
+    assert ta["shared"] == {"ops": ["identity", "shear_y", "posterize", "hflip"]}
+    wide = STRUCTURED["randaugment_wide"].to_dict()["shared"]
+    std = STRUCTURED["trivialaugment_standard"].to_dict()["shared"]
+    assert wide["scale"] == "wide" and std["scale"] == "standard"
+    # mstd and scale may be left out of a hand-written file.
+    path = tmp_path / "hand.yaml"
+    path.write_text("schema: policysearch.policy/v1\ntasks: {c: classification}\n"
+                    "structure: randaugment\nshared: {n: 2, magnitude: 0.5, ops: [rotate]}\n")
+    assert load_policy(path).shared == RandAugmentSpec(n=2, magnitude=0.5, ops=("rotate",))
+
+
+structured_shared = st.one_of(
+    st.lists(slots.filter(bool), min_size=1, max_size=4).map(lambda sps: SubPolicies(tuple(sps))),
+    st.builds(RandAugmentSpec, n=st.integers(0, 4), magnitude=st.floats(0, 1),
+              mstd=st.floats(0, 1), ops=st.lists(st.sampled_from(sorted(OPS)), min_size=1,
+                                                 max_size=5, unique=True).map(tuple),
+              scale=st.sampled_from(["standard", "wide"])),
+    st.builds(TrivialAugmentSpec, ops=st.lists(st.sampled_from(sorted(OPS)), min_size=1,
+                                               max_size=5, unique=True).map(tuple),
+              scale=st.sampled_from(["standard", "wide"])),
+)
+
+
+@settings(max_examples=30, deadline=None)
+@given(shared=structured_shared, seg=slots)
+def test_yaml_round_trip_property_of_structures(tmp_path_factory: pytest.TempPathFactory,
+                                                shared: object, seg: tuple) -> None:
+    policy = Policy(tasks={"seg": "segmentation", "cls": "classification"}, shared=shared,
+                    per_task={"seg": seg} if seg else {}, provenance={"image_size": 16})
+    path = policy.to_yaml(tmp_path_factory.mktemp("rt") / "p.yaml")
+    assert load_policy(path) == policy
+    # Every structure runs, with its views.
+    image = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
+    views = policy.transform(seed=0)({"image": image, "mask": np.zeros((16, 16), np.uint8)})
+    assert list(views) == list(policy.views())
+    assert all(v["image"].shape == (16, 16, 3) for v in views.values())
+
+
+def test_summary_of_each_structure() -> None:
+    assert STRUCTURED["subpolicies"].summary() == (
+        "subpolicies(rotate(.6,.3) equalize(.5,.0) / crop(.8,.5) / none) | seg: vflip(1.0,1.0)")
+    assert STRUCTURED["randaugment"].summary() == "randaugment(n=3, m=.90, mstd=.05, 5 ops)"
+    assert STRUCTURED["trivialaugment"].summary() == (
+        "trivialaugment(4 ops) | shape: solarize(.2,.7)")
+    assert STRUCTURED["randaugment_wide"].summary() == "randaugment(n=1, m=.50, wide, 1 ops)"
+    assert get_baseline("autoaugment", TASKS).summary() == "subpolicies(25 x 2 slots)"
+    assert get_baseline("randaugment", TASKS).summary() == "randaugment(n=2, m=.30, 14 ops)"
+
+
+def test_to_albumentations_builds_each_structure_from_stock_blocks() -> None:
+    sub = STRUCTURED["subpolicies"].to_albumentations("seg")
+    outer = sub.transforms[0]
+    assert isinstance(outer, A.OneOf) and outer.transforms_ps == [1 / 3] * 3
+    assert all(isinstance(t, A.Sequential) and t.p == 1.0 for t in outer.transforms)
+    assert isinstance(sub.transforms[-1], A.VerticalFlip)
+    assert outer.transforms[1].transforms[0].size == (H, W)  # crop sized from provenance
+    ra = STRUCTURED["randaugment"].to_albumentations("objects").transforms[0]
+    assert isinstance(ra, A.RandomOrder) and ra.n == 3 and ra.replace and ra.p == 1.0
+    assert all(t.p == 1.0 for t in ra.transforms)
+    ta = STRUCTURED["trivialaugment"].to_albumentations("shape")
+    assert isinstance(ta.transforms[0], A.OneOf) and ta.transforms[0].transforms_ps == [0.25] * 4
+
+
+def test_exported_depth_is_invalid_outside_under_every_structure() -> None:
+    sample = _sample()
+    policy = Policy(tasks=TASKS, shared=TrivialAugmentSpec(ops=("rotate",)))
+    compose = policy.to_albumentations("depth", seed=0)
+    outside = 0
+    for _ in range(10):
+        out = compose(image=sample["image"], depth=sample["depth"])
+        outside += int((out["depth"] == 0.0).sum())
+        assert set(np.unique(out["depth"])) <= {0.0, 2.0, 3.0, 4.0, 8.0}
+    assert outside > 0
+
+
+def test_exported_seed_draws_slots_independently() -> None:
+    # One stream for the whole export: two p=.5 slots are not applied together every time.
+    policy = Policy(tasks={"c": "classification"},
+                    shared=SubPolicies(((Slot("invert", 0.5, 1.0), Slot("hflip", 0.5, 1.0)),)))
+    compose = policy.to_albumentations("c", seed=0)
+    image = np.zeros((4, 4, 3), np.uint8)
+    image[:, 0] = 100
+    outcomes = set()
+    for _ in range(40):
+        out = compose(image=image)["image"]
+        outcomes.add((bool(out.max() == 255), bool(out[0, -1, 0] in (100, 155))))
+    assert len(outcomes) == 4
+
+
+_STRUCTURES_CHILD = """
+import json, sys
+import albumentations as A
+import numpy as np
+data = dict(np.load(sys.argv[1]))
+shapes = {}
+for path in sys.argv[2:]:
+    compose = A.load(path, data_format="json")
+    compose.set_random_seed(3)
+    outs = []
+    for _ in range(20):
+        out = compose(image=data["image"], mask=data["mask"], bboxes=data["bboxes"],
+                      labels=data["labels"])
+        assert out["image"].shape == data["image"].shape, path
+        assert out["mask"].shape == data["mask"].shape, path
+        assert len(out["bboxes"]) == len(out["labels"]), path
+        outs.append(int(np.asarray(out["image"], np.int64).sum()))
+    shapes[path] = outs
+shapes["modules"] = sorted(m for m in sys.modules if m.split(".")[0] == "policysearch")
+print(json.dumps(shapes))
+"""
+
+
+@pytest.mark.filterwarnings("ignore:Got processor for bboxes")  # baseline none: no transforms
+def test_every_structure_exports_to_plain_albumentations(tmp_path: Path) -> None:
+    policies = {name: p for name, p in STRUCTURED.items()}
+    policies.update({b: get_baseline(b, TASKS) for b in BASELINES})
+    policies["timm"] = get_baseline("rand-n3-m9-mstd0.5", TASKS)
+    sample = _sample()
+    np.savez(tmp_path / "in.npz", image=sample["image"], mask=sample["mask"],
+             bboxes=sample["boxes"], labels=sample["box_labels"])
+    paths, composes = [], {}
+    for name, policy in policies.items():
+        compose = policy.to_albumentations("objects", size=(H, W))
+        path = str(tmp_path / f"{name}.objects.albumentations.json")
+        A.save(compose, path, data_format="json")
+        paths.append(path)
+        composes[path] = compose
+    result = subprocess.run(
+        [sys.executable, "-c", _STRUCTURES_CHILD, str(tmp_path / "in.npz"), *paths],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    theirs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert theirs.pop("modules") == []
+    # The loaded file draws exactly what the in-process compose draws under the same seed.
+    for path, compose in composes.items():
+        compose.set_random_seed(3)
+        ours = [int(np.asarray(compose(image=sample["image"], mask=sample["mask"],
+                                       bboxes=sample["boxes"],
+                                       labels=sample["box_labels"])["image"], np.int64).sum())
+                for _ in range(20)]
+        assert ours == theirs[path], path
 
 
 # --- import hygiene ----------------------------------------------------------------------------

@@ -134,6 +134,20 @@ def test_timeout_starts_no_new_trial(tiny_space: Path, tmp_path: Path) -> None:
     assert not (out / "best_policy.yaml").exists()
 
 
+def test_preview_cli_writes_a_png(tmp_path: Path) -> None:
+    from PIL import Image
+
+    target = tmp_path / "grid.png"
+    result = runner.invoke(app, ["preview", "--policy", "flipcrop", "--n", "2", "--draws", "2",
+                                 "--to", str(target)])
+    assert result.exit_code == 0, result.output
+    with Image.open(target) as image:
+        assert image.width > 300 and image.height > 300
+    result = runner.invoke(app, ["preview", "--policy", "flipcrop", "--n", "0",
+                                 "--to", str(target)])
+    assert result.exit_code == 2 and "--n" in result.output
+
+
 def test_version_and_ops() -> None:
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.startswith("policysearch ")

@@ -46,23 +46,50 @@ def _import_albumentations_without_torch() -> None:
 _import_albumentations_without_torch()
 
 from policysearch.augment.baselines import (  # noqa: E402
+    AUTOAUGMENT_IMAGENET,
     BASELINES,
+    TORCHVISION_OPS,
+    autoaugment_subpolicies,
     get_baseline,
+    is_baseline,
     register_baseline,
 )
-from policysearch.augment.ops import OPS, Op, build_slot, get_op, register_op  # noqa: E402
+from policysearch.augment.ops import (  # noqa: E402
+    OPS,
+    RANDAUGMENT_OPS,
+    SCALES,
+    TRIVIALAUGMENT_OPS,
+    Op,
+    build_gaussian,
+    build_sampled,
+    build_slot,
+    get_op,
+    register_op,
+)
 from policysearch.augment.policy import (  # noqa: E402
     SCHEMA,
+    STRUCTURES,
     MultiTaskAugment,
     Policy,
+    RandAugmentSpec,
     Slot,
+    SubPolicies,
+    TrivialAugmentSpec,
     Weighting,
     load_policy,
+)
+from policysearch.augment.timm_strings import (  # noqa: E402
+    magnitude_scales,
+    parse_timm_string,
+    timm_magnitude,
+    torchvision_magnitude,
 )
 
 
 def ops_table() -> list[dict[str, Any]]:
-    """One row per registered op, for ``policysearch ops``."""
+    """One row per registered op, for ``policysearch ops``: ``range_at_1`` is the standard
+    scale (sequence, subpolicies, randaugment), ``range_wide_at_1`` the wide one
+    (trivialaugment)."""
     return [
         {
             "name": op.name,
@@ -70,6 +97,7 @@ def ops_table() -> list[dict[str, Any]]:
             "signed": op.signed,
             "targets": op.targets,
             "range_at_1": op.range_at_1,
+            "range_wide_at_1": op.wide_range,
             "description": op.description,
         }
         for op in OPS.values()
@@ -77,19 +105,36 @@ def ops_table() -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "AUTOAUGMENT_IMAGENET",
     "BASELINES",
     "OPS",
+    "RANDAUGMENT_OPS",
+    "SCALES",
     "SCHEMA",
+    "STRUCTURES",
+    "TORCHVISION_OPS",
+    "TRIVIALAUGMENT_OPS",
     "MultiTaskAugment",
     "Op",
     "Policy",
+    "RandAugmentSpec",
     "Slot",
+    "SubPolicies",
+    "TrivialAugmentSpec",
     "Weighting",
+    "autoaugment_subpolicies",
+    "build_gaussian",
+    "build_sampled",
     "build_slot",
     "get_baseline",
     "get_op",
+    "is_baseline",
     "load_policy",
+    "magnitude_scales",
     "ops_table",
+    "parse_timm_string",
     "register_baseline",
     "register_op",
+    "timm_magnitude",
+    "torchvision_magnitude",
 ]

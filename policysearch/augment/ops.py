@@ -1,15 +1,24 @@
 """The op registry: an op name and a magnitude in [0, 1] become an albumentations transform.
 
 Magnitude follows AutoAugment's convention: it is the *exact* strength, mapped linearly onto the
-op's published range at magnitude 1 (``Op.range_at_1``). A signed op (rotate, shear, translate,
-scale, the enhance ops, hue) applies ``+strength`` or ``-strength`` with probability 1/2 each;
-``crop`` is the one op whose strength is sampled (the magnitude bounds how small the crop may get).
+op's range at magnitude 1 (``Op.range_at_1``). A signed op (rotate, shear, translate, scale, the
+enhance ops, hue) applies ``+strength`` or ``-strength`` with probability 1/2 each; ``crop`` is
+the one op whose strength is always sampled (the magnitude bounds how small the crop may get).
+
+Two **scales** give the range at magnitude 1: ``standard`` (AutoAugment / RandAugment, torchvision's
+``RandAugment._augmentation_space``) and ``wide`` (torchvision's ``TrivialAugmentWide``: rotate
+135°, shear 0.99, translate the whole side, enhance factors 0.01..1.99, posterize down to 2 bits;
+ops TrivialAugmentWide lacks keep their standard range). ``Op.range_wide_at_1`` documents it.
+
+Structures that *sample* the strength (TrivialAugment, RandAugment's ``mstd``) use
+``build_sampled`` / ``build_gaussian``: the magnitude is drawn per application through
+albumentations' own range parameters (``Affine(rotate=(-a, a))`` draws angle and sign at once),
+so the result is still a stock transform that ``A.save``/``A.load`` round-trip.
 
 Geometric ops move the image and every spatial target (masks with nearest interpolation, boxes,
 depth); pixels that come from outside the image get ``FILL_IMAGE`` in the image and
 ``FILL_MASK`` (255, the ignore index) in every mask-type target. Photometric ops change only the
-image. Every transform is a stock albumentations one, so a policy serializes with ``A.save`` and
-loads with plain ``A.load``.
+image.
 """
 
 from __future__ import annotations
@@ -18,7 +27,6 @@ import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Any, Literal
 
 import albumentations as A
@@ -33,7 +41,19 @@ FILL_MASK = 255
 PLACEHOLDER_SIZE = (1, 1)
 
 OpKind = Literal["geometric", "photometric"]
+Scale = Literal["standard", "wide"]
+SCALES: tuple[str, ...] = ("standard", "wide")
 Factory = Callable[[float], A.BasicTransform]
+# ``ranged(lo, hi, scale)``: p=1 transform whose *signed* magnitude is uniform in [lo, hi]
+# (-1 <= lo <= hi <= 1; 0 <= lo for unsigned ops) on ``scale``'s range.
+RangedFactory = Callable[[float, float, str], A.BasicTransform]
+
+# Levels used to sample the strength of an op that has no ``ranged`` factory (a user's op):
+# torchvision's 31 magnitude bins.
+FALLBACK_LEVELS = 31
+# Bins of the clipped normal that approximates a magnitude drawn from N(M, mstd).
+GAUSSIAN_BINS = 16
+_GAUSSIAN_SPAN = 4.0  # bins cover M ± 4 mstd; the mass beyond (6e-5) is dropped
 
 
 @dataclass(frozen=True)
@@ -42,6 +62,11 @@ class Op:
 
     ``factory(m)`` returns an albumentations transform with ``p=1`` applying exactly strength
     ``m`` (the ``+`` sign for signed ops); ``negative_factory(m)`` the ``-`` sign.
+    ``ranged(lo, hi, scale)``, when given, returns a transform whose signed magnitude is drawn
+    uniformly in [lo, hi] on ``scale`` (standard or wide); ops without it are sampled over
+    ``FALLBACK_LEVELS`` exact strengths and have no wide range.
+    ``range_wide_at_1``: the wide range for listings (defaults to ``range_at_1``).
+    ``uses_magnitude``: False for ops the magnitude does not change (flips, equalize, ...).
     ``fills_outside``: the op can bring in pixels from outside the image (affine warps).
     ``sized``: the transform resizes to a fixed output size that must be set to the input size
     (see ``set_output_size``).
@@ -56,6 +81,9 @@ class Op:
     negative_factory: Factory | None = None
     fills_outside: bool = False
     sized: bool = False
+    ranged: RangedFactory | None = None
+    range_wide_at_1: str | None = None
+    uses_magnitude: bool = True
 
     def __post_init__(self) -> None:
         if not re.fullmatch(r"[a-z][a-z0-9_]*", self.name):
@@ -69,6 +97,11 @@ class Op:
     def targets(self) -> str:
         """The sample keys the op changes, for listings."""
         return "image, mask, boxes, depth" if self.kind == "geometric" else "image"
+
+    @property
+    def wide_range(self) -> str:
+        """The range at magnitude 1 on the wide scale."""
+        return self.range_wide_at_1 or self.range_at_1
 
 
 OPS: dict[str, Op] = {}
@@ -93,26 +126,96 @@ def get_op(name: str, *, source: str | None = None, field: str | None = None) ->
 
 
 def build_slot(
-    op: str, p: float, magnitude: float, *, size: tuple[int, int] | None = None
+    op: str,
+    p: float,
+    magnitude: float,
+    *,
+    size: tuple[int, int] | None = None,
+    scale: str = "standard",
 ) -> A.BasicTransform:
     """One slot as an albumentations transform applied with probability ``p``.
 
     A signed op becomes ``OneOf([+strength, -strength], p=p)``: exact strength, random sign.
     ``size`` (height, width) sets the output size of sized ops (crop); without it they keep a
-    placeholder until ``set_output_size`` is called.
+    placeholder until ``set_output_size`` is called. ``scale`` picks the range (an op without
+    a ``ranged`` factory has only the standard one).
     """
     spec = get_op(op)
     m = float(magnitude)
-    if spec.negative_factory is not None:
+    if spec.signed:
         transform: A.BasicTransform = A.OneOf(
-            [spec.factory(m), spec.negative_factory(m)], p=float(p)
+            [_exact(spec, m, scale), _exact(spec, m, scale, -1)], p=float(p)
         )
     else:
-        transform = spec.factory(m)
+        transform = _exact(spec, m, scale)
         transform.p = float(p)
     if size is not None:
         set_output_size(transform, size)
     return transform
+
+
+def build_sampled(
+    op: str, lo: float = 0.0, hi: float = 1.0, *, p: float = 1.0, scale: str = "standard"
+) -> A.BasicTransform:
+    """``op`` with its magnitude drawn uniformly in [lo, hi] per application (random sign for
+    signed ops), applied with probability ``p``."""
+    spec = get_op(op)
+    lo, hi = float(lo), float(hi)
+    if not 0.0 <= lo <= hi <= 1.0:
+        raise ValueError(f"need 0 <= lo <= hi <= 1, got [{lo}, {hi}]")
+    if not spec.uses_magnitude or lo == hi:
+        return build_slot(op, p, hi, scale=scale)
+    if spec.ranged is None:
+        levels = [lo + (hi - lo) * i / (FALLBACK_LEVELS - 1) for i in range(FALLBACK_LEVELS)]
+        return A.OneOf([build_slot(op, 1.0, m) for m in levels], p=float(p))
+    if not spec.signed:
+        transform = spec.ranged(lo, hi, scale)
+    elif lo == 0.0:
+        transform = spec.ranged(-hi, hi, scale)  # one range: strength and sign drawn at once
+    else:
+        transform = A.OneOf([spec.ranged(lo, hi, scale), spec.ranged(-hi, -lo, scale)], p=1.0)
+    transform.p = float(p)
+    return transform
+
+
+def build_gaussian(
+    op: str, magnitude: float, std: float, *, p: float = 1.0, scale: str = "standard"
+) -> A.BasicTransform:
+    """``op`` with its magnitude drawn per application from N(magnitude, std) clipped to [0, 1]
+    (timm's ``mstd``), then a random sign for signed ops; applied with probability ``p``.
+
+    Albumentations samples only uniform ranges, so the normal is a histogram: a ``OneOf`` whose
+    children's ``p`` are the probability masses (OneOf picks children in proportion to their
+    ``p``): ``GAUSSIAN_BINS`` uniform bins over magnitude ± 4 std, plus exact strengths 0 and 1
+    carrying the clipped tails. ``std == 0`` is exact strength (``build_slot``).
+    """
+    m, s = float(magnitude), float(std)
+    spec = get_op(op)
+    if s == 0.0 or not spec.uses_magnitude:
+        return build_slot(op, p, m, scale=scale)
+    children: list[A.BasicTransform] = []
+    weights: list[float] = []
+    low_tail = _normal_cdf(0.0, m, s)
+    high_tail = 1.0 - _normal_cdf(1.0, m, s)
+    a, b = max(0.0, m - _GAUSSIAN_SPAN * s), min(1.0, m + _GAUSSIAN_SPAN * s)
+    for weight, child in (
+        (low_tail, lambda: build_slot(op, 1.0, 0.0, scale=scale)),
+        (high_tail, lambda: build_slot(op, 1.0, 1.0, scale=scale)),
+    ):
+        if weight > 1e-6:
+            children.append(child())
+            weights.append(weight)
+    if b > a:
+        edges = [a + (b - a) * i / GAUSSIAN_BINS for i in range(GAUSSIAN_BINS + 1)]
+        for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+            weight = _normal_cdf(hi, m, s) - _normal_cdf(lo, m, s)
+            if weight > 1e-6:
+                children.append(build_sampled(op, lo, hi, scale=scale))
+                weights.append(weight)
+    total = sum(weights)
+    for child, weight in zip(children, weights, strict=True):
+        child.p = weight / total
+    return A.OneOf(children, p=float(p))
 
 
 def set_output_size(transform: Any, size: tuple[int, int]) -> int:
@@ -126,7 +229,46 @@ def set_output_size(transform: Any, size: tuple[int, int]) -> int:
     return found
 
 
-# --- factories ---------------------------------------------------------------------------------
+def _exact(spec: Op, m: float, scale: str, sign: int = 1) -> A.BasicTransform:
+    """Exact strength ``m`` with ``sign`` on ``scale``."""
+    if spec.ranged is not None and scale != "standard":
+        return spec.ranged(sign * m, sign * m, scale)
+    if sign < 0:
+        assert spec.negative_factory is not None
+        return spec.negative_factory(m)
+    return spec.factory(m)
+
+
+def _normal_cdf(x: float, mean: float, std: float) -> float:
+    return 0.5 * (1.0 + math.erf((x - mean) / (std * math.sqrt(2.0))))
+
+
+# --- ranges ------------------------------------------------------------------------------------
+
+# Each op's parameter at magnitude 1, per scale (see the module docstring).
+_AT_1: dict[str, dict[str, float]] = {
+    "rotate": {"standard": 30.0, "wide": 135.0},  # degrees
+    "shear": {"standard": 0.3, "wide": 0.99},  # shear factor
+    "translate": {"standard": 0.45, "wide": 1.0},  # fraction of the side (TA-wide: 32 px of 32)
+    "scale": {"standard": 0.5, "wide": 0.5},  # zoom 1 ± x
+    "enhance": {"standard": 0.9, "wide": 0.99},  # brightness/contrast/saturation/sharpness
+    "hue": {"standard": 0.25, "wide": 0.25},  # fraction of the hue circle
+    "posterize": {"standard": 4.0, "wide": 6.0},  # bits removed
+    "blur": {"standard": 2.0, "wide": 2.0},  # sigma in pixels
+    "noise": {"standard": 0.2, "wide": 0.2},  # std, fraction of 255
+    "cutout": {"standard": 0.4, "wide": 0.4},  # hole side, fraction of the side
+    "crop": {"standard": 0.9, "wide": 0.9},  # area removed at most
+}
+
+
+def _k(group: str, scale: str) -> float:
+    try:
+        return _AT_1[group][scale]
+    except KeyError:
+        raise ValueError(f"unknown scale {scale!r}; expected one of {', '.join(SCALES)}") from None
+
+
+# --- ranged factories: signed magnitude uniform in [lo, hi] ------------------------------------
 
 
 def _affine(**kwargs: Any) -> A.Affine:
@@ -141,34 +283,38 @@ def _affine(**kwargs: Any) -> A.Affine:
     )
 
 
-def _rotate(m: float, sign: int) -> A.Affine:
-    deg = sign * 30.0 * m
-    return _affine(rotate=(deg, deg))
+def _rotate(lo: float, hi: float, scale: str) -> A.Affine:
+    k = _k("rotate", scale)
+    return _affine(rotate=(k * lo, k * hi))
 
 
-def _shear(m: float, sign: int, axis: str) -> A.Affine:
-    # The shear *factor* is linear in m; Affine takes the angle whose tangent is that factor.
-    deg = sign * math.degrees(math.atan(0.3 * m))
+def _shear(lo: float, hi: float, scale: str, *, axis: str) -> A.Affine:
+    # The shear *factor* is linear in m; Affine takes the angle whose tangent is that factor
+    # (sampled ranges draw the angle uniformly, so the factor is uniform only approximately).
+    k = _k("shear", scale)
+    a, b = (math.degrees(math.atan(k * v)) for v in (lo, hi))
     other = "y" if axis == "x" else "x"
     # Both axes explicit: Affine's dict form defaults a missing axis to 1 degree, not 0.
-    return _affine(shear={axis: (deg, deg), other: (0.0, 0.0)})
+    return _affine(shear={axis: (a, b), other: (0.0, 0.0)})
 
 
-def _translate(m: float, sign: int, axis: str) -> A.Affine:
-    frac = sign * 0.45 * m
+def _translate(lo: float, hi: float, scale: str, *, axis: str) -> A.Affine:
+    k = _k("translate", scale)
     other = "y" if axis == "x" else "x"
-    return _affine(translate_percent={axis: (frac, frac), other: (0.0, 0.0)})
+    return _affine(translate_percent={axis: (k * lo, k * hi), other: (0.0, 0.0)})
 
 
-def _scale(m: float, sign: int) -> A.Affine:
-    s = 1.0 + sign * 0.5 * m
-    return _affine(scale=(s, s), keep_ratio=True)
+def _scale(lo: float, hi: float, scale: str) -> A.Affine:
+    k = _k("scale", scale)
+    return _affine(scale=(1.0 + k * lo, 1.0 + k * hi), keep_ratio=True)
 
 
-def _crop(m: float) -> A.RandomResizedCrop:
+def _crop(lo: float, hi: float, scale: str) -> A.RandomResizedCrop:
+    # The crop samples its area anyway; a magnitude range bounds it by its upper end.
+    k = _k("crop", scale)
     return A.RandomResizedCrop(
         size=PLACEHOLDER_SIZE,
-        scale=(1.0 - 0.9 * m, 1.0),
+        scale=(1.0 - k * hi, 1.0),
         ratio=(3.0 / 4.0, 4.0 / 3.0),
         interpolation=cv2.INTER_LINEAR,
         # cv2's INTER_NEAREST resize is not centre-aligned (masks would drift from the image by
@@ -178,7 +324,7 @@ def _crop(m: float) -> A.RandomResizedCrop:
     )
 
 
-def _jitter(m: float, sign: int, which: str) -> A.ColorJitter:
+def _jitter(lo: float, hi: float, scale: str, *, which: str) -> A.ColorJitter:
     # ColorJitter skips a factor of exactly 1 (hue 0), so only ``which`` changes the image.
     args: dict[str, tuple[float, float]] = {
         "brightness": (1.0, 1.0),
@@ -186,113 +332,184 @@ def _jitter(m: float, sign: int, which: str) -> A.ColorJitter:
         "saturation": (1.0, 1.0),
         "hue": (0.0, 0.0),
     }
-    value = sign * 0.25 * m if which == "hue" else 1.0 + sign * 0.9 * m
-    args[which] = (value, value)
+    if which == "hue":
+        k = _k("hue", scale)
+        args["hue"] = (k * lo, k * hi)
+    else:
+        k = _k("enhance", scale)
+        args[which] = (1.0 + k * lo, 1.0 + k * hi)
     return A.ColorJitter(**args, p=1.0)
 
 
-def _sharpness(m: float, sign: int) -> A.BasicTransform:
-    factor_minus_1 = 0.9 * m
-    if sign > 0:
-        # PIL's Sharpness(f) is I + (f-1)(I - SMOOTH), SMOOTH = [[1,1,1],[1,5,1],[1,1,1]]/13,
-        # i.e. I + (f-1)/13 * [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]]: Sharpen's kernel with
-        # lightness 1 and alpha (f-1)/13, exactly.
-        alpha = factor_minus_1 / 13.0
-        return A.Sharpen(alpha=(alpha, alpha), lightness=(1.0, 1.0), method="kernel", p=1.0)
+def _sharpen(a: float, b: float) -> A.Sharpen:
+    # PIL's Sharpness(f) is I + (f-1)(I - SMOOTH), SMOOTH = [[1,1,1],[1,5,1],[1,1,1]]/13,
+    # i.e. I + (f-1)/13 * [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]]: Sharpen's kernel with
+    # lightness 1 and alpha (f-1)/13, exactly.
+    return A.Sharpen(alpha=(a / 13.0, b / 13.0), lightness=(1.0, 1.0), method="kernel", p=1.0)
+
+
+def _smooth_sigma(f_minus_1: float) -> float:
     # Blurring toward SMOOTH has no stock transform; a 3x3 Gaussian with the same per-axis
     # variance as PIL's blended kernel (6(1-f)/13) stands in for it.
-    var = 6.0 * factor_minus_1 / 13.0
-    sigma = 1e-6
-    if var > 0:
-        q = var / (2.0 * (1.0 - var))
-        sigma = math.sqrt(-1.0 / (2.0 * math.log(q)))
-    return A.GaussianBlur(blur_limit=(3, 3), sigma_limit=(sigma, sigma), p=1.0)
+    var = 6.0 * f_minus_1 / 13.0
+    if var <= 0:
+        return 1e-6
+    q = var / (2.0 * (1.0 - var))
+    return math.sqrt(-1.0 / (2.0 * math.log(q)))
 
 
-def _posterize(m: float) -> A.BasicTransform:
-    bits = int(8 - 4 * m)
-    if bits >= 8:  # 8 bits is the identity, which Posterize refuses
+def _sharpness(lo: float, hi: float, scale: str) -> A.BasicTransform:
+    k = _k("enhance", scale)
+    # -0.0 is the minus sign at magnitude 0 (negative_factory(0)): a blur of sigma ~0.
+    if hi < 0 or (hi == 0 and (lo < 0 or math.copysign(1.0, hi) < 0)):
+        return A.GaussianBlur(blur_limit=(3, 3),
+                              sigma_limit=(_smooth_sigma(-k * hi), _smooth_sigma(-k * lo)), p=1.0)
+    if lo >= 0:
+        return _sharpen(k * lo, k * hi)
+    # The range crosses 0: blur or sharpen in proportion to each side's length.
+    minus, plus = _sharpness(lo, 0.0, scale), _sharpness(0.0, hi, scale)
+    minus.p, plus.p = -lo / (hi - lo), hi / (hi - lo)
+    return A.OneOf([minus, plus], p=1.0)
+
+
+def _bits(removed: int) -> A.BasicTransform:
+    if removed <= 0:  # 8 bits is the identity, which Posterize refuses
         return A.NoOp(p=1.0)
-    return A.Posterize(num_bits=bits, p=1.0)
+    return A.Posterize(num_bits=8 - removed, p=1.0)
 
 
-def _solarize(m: float) -> A.Solarize:
-    t = 1.0 - m  # fraction of 255: pixels >= t*255 are inverted
-    return A.Solarize(threshold_range=(t, t), p=1.0)
+def _posterize(lo: float, hi: float, scale: str) -> A.BasicTransform:
+    # Bits removed = round(k*m), rounded like torchvision's bins. Over a range, each whole
+    # number of bits gets the share of [lo, hi] that rounds to it.
+    k = _k("posterize", scale)
+    first, last = round(k * lo), round(k * hi)
+    if first == last:
+        return _bits(first)
+    children = []
+    for r in range(first, last + 1):
+        a, b = max(lo, (r - 0.5) / k), min(hi, (r + 0.5) / k)
+        if b > a:
+            child = _bits(r)
+            child.p = (b - a) / (hi - lo)
+            children.append(child)
+    return A.OneOf(children, p=1.0)
 
 
-def _blur(m: float) -> A.GaussianBlur:
-    sigma = max(2.0 * m, 1e-6)  # the kernel size follows PIL: int(3.5 sigma)*2 + 1
-    return A.GaussianBlur(blur_limit=0, sigma_limit=(sigma, sigma), p=1.0)
+def _solarize(lo: float, hi: float, scale: str) -> A.Solarize:
+    # Threshold as a fraction of 255: pixels >= 255*(1-m) are inverted.
+    return A.Solarize(threshold_range=(1.0 - hi, 1.0 - lo), p=1.0)
 
 
-def _noise(m: float) -> A.GaussNoise:
-    std = 0.2 * m
-    return A.GaussNoise(std_range=(std, std), mean_range=(0.0, 0.0), per_channel=True, p=1.0)
+def _blur(lo: float, hi: float, scale: str) -> A.GaussianBlur:
+    k = _k("blur", scale)
+    # blur_limit=0: the kernel size follows PIL, int(3.5 sigma)*2 + 1.
+    return A.GaussianBlur(blur_limit=0, sigma_limit=(max(k * lo, 1e-6), max(k * hi, 1e-6)),
+                          p=1.0)
 
 
-def _cutout(m: float) -> A.CoarseDropout:
-    side = 0.4 * m
+def _noise(lo: float, hi: float, scale: str) -> A.GaussNoise:
+    k = _k("noise", scale)
+    return A.GaussNoise(std_range=(k * lo, k * hi), mean_range=(0.0, 0.0), per_channel=True,
+                        p=1.0)
+
+
+def _cutout(lo: float, hi: float, scale: str) -> A.CoarseDropout:
+    # Over a range, height and width are drawn independently (CoarseDropout's own sampling).
+    k = _k("cutout", scale)
     return A.CoarseDropout(
         num_holes_range=(1, 1),
-        hole_height_range=(side, side),
-        hole_width_range=(side, side),
+        hole_height_range=(k * lo, k * hi),
+        hole_width_range=(k * lo, k * hi),
         fill=FILL_IMAGE,
         fill_mask=None,  # masks (and depth) keep their values under the hole
         p=1.0,
     )
 
 
-def _signed(fn: Callable[..., A.BasicTransform], **kw: Any) -> dict[str, Factory]:
-    return {"factory": partial(fn, sign=1, **kw), "negative_factory": partial(fn, sign=-1, **kw)}
+def _fixed(make: Callable[[], A.BasicTransform]) -> RangedFactory:
+    return lambda lo, hi, scale: make()
+
+
+def _builtin(name: str, kind: str, description: str, std: str, wide: str | None,
+             ranged: RangedFactory, *, signed: bool = False, uses_magnitude: bool = True,
+             fills_outside: bool = False, sized: bool = False) -> Op:
+    def factory(m: float) -> A.BasicTransform:
+        return ranged(m, m, "standard")
+
+    def negative(m: float) -> A.BasicTransform:
+        return ranged(-m, -m, "standard")
+
+    return register_op(Op(
+        name, kind, signed, description, std,  # type: ignore[arg-type]
+        factory=factory, negative_factory=negative if signed else None,
+        fills_outside=fills_outside, sized=sized, ranged=ranged, range_wide_at_1=wide,
+        uses_magnitude=uses_magnitude,
+    ))
+
+
+def _with(fn: Callable[..., A.BasicTransform], **kw: Any) -> RangedFactory:
+    return lambda lo, hi, scale: fn(lo, hi, scale, **kw)
 
 
 def _register_builtin_ops() -> None:
     geo, photo = "geometric", "photometric"
-    reg = register_op
-    reg(Op("identity", photo, False, "no change", "-", lambda m: A.NoOp(p=1.0)))
-    reg(Op("hflip", geo, False, "mirror left-right (magnitude unused)", "-",
-           lambda m: A.HorizontalFlip(p=1.0)))
-    reg(Op("vflip", geo, False, "mirror top-bottom (magnitude unused)", "-",
-           lambda m: A.VerticalFlip(p=1.0)))
-    reg(Op("rotate", geo, True, "rotate about the centre by 30*m degrees", "±30°",
-           **_signed(_rotate), fills_outside=True))
+    reg = _builtin
+    reg("identity", photo, "no change", "-", None, _fixed(lambda: A.NoOp(p=1.0)),
+        uses_magnitude=False)
+    reg("hflip", geo, "mirror left-right (magnitude unused)", "-", None,
+        _fixed(lambda: A.HorizontalFlip(p=1.0)), uses_magnitude=False)
+    reg("vflip", geo, "mirror top-bottom (magnitude unused)", "-", None,
+        _fixed(lambda: A.VerticalFlip(p=1.0)), uses_magnitude=False)
+    reg("rotate", geo, "rotate about the centre by 30*m degrees (wide: 135*m)", "±30°", "±135°",
+        _rotate, signed=True, fills_outside=True)
     for axis in ("x", "y"):
-        reg(Op(f"shear_{axis}", geo, True,
-               f"shear along {axis} by factor 0.3*m (angle atan(0.3*m))", "±0.3 (±16.7°)",
-               **_signed(_shear, axis=axis), fills_outside=True))
+        reg(f"shear_{axis}", geo,
+            f"shear along {axis} by factor 0.3*m (angle atan(0.3*m); wide: 0.99*m)",
+            "±0.3 (±16.7°)", "±0.99 (±44.7°)", _with(_shear, axis=axis), signed=True,
+            fills_outside=True)
     for axis, side in (("x", "width"), ("y", "height")):
-        reg(Op(f"translate_{axis}", geo, True,
-               f"shift along {axis} by 0.45*m of the {side} (whole pixels)", "±0.45 of the side",
-               **_signed(_translate, axis=axis), fills_outside=True))
-    reg(Op("scale", geo, True, "zoom about the centre by factor 1±0.5*m", "×0.5 .. ×1.5",
-           **_signed(_scale), fills_outside=True))
-    reg(Op("crop", geo, False,
-           "random-resized crop back to the input size; crop area sampled in [1-0.9*m, 1] of the "
-           "image, aspect in [3/4, 4/3] (the one op whose strength is sampled)",
-           "area ≥ 0.1", _crop, sized=True))
+        reg(f"translate_{axis}", geo,
+            f"shift along {axis} by 0.45*m of the {side} (wide: 1.0*m; whole pixels)",
+            "±0.45 of the side", "±1.0 of the side", _with(_translate, axis=axis),
+            signed=True, fills_outside=True)
+    reg("scale", geo, "zoom about the centre by factor 1±0.5*m", "×0.5 .. ×1.5", None, _scale,
+        signed=True, fills_outside=True)
+    reg("crop", geo,
+        "random-resized crop back to the input size; crop area sampled in [1-0.9*m, 1] of the "
+        "image, aspect in [3/4, 4/3] (the one op whose strength is sampled)",
+        "area ≥ 0.1", None, _crop, sized=True)
     for name in ("brightness", "contrast", "saturation"):
-        reg(Op(name, photo, True, f"enhance {name} by factor 1±0.9*m", "×0.1 .. ×1.9",
-               **_signed(_jitter, which=name)))
-    reg(Op("hue", photo, True, "shift hue by 0.25*m of the hue circle (90*m degrees)",
-           "±0.25 (±90°)", **_signed(_jitter, which="hue")))
-    reg(Op("sharpness", photo, True,
-           "PIL sharpness factor 1+0.9*m (exact); the - sign blurs with a 3x3 Gaussian of the "
-           "same variance as PIL's factor 1-0.9*m", "×0.1 .. ×1.9", **_signed(_sharpness)))
-    reg(Op("posterize", photo, False, "keep int(8-4*m) bits per channel", "4 bits", _posterize))
-    reg(Op("solarize", photo, False, "invert pixels >= 255*(1-m)", "threshold 0", _solarize))
-    reg(Op("equalize", photo, False, "histogram equalization (PIL; magnitude unused)", "-",
-           lambda m: A.Equalize(mode="pil", by_channels=True, p=1.0)))
-    reg(Op("autocontrast", photo, False, "stretch each channel to 0..255 (magnitude unused)", "-",
-           lambda m: A.AutoContrast(cutoff=0, method="pil", p=1.0)))
-    reg(Op("invert", photo, False, "255 - pixel (magnitude unused)", "-",
-           lambda m: A.InvertImg(p=1.0)))
-    reg(Op("blur", photo, False, "Gaussian blur with sigma 2*m pixels", "sigma 2 px", _blur))
-    reg(Op("noise", photo, False, "additive Gaussian noise, std 0.2*m of 255, per channel",
-           "std 0.2 (51/255)", _noise))
-    reg(Op("cutout", photo, False,
-           "erase one hole of 0.4*m of each side to black; image only (mask, depth, boxes kept)",
-           "0.4 of the side", _cutout))
+        reg(name, photo, f"enhance {name} by factor 1±0.9*m (wide: 1±0.99*m)", "×0.1 .. ×1.9",
+            "×0.01 .. ×1.99", _with(_jitter, which=name), signed=True)
+    reg("hue", photo, "shift hue by 0.25*m of the hue circle (90*m degrees)", "±0.25 (±90°)",
+        None, _with(_jitter, which="hue"), signed=True)
+    reg("sharpness", photo,
+        "PIL sharpness factor 1+0.9*m (exact; wide: 1+0.99*m); the - sign blurs with a 3x3 "
+        "Gaussian of the same variance as PIL's factor 1-0.9*m", "×0.1 .. ×1.9",
+        "×0.01 .. ×1.99", _sharpness, signed=True)
+    reg("posterize", photo, "keep 8-round(4*m) bits per channel (wide: 8-round(6*m))",
+        "4 bits", "2 bits", _posterize)
+    reg("solarize", photo, "invert pixels >= 255*(1-m)", "threshold 0", None, _solarize)
+    reg("equalize", photo, "histogram equalization (PIL; magnitude unused)", "-", None,
+        _fixed(lambda: A.Equalize(mode="pil", by_channels=True, p=1.0)), uses_magnitude=False)
+    reg("autocontrast", photo, "stretch each channel to 0..255 (magnitude unused)", "-", None,
+        _fixed(lambda: A.AutoContrast(cutoff=0, method="pil", p=1.0)), uses_magnitude=False)
+    reg("invert", photo, "255 - pixel (magnitude unused)", "-", None,
+        _fixed(lambda: A.InvertImg(p=1.0)), uses_magnitude=False)
+    reg("blur", photo, "Gaussian blur with sigma 2*m pixels", "sigma 2 px", None, _blur)
+    reg("noise", photo, "additive Gaussian noise, std 0.2*m of 255, per channel",
+        "std 0.2 (51/255)", None, _noise)
+    reg("cutout", photo,
+        "erase one hole of 0.4*m of each side to black; image only (mask, depth, boxes kept)",
+        "0.4 of the side", None, _cutout)
 
 
 _register_builtin_ops()
+
+# torchvision's RandAugment and TrivialAugmentWide op lists (the same 14 ops), on our names:
+# Color -> saturation; TranslateX/Y -> translate_x/y (a fraction of the side, not pixels).
+RANDAUGMENT_OPS: tuple[str, ...] = (
+    "identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
+    "saturation", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize",
+)
+TRIVIALAUGMENT_OPS: tuple[str, ...] = RANDAUGMENT_OPS

@@ -1,4 +1,25 @@
-"""Policy (slots + weighting), its YAML form, and MultiTaskAugment, the per-sample callable.
+"""Policy (structure + slots + weighting), its YAML form, and MultiTaskAugment, the per-sample
+callable.
+
+The *shared* part of a policy has a **structure** (design.md, "Vocabulary"):
+
+=================  ==========================================  ===================================
+structure          ``Policy.shared``                           YAML ``shared:``
+=================  ==========================================  ===================================
+``sequence``       ``tuple[Slot, ...]``: slots in order,       ``[{op, p, magnitude}, ...]``
+                   each with its p
+``subpolicies``    ``SubPolicies``: one sub-policy picked      ``[[{op, p, magnitude}, ...], ...]``
+                   uniformly per sample, its slots in order
+``randaugment``    ``RandAugmentSpec``: n ops drawn with       ``{n: 2, magnitude: 0.3, mstd: 0.0,
+                   replacement, each at exact magnitude (or    ops: [...]}``
+                   N(magnitude, mstd) clipped), p=1
+``trivialaugment`` ``TrivialAugmentSpec``: one op per sample,  ``{ops: [...]}``
+                   magnitude uniform in [0, 1], wide ranges
+=================  ==========================================  ===================================
+
+Per-task slots are always a plain sequence (a task's extra view). Every structure compiles to
+stock albumentations blocks (``OneOf``, ``Sequential``, ``RandomOrder``), so exported files load
+with plain ``A.load``.
 
 Imports neither torch, optuna nor ray: ``load_policy`` must work in plain training code.
 """
@@ -11,22 +32,33 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import albumentations as A
 import numpy as np
 import yaml
 
-from policysearch.augment.ops import FILL_MASK, build_slot, get_op, set_output_size
+from policysearch.augment.ops import (
+    FILL_MASK,
+    RANDAUGMENT_OPS,
+    SCALES,
+    TRIVIALAUGMENT_OPS,
+    Op,
+    build_gaussian,
+    build_sampled,
+    build_slot,
+    get_op,
+    set_output_size,
+)
 from policysearch.errors import UserError
 
 SCHEMA = "policysearch.policy/v1"
-STRUCTURES = ("sequence",)
-# Structures the design names that this version cannot run yet.
-_PLANNED_STRUCTURES = ("subpolicies", "randaugment", "trivialaugment")
+STRUCTURES = ("sequence", "subpolicies", "randaugment", "trivialaugment")
 SHARED = "shared"
 _TOP_KEYS = ("schema", "tasks", "structure", "shared", "per_task", "weighting", "provenance")
 _SLOT_KEYS = ("op", "p", "magnitude")
+_RANDAUGMENT_KEYS = ("n", "magnitude", "mstd", "ops", "scale")
+_TRIVIALAUGMENT_KEYS = ("ops", "scale")
 _TASK_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 # The bbox rules of every view: clipped to the image, dropped (with their labels) when less than
 # 30% stays visible or a side gets under 2 px.
@@ -43,6 +75,69 @@ class Slot:
     magnitude: float
 
 
+@dataclass(frozen=True)
+class SubPolicies:
+    """AutoAugment's structure: one sub-policy (a sequence of slots) picked uniformly per
+    sample, then its slots applied in order, each with its p."""
+
+    policies: tuple[tuple[Slot, ...], ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policies, (list, tuple)):
+            object.__setattr__(self, "policies", tuple(
+                tuple(sp) if isinstance(sp, (list, tuple)) else sp for sp in self.policies
+            ))
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """RandAugment: ``n`` ops drawn uniformly *with replacement* from ``ops``, each applied
+    (p=1) at ``magnitude`` with a random sign for signed ops. ``mstd`` > 0 draws the magnitude
+    per application from N(magnitude, mstd) clipped to [0, 1] (timm). Defaults: torchvision's
+    RandAugment (N=2, M=9 of 30, its 14 ops)."""
+
+    n: int = 2
+    magnitude: float = 0.3
+    mstd: float = 0.0
+    ops: tuple[str, ...] = RANDAUGMENT_OPS
+    scale: str = "standard"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ops, list):
+            object.__setattr__(self, "ops", tuple(self.ops))
+
+
+@dataclass(frozen=True)
+class TrivialAugmentSpec:
+    """TrivialAugment: exactly one op drawn uniformly per sample, its magnitude drawn
+    uniformly in [0, 1] per application, on the ``wide`` ranges by default. Default ops:
+    torchvision's TrivialAugmentWide."""
+
+    ops: tuple[str, ...] = TRIVIALAUGMENT_OPS
+    scale: str = "wide"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ops, list):
+            object.__setattr__(self, "ops", tuple(self.ops))
+
+
+Shared: TypeAlias = tuple[Slot, ...] | SubPolicies | RandAugmentSpec | TrivialAugmentSpec
+_STRUCTURE_OF: dict[type, str] = {
+    tuple: "sequence",
+    SubPolicies: "subpolicies",
+    RandAugmentSpec: "randaugment",
+    TrivialAugmentSpec: "trivialaugment",
+}
+# What ``shared`` must be for each structure: its YAML form (its Python type).
+_SHARED_FORM = {
+    "sequence": "a list of slots {op, p, magnitude} (a tuple of Slot)",
+    "subpolicies": "a list of sub-policies, each a list of slots {op, p, magnitude} "
+                   "(SubPolicies)",
+    "randaugment": "a mapping {n, magnitude, mstd, ops} (RandAugmentSpec)",
+    "trivialaugment": "a mapping {ops} (TrivialAugmentSpec)",
+}
+
+
 @dataclass
 class Weighting:
     """How task losses are combined: ``static`` weights, or a dynamic method's name."""
@@ -53,18 +148,29 @@ class Weighting:
 
 @dataclass
 class Policy:
-    """An augmentation policy for a set of tasks (see design.md, "Vocabulary")."""
+    """An augmentation policy for a set of tasks (see design.md, "Vocabulary").
+
+    ``shared`` is a tuple of slots (``structure`` sequence), ``SubPolicies``,
+    ``RandAugmentSpec`` or ``TrivialAugmentSpec``; ``structure`` follows from its type when
+    left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
+    """
 
     tasks: dict[str, str]
-    shared: tuple[Slot, ...] = ()
+    shared: Shared = ()
     per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
-    structure: str = "sequence"
+    # None: taken from the type of ``shared``; always a string once constructed.
+    structure: str | None = None
     weighting: Weighting = field(default_factory=Weighting)
     provenance: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.shared, (list, tuple)):
-            self.shared = tuple(self.shared)
+            if self.structure == "subpolicies":
+                self.shared = SubPolicies(tuple(self.shared))
+            else:
+                self.shared = tuple(self.shared)
+        if self.structure is None:
+            self.structure = _STRUCTURE_OF.get(type(self.shared), "sequence")
         if isinstance(self.per_task, Mapping):
             self.per_task = {
                 name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
@@ -91,12 +197,14 @@ class Policy:
     def to_albumentations(
         self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None
     ) -> A.Compose:
-        """A plain ``A.Compose``: the shared slots, then ``task``'s slots, albumentations keys.
+        """A plain ``A.Compose``: the shared structure, then ``task``'s slots, albumentations keys.
 
         Keys: ``image``; ``mask``; ``bboxes`` (pascal_voc pixels) with label field ``labels``
         for detection; ``depth`` as an additional mask-type target for depth (outside pixels
         filled with 0.0, i.e. invalid). ``size`` (height, width) is required when the policy has
         a crop, which resizes back to the input size: it defaults to ``provenance['image_size']``.
+        ``seed`` seeds one random stream shared by every transform (albumentations' own
+        ``seed=`` gives each transform the same stream, so equal-p slots would fire together).
         """
         self._check_task(task)
         kind = self.tasks[task]
@@ -105,13 +213,14 @@ class Policy:
                 "surface normals need policysearch's own step; use load_policy(...).transform()",
                 field=task,
             )
-        slots = self.shared + self.per_task.get(task, ())
-        transforms = [build_slot(s.op, s.p, s.magnitude) for s in slots]
-        if any(get_op(s.op).sized for s in slots):
+        transforms, ops = _compile(self.shared)
+        more, more_ops = _compile(self.per_task.get(task, ()))
+        transforms, ops = transforms + more, ops + more_ops
+        if any(op.sized for op in ops):
             size = size or _size_from(self.provenance.get("image_size"))
             if size is None:
                 raise UserError(
-                    "the policy has a 'crop' slot, which resizes back to the input size; "
+                    "the policy has a 'crop' op, which resizes back to the input size; "
                     "pass size=(height, width) or set provenance.image_size",
                     field=task,
                 )
@@ -124,9 +233,10 @@ class Policy:
         if kind == "detection":
             bbox_params = _bbox_params(["labels"])
         targets = {"depth": "mask"} if kind == "depth" else None
-        return A.Compose(
-            transforms, bbox_params=bbox_params, additional_targets=targets, seed=seed
-        )
+        compose = A.Compose(transforms, bbox_params=bbox_params, additional_targets=targets)
+        if seed is not None:
+            compose.set_random_state(np.random.default_rng(seed), random.Random(seed))
+        return compose
 
     # --- serialization -----------------------------------------------------------------------
 
@@ -136,7 +246,7 @@ class Policy:
             "schema": SCHEMA,
             "tasks": dict(self.tasks),
             "structure": self.structure,
-            "shared": [_slot_dict(s) for s in self.shared],
+            "shared": _shared_dict(self.shared),
             "per_task": {t: [_slot_dict(s) for s in slots] for t, slots in self.per_task.items()},
             "weighting": {
                 "method": self.weighting.method,
@@ -166,8 +276,8 @@ class Policy:
             raise UserError("missing (a mapping of task name to kind)", source=source,
                             field="tasks")
         tasks = _mapping(data["tasks"], source, "tasks")
-        structure = data.get("structure", "sequence")
-        shared = _slots(data.get("shared") or [], source, "shared")
+        structure = _structure(data.get("structure", "sequence"), source)
+        shared = _parse_shared(data.get("shared"), structure, source)
         per_task = {
             str(name): _slots(slots or [], source, f"per_task.{name}")
             for name, slots in _mapping(data.get("per_task") or {}, source, "per_task").items()
@@ -188,16 +298,24 @@ class Policy:
         """Write the policy as YAML; returns ``path`` (so ``load_policy(p.to_yaml(f)) == p``)."""
         path = Path(path)
         data = self.to_dict()
-        # One slot per line: slots are written in flow style, {op: rotate, p: 0.6, magnitude: 0.3}.
-        data["shared"] = [_FlowMap(s) for s in data["shared"]]
+        # One slot per line: slots are written in flow style, {op: rotate, p: 0.6, magnitude: 0.3};
+        # a sub-policy is one line too, and an op list is one flow list.
+        shared = data["shared"]
+        if isinstance(self.shared, SubPolicies):
+            data["shared"] = [_FlowList(_FlowMap(s) for s in sp) for sp in shared]
+        elif isinstance(shared, dict):
+            data["shared"] = {k: _FlowList(v) if k == "ops" else v for k, v in shared.items()}
+        else:
+            data["shared"] = [_FlowMap(s) for s in shared]
         data["per_task"] = {t: [_FlowMap(s) for s in v] for t, v in data["per_task"].items()}
-        text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True)
+        text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
         path.write_text(text, encoding="utf-8")
         return path
 
     def summary(self) -> str:
-        """A short one-liner, e.g. ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)``."""
-        parts = [" ".join(_slot_text(s) for s in self.shared) or "none"]
+        """A short one-liner, e.g. ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)`` or
+        ``randaugment(n=2, m=.30, 14 ops)``."""
+        parts = [_shared_text(self.shared)]
         parts += [
             f"{t}: " + " ".join(_slot_text(s) for s in self.per_task[t])
             for t in self.tasks
@@ -242,17 +360,16 @@ class _View:
 
     __slots__ = ("name", "compose", "spatial", "marker", "sized", "size")
 
-    def __init__(self, name: str, slots: Sequence[Slot]):
+    def __init__(self, name: str, shared: Shared):
         self.name = name
-        ops = [get_op(s.op) for s in slots]
+        transforms, ops = _compile(shared)
         self.spatial = any(op.kind == "geometric" for op in ops)
         self.marker = any(op.fills_outside for op in ops)
         self.size: tuple[int, int] | None = None
         self.compose: A.Compose | None = None
         self.sized: list[A.BasicTransform] = []
-        if not slots:
+        if not transforms:
             return
-        transforms = [build_slot(s.op, s.p, s.magnitude) for s in slots]
         if self.spatial:
             self.compose = A.Compose(
                 transforms,
@@ -269,6 +386,42 @@ class _View:
             # Cutout erases the image only; without a bbox processor it leaves boxes alone
             # (with one it would shrink or drop boxes under the hole).
             t.set_processors({})
+
+
+def _compile(shared: Shared) -> tuple[list[A.BasicTransform], list[Op]]:
+    """The albumentations transforms of a structure (or a plain slot sequence), and its ops."""
+    if isinstance(shared, SubPolicies):
+        if not shared.policies:
+            return [], []
+        ops = [get_op(s.op) for sp in shared.policies for s in sp]
+        branches = [
+            A.Sequential([build_slot(s.op, s.p, s.magnitude) for s in sp], p=1.0)
+            for sp in shared.policies
+        ]
+        # OneOf picks a child in proportion to its p: all 1, so uniformly.
+        return [A.OneOf(branches, p=1.0)], ops
+    if isinstance(shared, RandAugmentSpec):
+        ops = [get_op(name) for name in shared.ops]
+        if shared.n == 0 or not ops:
+            return [], []
+        choices = [
+            build_gaussian(name, shared.magnitude, shared.mstd, scale=shared.scale)
+            for name in shared.ops
+        ]
+        # RandomOrder = SomeOf without sorting the draws: n picks with replacement, applied in
+        # the order drawn (SomeOf would apply them in list order).
+        return [A.RandomOrder(choices, n=shared.n, replace=True, p=1.0)], ops
+    if isinstance(shared, TrivialAugmentSpec):
+        ops = [get_op(name) for name in shared.ops]
+        if not ops:
+            return [], []
+        choices = [build_sampled(name, 0.0, 1.0, scale=shared.scale) for name in shared.ops]
+        return [A.OneOf(choices, p=1.0)], ops
+    slots = tuple(shared)
+    return (
+        [build_slot(s.op, s.p, s.magnitude) for s in slots],
+        [get_op(s.op) for s in slots],
+    )
 
 
 class MultiTaskAugment:
@@ -312,6 +465,15 @@ class MultiTaskAugment:
     def views(self) -> tuple[str, ...]:
         """The view names ``__call__`` returns."""
         return (SHARED, *(v.name for v in self._task_views))
+
+    def pipeline(self, view: str = SHARED) -> A.Compose | None:
+        """The albumentations ``Compose`` behind ``view`` (None when it has no ops), for
+        inspection. It takes the internal keys: ``image``, ``mask`` (mask, depth and the
+        outside marker stacked as float32 channels), ``bboxes`` with ``box_idx``."""
+        for v in (self._shared, *self._task_views):
+            if v.name == view:
+                return v.compose
+        raise UserError(f"unknown view {view!r}; views: {', '.join(self.views)}", field="view")
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
         shared = _apply(self._shared, sample)
@@ -463,15 +625,8 @@ def _validate(policy: Policy, source: str) -> None:
         if not isinstance(kind, str) or not kind:
             raise UserError("a task kind must be a non-empty string (e.g. segmentation)",
                             source=source, field=f"tasks.{name}")
-    if not isinstance(policy.structure, str):
-        raise UserError("must be a string", source=source, field="structure")
-    if policy.structure in _PLANNED_STRUCTURES:
-        raise UserError(f"structure {policy.structure!r} is not supported yet; use 'sequence'",
-                        source=source, field="structure")
-    if policy.structure not in STRUCTURES:
-        raise UserError(f"unknown structure {policy.structure!r}; expected 'sequence'",
-                        source=source, field="structure")
-    _check_slots(policy.shared, source, "shared")
+    _structure(policy.structure, source)
+    _check_shared(policy.shared, policy.structure, source)
     per_task = _mapping(policy.per_task, source, "per_task")
     for name, slots in per_task.items():
         if name not in tasks:
@@ -511,6 +666,108 @@ def _check_slots(slots: Any, source: str, where: str) -> None:
             if not _is_number(value) or not 0.0 <= value <= 1.0:
                 raise UserError(f"must be a number in [0, 1], got {value!r}", source=source,
                                 field=f"{fld}.{attr}")
+
+
+def _structure(value: Any, source: str) -> str:
+    if not isinstance(value, str):
+        raise UserError("must be a string", source=source, field="structure")
+    if value not in STRUCTURES:
+        raise UserError(f"unknown structure {value!r}; expected one of {', '.join(STRUCTURES)}",
+                        source=source, field="structure")
+    return value
+
+
+def _check_shared(shared: Any, structure: str, source: str) -> None:
+    """``shared`` must have the type of ``structure``, with valid values."""
+    if _STRUCTURE_OF.get(type(shared)) != structure:
+        raise UserError(
+            f"structure {structure!r} needs shared to be {_SHARED_FORM[structure]}, got "
+            f"{type(shared).__name__}", source=source, field="shared")
+    if isinstance(shared, SubPolicies):
+        if not isinstance(shared.policies, tuple) or not shared.policies:
+            raise UserError("must hold at least one sub-policy", source=source, field="shared")
+        for i, sp in enumerate(shared.policies):
+            _check_slots(sp, source, f"shared[{i}]")
+    elif isinstance(shared, RandAugmentSpec):
+        if not isinstance(shared.n, int) or isinstance(shared.n, bool) or shared.n < 0:
+            raise UserError(f"must be a whole number >= 0, got {shared.n!r}", source=source,
+                            field="shared.n")
+        _check_unit(shared.magnitude, source, "shared.magnitude")
+        if not _is_number(shared.mstd) or shared.mstd < 0:
+            raise UserError(f"must be a number >= 0, got {shared.mstd!r}", source=source,
+                            field="shared.mstd")
+        _check_ops(shared.ops, source, "shared.ops")
+        _check_scale(shared.scale, source)
+    elif isinstance(shared, TrivialAugmentSpec):
+        _check_ops(shared.ops, source, "shared.ops")
+        _check_scale(shared.scale, source)
+    else:
+        _check_slots(shared, source, "shared")
+
+
+def _check_ops(ops: Any, source: str, where: str) -> None:
+    if not isinstance(ops, tuple) or not ops:
+        raise UserError("must be a non-empty list of op names", source=source, field=where)
+    for i, name in enumerate(ops):
+        get_op(name, source=source, field=f"{where}[{i}]")
+        if name in ops[:i]:
+            raise UserError(f"{name!r} is listed twice", source=source, field=f"{where}[{i}]")
+
+
+def _check_scale(scale: Any, source: str) -> None:
+    if scale not in SCALES:
+        raise UserError(f"must be one of {', '.join(SCALES)}, got {scale!r}", source=source,
+                        field="shared.scale")
+
+
+def _check_unit(value: Any, source: str, where: str) -> None:
+    if not _is_number(value) or not 0.0 <= value <= 1.0:
+        raise UserError(f"must be a number in [0, 1], got {value!r}", source=source, field=where)
+
+
+def _parse_shared(raw: Any, structure: str, source: str) -> Shared:
+    """Parse the YAML ``shared`` value of ``structure``."""
+    if structure == "sequence":
+        if isinstance(raw, list):
+            for i, item in enumerate(raw):
+                if isinstance(item, list):
+                    raise UserError("a slot must be a mapping {op, p, magnitude}; a list of "
+                                    "sub-policies needs structure: subpolicies", source=source,
+                                    field=f"shared[{i}]")
+        return _slots(raw or [], source, "shared")
+    if structure == "subpolicies":
+        if not isinstance(raw, list) or not raw:
+            raise UserError(f"must be {_SHARED_FORM[structure]}", source=source, field="shared")
+        return SubPolicies(tuple(
+            _slots(sp, source, f"shared[{i}]") for i, sp in enumerate(raw)
+        ))
+    if not isinstance(raw, Mapping):
+        raise UserError(f"structure {structure!r} needs {_SHARED_FORM[structure]}, got "
+                        f"{type(raw).__name__}", source=source, field="shared")
+    allowed = _RANDAUGMENT_KEYS if structure == "randaugment" else _TRIVIALAUGMENT_KEYS
+    for key in raw:
+        if key not in allowed:
+            raise UserError(f"unknown key; {structure} has {', '.join(allowed)}", source=source,
+                            field=f"shared.{key}")
+    required = ("n", "magnitude", "ops") if structure == "randaugment" else ("ops",)
+    for key in required:
+        if key not in raw:
+            raise UserError("missing", source=source, field=f"shared.{key}")
+    ops = raw["ops"]
+    if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
+        raise UserError("must be a list of op names", source=source, field="shared.ops")
+    if structure == "trivialaugment":
+        return TrivialAugmentSpec(ops=tuple(ops), scale=raw.get("scale", "wide"))
+    n, magnitude, mstd = raw["n"], raw["magnitude"], raw.get("mstd", 0.0)
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise UserError(f"must be a whole number >= 0, got {n!r}", source=source,
+                        field="shared.n")
+    for key, value in (("magnitude", magnitude), ("mstd", mstd)):
+        if not _is_number(value):
+            raise UserError(f"must be a number, got {value!r}", source=source,
+                            field=f"shared.{key}")
+    return RandAugmentSpec(n=n, magnitude=float(magnitude), mstd=float(mstd), ops=tuple(ops),
+                           scale=raw.get("scale", "standard"))
 
 
 def _slots(raw: Any, source: str, where: str) -> tuple[Slot, ...]:
@@ -584,6 +841,10 @@ class _FlowMap(dict):
     """A mapping written in YAML flow style (one slot per line)."""
 
 
+class _FlowList(list):
+    """A list written in YAML flow style (one sub-policy or op list per line)."""
+
+
 class _Dumper(yaml.SafeDumper):
     pass
 
@@ -591,10 +852,32 @@ class _Dumper(yaml.SafeDumper):
 _Dumper.add_representer(
     _FlowMap, lambda d, data: d.represent_mapping("tag:yaml.org,2002:map", data, flow_style=True)
 )
+_Dumper.add_representer(
+    _FlowList, lambda d, data: d.represent_sequence("tag:yaml.org,2002:seq", data,
+                                                    flow_style=True)
+)
 
 
 def _slot_dict(slot: Slot) -> dict[str, Any]:
     return {"op": slot.op, "p": float(slot.p), "magnitude": float(slot.magnitude)}
+
+
+def _shared_dict(shared: Shared) -> Any:
+    """The YAML value of ``shared`` (see the module docstring); defaults of ``scale`` omitted."""
+    if isinstance(shared, SubPolicies):
+        return [[_slot_dict(s) for s in sp] for sp in shared.policies]
+    if isinstance(shared, RandAugmentSpec):
+        data: dict[str, Any] = {"n": int(shared.n), "magnitude": float(shared.magnitude),
+                                "mstd": float(shared.mstd), "ops": list(shared.ops)}
+        if shared.scale != "standard":
+            data["scale"] = shared.scale
+        return data
+    if isinstance(shared, TrivialAugmentSpec):
+        data = {"ops": list(shared.ops)}
+        if shared.scale != "wide":
+            data["scale"] = shared.scale
+        return data
+    return [_slot_dict(s) for s in shared]
 
 
 def _plain(value: Any) -> Any:
@@ -618,6 +901,31 @@ def _num(x: float) -> str:
 
 def _slot_text(slot: Slot) -> str:
     return f"{slot.op}({_num(slot.p)},{_num(slot.magnitude)})"
+
+
+def _fixed2(x: float) -> str:
+    text = f"{x:.2f}"
+    return text[1:] if text.startswith("0.") else text
+
+
+def _shared_text(shared: Shared) -> str:
+    """The shared part of ``Policy.summary``."""
+    if isinstance(shared, SubPolicies):
+        longest = max((len(sp) for sp in shared.policies), default=0)
+        if len(shared.policies) > 3:
+            return f"subpolicies({len(shared.policies)} x {longest} slots)"
+        inner = " / ".join(" ".join(_slot_text(s) for s in sp) or "none"
+                           for sp in shared.policies)
+        return f"subpolicies({inner})"
+    if isinstance(shared, RandAugmentSpec):
+        extra = f", mstd={_fixed2(shared.mstd)}" if shared.mstd else ""
+        extra += ", wide" if shared.scale != "standard" else ""
+        return (f"randaugment(n={shared.n}, m={_fixed2(shared.magnitude)}{extra}, "
+                f"{len(shared.ops)} ops)")
+    if isinstance(shared, TrivialAugmentSpec):
+        extra = ", standard" if shared.scale != "wide" else ""
+        return f"trivialaugment({len(shared.ops)} ops{extra})"
+    return " ".join(_slot_text(s) for s in shared) or "none"
 
 
 def _one_line(text: str) -> str:

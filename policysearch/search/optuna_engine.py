@@ -120,6 +120,8 @@ def suggest(trial: Trial, params: Sequence[Param]) -> dict[str, Any]:
     for p in params:
         if p.kind == "categorical":
             values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
+        elif p.kind == "int":
+            values[p.name] = trial.suggest_int(p.name, int(p.low), int(p.high))
         else:
             values[p.name] = trial.suggest_float(p.name, p.low, p.high, log=p.log)
     return values

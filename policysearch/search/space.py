@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policysearch.augment import Policy, Slot, Weighting
+from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies, Weighting
 from policysearch.config import SearchSpace, SlotSpace
 
 
@@ -19,7 +19,7 @@ class Param:
     """One searched number or choice: ``choices`` for a categorical, else [low, high]."""
 
     name: str
-    kind: Literal["categorical", "float"]
+    kind: Literal["categorical", "float", "int"]
     choices: tuple[str, ...] = ()
     low: float = 0.0
     high: float = 1.0
@@ -38,7 +38,16 @@ def _slot_params(prefix: str, space: SlotSpace) -> list[Param]:
 
 def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
     """Every parameter of the space, in a fixed order (shared slots, per-task slots, weights)."""
-    params = _slot_params("shared", space.shared)
+    if space.structure == "subpolicies":
+        params = []
+        for k in range(space.shared.subpolicies):
+            params += _slot_params(f"shared.{k}", space.shared)
+    elif space.structure == "randaugment":
+        params = [Param("shared.n", "int", low=space.shared.n[0], high=space.shared.n[1]),
+                  Param("shared.magnitude", "float", low=space.shared.magnitude[0],
+                        high=space.shared.magnitude[1])]
+    else:
+        params = _slot_params("shared", space.shared)
     for task in space.per_task.tasks:
         params += _slot_params(f"task.{task}", space.per_task)
     if space.weights.method == "static":
@@ -64,10 +73,19 @@ def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
         weights = {t: float(values[f"weight.{t}"]) for t in tasks}
     else:
         weights = {t: 1.0 for t in tasks}
+    shared: tuple[Slot, ...] | SubPolicies | RandAugmentSpec
+    if space.structure == "subpolicies":
+        shared = SubPolicies(tuple(_slots(f"shared.{k}", space.shared.slots, values)
+                                   for k in range(space.shared.subpolicies)))
+    elif space.structure == "randaugment":
+        shared = RandAugmentSpec(n=int(values["shared.n"]),
+                                 magnitude=float(values["shared.magnitude"]),
+                                 ops=tuple(space.shared.ops))
+    else:
+        shared = _slots("shared", space.shared.slots, values)
     return Policy(
         tasks=dict(tasks),
-        shared=_slots("shared", space.shared.slots, values),
+        shared=shared,
         per_task={t: s for t, s in per_task.items() if s},
-        structure=space.structure,
         weighting=Weighting(method=space.weights.method, weights=weights),
     )
