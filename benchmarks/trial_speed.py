@@ -1,12 +1,11 @@
-"""Time one trial and the augmentation pipeline; check that every head learns something real.
+"""Time one trial; check that every head learns something real.
 
 Writes benchmarks/results/trial_speed.md (or --out). Measures:
-  * augmentation throughput (samples/s) of policysearch's MultiTaskAugment vs the same
-    albumentations transforms called directly, for the flipcrop baseline and a 2-slot policy;
   * one trial of the default search space (flipcrop reference): seconds per epoch, training
     images/s, peak resident memory;
   * validation metrics of that trial next to those of the untrained network, per task;
   * seed noise: the same reference trial with seeds 1 and 2, as Δm% against seed 0.
+The augmentation pipeline alone is timed by benchmarks/augment_speed.py.
 
     .venv/bin/python benchmarks/trial_speed.py            # full run, ~1-2 minutes
     .venv/bin/python benchmarks/trial_speed.py --smoke-test
@@ -17,13 +16,12 @@ from __future__ import annotations
 import argparse
 import platform
 import resource
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from policysearch.augment import Policy, Slot, get_baseline
+from policysearch.augment import get_baseline
 from policysearch.config import load_space
 from policysearch.data import get_dataset
 from policysearch.models import build_network
@@ -32,38 +30,6 @@ from policysearch.tasks import make_task
 from policysearch.training import evaluate, run_trial
 
 HERE = Path(__file__).resolve().parent
-
-
-def _rate(fn, samples, repeats: int) -> float:  # noqa: ANN001
-    fn(samples[0])  # warm-up
-    start = time.perf_counter()
-    for _ in range(repeats):
-        for s in samples:
-            fn(s)
-    return repeats * len(samples) / (time.perf_counter() - start)
-
-
-def augmentation_rows(dataset, repeats: int) -> list[tuple[str, float, float]]:  # noqa: ANN001
-    samples = [dataset.split("train")[i] for i in range(min(200, len(dataset.split("train"))))]
-    budget_size = samples[0]["image"].shape[0]
-    tasks = {t.name: t.kind for t in dataset.tasks}
-    policies = {
-        "flipcrop": get_baseline("flipcrop", tasks),
-        "rotate+brightness": Policy(tasks=tasks, shared=(Slot("rotate", 0.8, 0.5),
-                                                         Slot("brightness", 0.8, 0.5))),
-    }
-    rows = []
-    for name, policy in policies.items():
-        ours = policy.transform(seed=0)
-        direct = policy.to_albumentations("objects", size=(budget_size, budget_size))
-        direct.set_random_seed(0)
-
-        def call_direct(s, direct=direct):  # noqa: ANN001, ANN202
-            return direct(image=s["image"], mask=s["mask"], bboxes=s["boxes"],
-                          labels=s["box_labels"], depth=s["depth"])
-
-        rows.append((name, _rate(ours, samples, repeats), _rate(call_direct, samples, repeats)))
-    return rows
 
 
 def main() -> None:
@@ -75,16 +41,14 @@ def main() -> None:
     space = load_space("default")
     budget = space.budget
     opts = space.dataset_options
-    n_train, n_val, repeats = opts.n_train, opts.n_val, 3
+    n_train, n_val = opts.n_train, opts.n_val
     if args.smoke_test:
         budget = budget.model_copy(update={"epochs": 1, "image_size": 32})
-        n_train, n_val, repeats = 32, 16, 1
+        n_train, n_val = 32, 16
     torch.set_num_threads(2)
     dataset = get_dataset(space.dataset, size=budget.image_size, seed=opts.seed,
                           n_train=n_train, n_val=n_val, n_test=16)
     tasks = {t.name: t.kind for t in dataset.tasks}
-
-    aug_rows = augmentation_rows(dataset, repeats)
 
     task_objs = [make_task(spec) for spec in dataset.tasks]
     torch.manual_seed(0)
@@ -98,7 +62,7 @@ def main() -> None:
     smoke = " --smoke-test" if args.smoke_test else ""
     rate = result.train_images / result.seconds
     lines = [
-        "# One trial and the augmentation pipeline",
+        "# One trial",
         "",
         f"Produced by `python benchmarks/trial_speed.py{smoke}`"
         f" on {platform.machine()} with {torch.get_num_threads()} CPU threads, torch "
@@ -106,20 +70,6 @@ def main() -> None:
         f"validation images of {budget.image_size}×{budget.image_size}; budget of the default "
         f"search space ({budget.epochs} epochs, batch {budget.batch_size}, encoder "
         f"`{budget.encoder}`).",
-        "",
-        "## Augmentation pipeline (one core, samples/s; image + mask + boxes + depth)",
-        "",
-        "| policy | policysearch `transform()` | albumentations called directly | overhead |",
-        "|---|---:|---:|---:|",
-    ]
-    for name, ours, direct in aug_rows:
-        overhead = (direct / ours - 1) * 100
-        lines.append(f"| {name} | {ours:,.0f} | {direct:,.0f} | {overhead:+.0f}% |")
-    lines += [
-        "",
-        "Our pipeline also marks pixels that geometric ops bring in from outside the image "
-        "(invalid depth) and returns numpy arrays in the sample-dict convention; that is the "
-        "overhead shown.",
         "",
         f"## One trial ({space.reference} reference policy)",
         "",

@@ -28,6 +28,7 @@ from policysearch.errors import UserError
 H = W = 64
 TASKS = {"seg": "segmentation", "det": "detection", "depth": "depth"}
 BRIGHT = 140  # threshold between the dark background (<= 60) and the object (>= 200)
+TILT = np.array([0.3, -0.5, 0.8]) / np.linalg.norm([0.3, -0.5, 0.8])  # normals of the sample
 
 
 def _deg_shear(m: float) -> float:
@@ -85,6 +86,13 @@ CASES: dict[str, tuple[str, type, object]] = {
                     lambda m: (_affine_params, _affine_expect(ty=0.45 * m))),
     "scale": ("geometric", A.Affine,
               lambda m: (_affine_params, _affine_expect(scale=1 + 0.5 * m))),
+    "grid_distortion": ("geometric", A.GridDistortion,
+                        lambda m: (lambda t: (t.distort_limit, t.num_steps, t.normalized),
+                                   ((pytest.approx(-0.5 * m), pytest.approx(0.5 * m)), 5,
+                                    True))),
+    "elastic": ("geometric", A.ThinPlateSpline,
+                lambda m: (lambda t: (t.scale_range, t.num_control_points),
+                           (_pair(0.5 * m), 4))),
     "crop": ("geometric", A.RandomResizedCrop,
              lambda m: (lambda t: {"scale": t.scale, "ratio": t.ratio},
                         {"scale": (pytest.approx(1 - 0.9 * m), 1.0),
@@ -204,8 +212,10 @@ def _sample(rng: np.random.Generator, x1: int, y1: int, w: int, h: int, ellipse:
     ys, xs = np.nonzero(obj)
     boxes = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=np.float32)
     depth = np.where(obj, 2.0, 8.0).astype(np.float32)
+    normals = np.tile(TILT.astype(np.float32), (H, W, 1))
     return {"image": image, "mask": mask, "boxes": boxes, "box_labels": np.array([7]),
-            "depth": depth, "label": 3, "meta": "kept"}
+            "depth": depth, "normals": normals, "instance_masks": obj[None].astype(np.uint8),
+            "label": 3, "meta": "kept"}
 
 
 objects = st.tuples(
@@ -241,19 +251,30 @@ def test_geometric_ops_move_every_target_with_the_image(name: str, m: float, see
     out = _run(name, m, seed, sample)
     if not OPS[name].fills_outside:
         assert not (out["mask"] == 255).any()
-    assert_targets_follow(sample, out)
+    assert_targets_follow(sample, out, band=EDGE_BAND.get(name, 1))
 
 
-def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True) -> None:
+# Width (pixels) of the band along the object's edge where the linearly interpolated image may
+# disagree with the nearest-sampled mask: 1 everywhere but under albumentations' GridDistortion,
+# which repeats a row (column) at every cell boundary, so a half-blended edge row can be doubled.
+EDGE_BAND = {"grid_distortion": 2}
+
+
+def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True,
+                          band: int = 1) -> None:
     """The targets of ``out`` (a view of a ``_sample``) moved with its image: dtypes, shapes
-    and contiguity kept; depth follows the mask exactly; boxes enclose the object pixels; with
-    ``image_aligned`` (no photometric op ran) the bright object pixels match the mask."""
-    image, mask, depth = out["image"], out["mask"], out["depth"]
+    and contiguity kept; depth, normals and the instance mask follow the mask exactly; boxes
+    enclose the object pixels; with ``image_aligned`` (no photometric op ran) the bright object
+    pixels match the mask."""
+    image, mask, depth, normals = out["image"], out["mask"], out["depth"], out["normals"]
+    instances = out["instance_masks"]
     assert image.dtype == np.uint8 and image.shape == (H, W, 3)
     assert mask.dtype == np.int64 and depth.dtype == np.float32
+    assert normals.dtype == np.float32 and normals.shape == (H, W, 3)
+    assert instances.dtype == np.uint8 and instances.shape[1:] == (H, W)
     assert out["boxes"].dtype == np.float32 and out["boxes"].shape[1:] == (4,)
     assert out["box_labels"].dtype == sample["box_labels"].dtype
-    for arr in (image, mask, depth, out["boxes"]):
+    for arr in (image, mask, depth, normals, instances, out["boxes"]):
         assert arr.flags["C_CONTIGUOUS"]
     assert out["label"] == 3 and out["meta"] == "kept"
 
@@ -262,6 +283,16 @@ def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True
     np.testing.assert_array_equal(depth == 2.0, mask == 1)
     np.testing.assert_array_equal(depth == 8.0, mask == 0)
     np.testing.assert_array_equal(depth == 0.0, mask == 255)
+    # Normals: zero vectors exactly outside, unit vectors elsewhere with z unchanged (ops turn
+    # them in the image plane only).
+    length = np.linalg.norm(normals, axis=-1)
+    np.testing.assert_array_equal(length == 0, mask == 255)
+    np.testing.assert_allclose(length[mask != 255], 1.0, atol=1e-5)
+    np.testing.assert_allclose(normals[..., 2][mask != 255], TILT[2], atol=1e-5)
+    # The instance mask is kept exactly when its box is, and covers the object's pixels.
+    assert len(instances) == len(out["boxes"])
+    if len(instances):
+        np.testing.assert_array_equal(instances[0] == 1, mask == 1)
 
     obj_px = mask == 1
     if image_aligned:
@@ -269,8 +300,11 @@ def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True
         # Away from the object's edge (3x3 neighbourhood all object / all not object) the image
         # and the mask agree exactly; overall, edges included, IoU >= 0.9 unless the object is
         # small (shrunk, or mostly out of the frame), where edges dominate.
-        assert bright[_erode(obj_px)].all()
-        assert not bright[_erode(~obj_px)].any()
+        inside, outside = obj_px, ~obj_px
+        for _ in range(band):
+            inside, outside = _erode(inside), _erode(outside)
+        assert bright[inside].all()
+        assert not bright[outside].any()
         if obj_px.sum() >= 150:
             assert _iou(obj_px, bright) >= 0.9
     if len(out["boxes"]):
@@ -294,7 +328,7 @@ def test_photometric_ops_change_only_the_image(name: str, m: float, seed: int,
     sample = _sample(np.random.default_rng(seed), *obj)
     out = _run(name, m, seed, sample)
     assert out["image"].dtype == np.uint8 and out["image"].shape == (H, W, 3)
-    for key in ("mask", "depth", "boxes", "box_labels"):
+    for key in ("mask", "depth", "normals", "instance_masks", "boxes", "box_labels"):
         assert out[key].dtype == sample[key].dtype
         np.testing.assert_array_equal(out[key], sample[key])
     assert out["label"] == 3 and out["meta"] == "kept"
@@ -383,7 +417,7 @@ def test_crop_resizes_back_to_the_input_size_within_its_area_range() -> None:
     aug = Policy(tasks=TASKS, shared=(Slot("crop", 1.0, 1.0),)).transform(seed=0)
     sample = _sample(np.random.default_rng(0), 10, 10, 20, 20, False)
     for size in ((H, W), (40, 56)):
-        s = {k: v for k, v in sample.items() if k != "boxes"}
+        s = {k: v for k, v in sample.items() if k not in ("boxes", "normals", "instance_masks")}
         s["image"] = np.ascontiguousarray(sample["image"][: size[0], : size[1]])
         s["mask"] = np.ascontiguousarray(sample["mask"][: size[0], : size[1]])
         s["depth"] = np.ascontiguousarray(sample["depth"][: size[0], : size[1]])
@@ -485,4 +519,15 @@ def test_geometric_ops_on_the_wide_scale_move_every_target(name: str, seed: int,
     sample = _sample(np.random.default_rng(seed), *obj)
     policy = Policy(tasks=TASKS, shared=TrivialAugmentSpec(ops=(name,)))
     out = policy.transform(seed=seed)(sample)["shared"]
-    assert_targets_follow(sample, out)
+    assert_targets_follow(sample, out, band=EDGE_BAND.get(name, 1))
+
+
+def test_the_readme_op_table_is_the_registry() -> None:
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    rows = {m[0]: tuple(m[1:]) for m in re.findall(
+        r"^\| `(\w+)` \| (geometric|photometric) \| (.*?) \| (.*?) \|$", readme, re.M)}
+    assert rows == {r["name"]: (r["kind"], r["range_at_1"], r["range_wide_at_1"])
+                    for r in ops_table()}

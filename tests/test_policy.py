@@ -193,13 +193,71 @@ def test_boxes_everywhere_out_leave_empty_float32_and_int64() -> None:
     assert out["box_labels"].shape == (0,) and out["box_labels"].dtype == np.int64
 
 
-def test_normals_under_geometric_ops_are_refused() -> None:
-    policy = Policy(tasks={"normals": "normals"}, shared=(Slot("rotate", 0.5, 0.5),))
-    with pytest.raises(UserError, match="normals"):
-        policy.transform()
-    photometric = Policy(tasks={"normals": "normals"}, shared=(Slot("contrast", 0.5, 0.5),))
-    sample = {"image": _sample()["image"], "normals": np.zeros((H, W, 3), np.float32)}
-    assert photometric.transform(seed=0)(sample)["shared"]["normals"] is sample["normals"]
+def _instances(sample: dict) -> np.ndarray:
+    """One bool mask per box: the box's own pixels (its label in ``mask``)."""
+    return np.stack([sample["mask"] == i + 1 for i in range(len(sample["boxes"]))]) \
+        if len(sample["boxes"]) else np.zeros((0, H, W), bool)
+
+
+def test_instance_masks_are_kept_and_dropped_with_their_boxes() -> None:
+    # albumentations 2.0.8 drops a box and its labels but not a per-instance mask: ours does.
+    sample = _sample(n_boxes=0)
+    sample["boxes"] = np.array([[50, 10, 62, 30], [2, 34, 14, 54]], np.float32)
+    sample["box_labels"] = np.array([5, 9], np.int64)
+    sample["mask"][10:30, 50:62], sample["mask"][34:54, 2:14] = 1, 2
+    sample["instance_masks"] = _instances(sample)
+    aug = Policy(tasks=TASKS, shared=(Slot("translate_x", 1.0, 1.0),)).transform(seed=0)
+    kept = set()
+    for _ in range(20):
+        out = aug(sample)["shared"]
+        inst = out["instance_masks"]
+        assert inst.dtype == bool and inst.shape == (1, H, W)
+        label = int(out["box_labels"][0])
+        kept.add(label)
+        # The kept mask is the kept box's object, moved with it.
+        np.testing.assert_array_equal(inst[0], out["mask"] == {5: 1, 9: 2}[label])
+        ys, xs = np.nonzero(inst[0])
+        x1, y1, x2, y2 = out["boxes"][0]
+        assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (x1, y1, x2, y2)
+    assert kept == {5, 9}
+
+
+def test_instance_masks_are_empty_outside_and_without_boxes() -> None:
+    sample = _sample(n_boxes=3)
+    sample["instance_masks"] = _instances(sample).astype(np.uint8)
+    aug = Policy(tasks=TASKS, shared=(Slot("rotate", 1.0, 1.0), Slot("scale", 1.0, 1.0)))
+    for seed in range(10):
+        out = aug.transform(seed=seed)(sample)["shared"]
+        assert out["instance_masks"].dtype == np.uint8
+        assert set(np.unique(out["instance_masks"])) <= {0, 1}
+        outside = out["mask"] == 255
+        assert not out["instance_masks"][:, outside].any()
+        for inst, label in zip(out["instance_masks"], out["box_labels"], strict=True):
+            np.testing.assert_array_equal(inst == 1, out["mask"] == label)
+    empty = _sample(n_boxes=0)
+    empty["instance_masks"] = np.zeros((0, H, W), np.uint8)
+    out = aug.transform(seed=0)(empty)["shared"]
+    assert out["instance_masks"].shape == (0, H, W) and out["instance_masks"].dtype == np.uint8
+
+
+def test_instance_masks_must_match_the_boxes() -> None:
+    sample = _sample(n_boxes=3)
+    sample["instance_masks"] = _instances(sample)[:2]
+    aug = Policy(tasks=TASKS, shared=(Slot("hflip", 1.0, 1.0),)).transform(seed=0)
+    with pytest.raises(UserError, match="^instance_masks: 2 instance masks for 3 boxes"):
+        aug(sample)
+    sample["instance_masks"] = _instances(sample)[:, :32]
+    with pytest.raises(UserError, match=r"^instance_masks: shape \(3, 32, 64\) does not fit"):
+        aug(sample)
+
+
+@pytest.mark.parametrize("key", ["mask", "depth"])
+def test_a_target_of_another_size_is_a_user_error(key: str) -> None:
+    sample = _sample()
+    sample[key] = sample[key][:, :40]
+    aug = Policy(tasks=TASKS, shared=(Slot("hflip", 1.0, 1.0),)).transform(seed=0)
+    with pytest.raises(UserError, match=rf"^{key}: shape \(64, 40\) does not fit the image 64×64"):
+        aug(sample)
 
 
 # --- determinism -------------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 Magnitude follows AutoAugment's convention: it is the *exact* strength, mapped linearly onto the
 op's range at magnitude 1 (``Op.range_at_1``). A signed op (rotate, shear, translate, scale, the
-enhance ops, hue) applies ``+strength`` or ``-strength`` with probability 1/2 each; ``crop`` is
-the one op whose strength is always sampled (the magnitude bounds how small the crop may get).
+enhance ops, hue) applies ``+strength`` or ``-strength`` with probability 1/2 each. Three ops
+are random by nature and their strength is always sampled, the magnitude bounding it: ``crop``
+(how small the crop may get), ``grid_distortion`` and ``elastic`` (how far the warp may move).
 
 Two **scales** give the range at magnitude 1: ``standard`` (AutoAugment / RandAugment, torchvision's
 ``RandAugment._augmentation_space``) and ``wide`` (torchvision's ``TrivialAugmentWide``: rotate
@@ -96,7 +97,7 @@ class Op:
     @property
     def targets(self) -> str:
         """The sample keys the op changes, for listings."""
-        return "image, mask, boxes, depth" if self.kind == "geometric" else "image"
+        return "image, mask, boxes, depth, normals" if self.kind == "geometric" else "image"
 
     @property
     def wide_range(self) -> str:
@@ -258,6 +259,8 @@ _AT_1: dict[str, dict[str, float]] = {
     "noise": {"standard": 0.2, "wide": 0.2},  # std, fraction of 255
     "cutout": {"standard": 0.4, "wide": 0.4},  # hole side, fraction of the side
     "crop": {"standard": 0.9, "wide": 0.9},  # area removed at most
+    "grid": {"standard": 0.5, "wide": 0.5},  # grid cell step 1 ± x
+    "elastic": {"standard": 0.5, "wide": 0.5},  # TPS control points moved by N(0, x/10 side)
 }
 
 
@@ -426,6 +429,44 @@ def _cutout(lo: float, hi: float, scale: str) -> A.CoarseDropout:
     )
 
 
+def _grid_distortion(lo: float, hi: float, scale: str) -> A.GridDistortion:
+    # Each of the 5+1 grid steps per axis is drawn in 1 ± k*m (the distortion is random by
+    # nature: the magnitude bounds it, like crop's); normalized keeps the grid on the image.
+    # albumentations 2.0.8 maps the last row and column to exactly H and W (one past the last
+    # pixel): a replicated border turns them into copies of their neighbours instead of black,
+    # invalid lines. Nothing else samples outside, so no pixel needs the outside fill.
+    limit = _k("grid", scale) * hi
+    return A.GridDistortion(
+        num_steps=5,
+        distort_limit=(-limit, limit) if limit else (0.0, 0.0),
+        normalized=True,
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_REPLICATE,
+        p=1.0,
+    )
+
+
+def _elastic(lo: float, hi: float, scale: str) -> A.ThinPlateSpline:
+    # A smooth random warp whose strength is a fraction of the image side, so one magnitude
+    # means the same at every image size (ElasticTransform's alpha and sigma are pixels): a
+    # thin-plate spline through a 4x4 grid of control points, each moved by N(0, s/10) of the
+    # side with s = k*m (ThinPlateSpline draws s uniformly in scale_range).
+    k = _k("elastic", scale)
+    return A.ThinPlateSpline(
+        scale_range=(k * lo, k * hi),
+        num_control_points=4,
+        interpolation=cv2.INTER_LINEAR,
+        mask_interpolation=cv2.INTER_NEAREST,
+        border_mode=cv2.BORDER_CONSTANT,
+        fill=FILL_IMAGE,
+        # A 4-tuple: albumentations remaps many-channel masks in chunks of 4, and cv2 reads a
+        # scalar border value as (v, 0, 0, 0), which would fill only every 4th channel.
+        fill_mask=(float(FILL_MASK),) * 4,
+        p=1.0,
+    )
+
+
 def _fixed(make: Callable[[], A.BasicTransform]) -> RangedFactory:
     return lambda lo, hi, scale: make()
 
@@ -474,9 +515,17 @@ def _register_builtin_ops() -> None:
             signed=True, fills_outside=True)
     reg("scale", geo, "zoom about the centre by factor 1±0.5*m", "×0.5 .. ×1.5", None, _scale,
         signed=True, fills_outside=True)
+    reg("grid_distortion", geo,
+        "grid distortion: the image cut into 5x5 cells whose widths and heights are each "
+        "scaled by a random factor in 1±0.5*m (strength sampled; the grid stays on the image)",
+        "cell sides ×0.5 .. ×1.5", None, _grid_distortion)
+    reg("elastic", geo,
+        "elastic warp: a thin-plate spline through a 4x4 grid of control points, each moved by "
+        "N(0, 0.05*m of the side) (strength sampled; size-independent)",
+        "control points ±N(0, 0.05 side)", None, _elastic, fills_outside=True)
     reg("crop", geo,
         "random-resized crop back to the input size; crop area sampled in [1-0.9*m, 1] of the "
-        "image, aspect in [3/4, 4/3] (the one op whose strength is sampled)",
+        "image, aspect in [3/4, 4/3] (strength sampled)",
         "area ≥ 0.1", None, _crop, sized=True)
     for name in ("brightness", "contrast", "saturation"):
         reg(name, photo, f"enhance {name} by factor 1±0.9*m (wide: 1±0.99*m)", "×0.1 .. ×1.9",

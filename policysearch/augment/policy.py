@@ -35,9 +35,13 @@ from pathlib import Path
 from typing import Any, TypeAlias
 
 import albumentations as A
+import cv2
 import numpy as np
 import yaml
+from albumentations.augmentations.geometric.distortion import BaseDistortion
 
+from policysearch.augment.normals import frame_of, turn
+from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import (
     FILL_MASK,
     RANDAUGMENT_OPS,
@@ -358,7 +362,7 @@ def load_policy(path: str | Path) -> Policy:
 class _View:
     """One view's compiled pipeline."""
 
-    __slots__ = ("name", "compose", "spatial", "marker", "sized", "size")
+    __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported")
 
     def __init__(self, name: str, shared: Shared):
         self.name = name
@@ -368,6 +372,8 @@ class _View:
         self.size: tuple[int, int] | None = None
         self.compose: A.Compose | None = None
         self.sized: list[A.BasicTransform] = []
+        # Leaf transforms that move pixels but have no rule to turn surface normals.
+        self.unsupported = normals_unsupported(transforms)
         if not transforms:
             return
         if self.spatial:
@@ -433,8 +439,11 @@ class MultiTaskAugment:
     Sample keys (policysearch.data.base): ``image`` H×W×3 uint8; ``mask`` H×W int (nearest,
     255 where pixels come from outside); ``boxes`` N×4 float32 pixel x1,y1,x2,y2 with
     ``box_labels`` N (clipped; dropped with their labels when under 30% visible or under 2 px);
-    ``depth`` H×W float32 (nearest, 0.0 = invalid where pixels come from outside). Other keys
-    pass through unchanged (not copied); ``normals`` is removed from views with geometric slots.
+    ``depth`` H×W float32 (nearest, 0.0 = invalid where pixels come from outside);
+    ``normals`` H×W×3 float32 unit vectors (nearest, vectors turned with the image, see
+    ``policysearch.augment.normals``; zero vectors where pixels come from outside);
+    ``instance_masks`` N×H×W, one per box (nearest, kept or dropped with their box, 0 outside).
+    Other keys pass through unchanged (not copied).
     Not thread-safe; in DataLoader workers call ``set_seed`` per worker (and per epoch).
     """
 
@@ -492,15 +501,44 @@ class MultiTaskAugment:
             if kind != "normals" or (self.task is not None and name != self.task):
                 continue
             own = [v for v in self._task_views if v.name == name]
-            if self._shared.spatial or (own and own[0].spatial):
-                raise UserError(
-                    "geometric ops on surface normals are not supported yet (their vectors "
-                    "must be rotated); use photometric ops for this task",
-                    field=f"tasks.{name}",
-                )
+            for view in (self._shared, *own):
+                if view.unsupported:
+                    raise UserError(_no_normals_rule(view), field=f"tasks.{name}")
+
+
+def _no_normals_rule(view: _View) -> str:
+    names = ", ".join(sorted(set(view.unsupported)))
+    return (f"surface normals cannot follow albumentations {names} (no rule turns their "
+            "vectors); register one with policysearch.augment.normals.register_rule")
 
 
 _NO_IDX = np.zeros(0, dtype=np.int64)
+# Sample keys that travel as channels of one float32 mask through a spatial view, in order.
+_PLANES = ("mask", "depth", "normals", "instance_masks")
+
+
+def _planes(sample: Mapping[str, Any], shape: tuple[int, ...]) -> list[tuple[str, np.ndarray]]:
+    """The spatial targets of ``sample`` as (key, H×W×k array), instance masks moved to the
+    last axis; a size mismatch is a ``UserError`` naming the key."""
+    found = []
+    for key in _PLANES:
+        value = sample.get(key)
+        if value is None:
+            continue
+        arr = np.asarray(value)
+        if key == "instance_masks":
+            ok = arr.ndim == 3 and arr.shape[1:] == shape
+            arr = np.moveaxis(arr, 0, -1) if ok else arr
+        elif key == "normals":
+            ok = arr.shape == (*shape, 3)
+        else:
+            ok = arr.shape[:2] == shape and (arr.ndim == 2 or arr.shape[2:] == (1,))
+        if not ok:
+            form = {"normals": "H×W×3", "instance_masks": "N×H×W"}.get(key, "H×W")
+            raise UserError(f"shape {arr.shape} does not fit the image {shape[0]}×{shape[1]} "
+                            f"(expected {form})", field=key)
+        found.append((key, arr.reshape(*shape, -1)))
+    return found
 
 
 def _apply(view: _View, sample: Mapping[str, Any]) -> dict[str, Any]:
@@ -520,48 +558,84 @@ def _apply(view: _View, sample: Mapping[str, Any]) -> dict[str, Any]:
         return out
 
     data: dict[str, Any] = {"image": image}
-    mask = sample.get("mask")
-    depth = sample.get("depth")
     boxes = sample.get("boxes")
-    # mask, depth and the outside marker travel as the channels of one float32 mask: one warp,
-    # so nearest sampling picks the same source pixel for all of them (cv2 may round
-    # differently per dtype at the image border), and the fill (255) marks outside pixels.
-    planes = [a for a in (mask, depth) if a is not None]
-    marker = depth is not None and view.marker
+    # Every spatial target travels as the channels of one float32 mask: one warp, so nearest
+    # sampling picks the same source pixel for all of them (cv2 may round differently per
+    # dtype at the image border), and the fill (255) of an extra channel marks outside pixels.
+    planes = _planes(sample, image.shape[:2])
+    keys = {key for key, _ in planes}
+    empty = [(key, arr) for key, arr in planes if arr.shape[2] == 0]  # no instance at all
+    planes = [(key, arr) for key, arr in planes if arr.shape[2]]
+    normals = "normals" in keys
+    if normals and view.unsupported:
+        raise UserError(_no_normals_rule(view), field="normals")
+    marker = view.marker and bool(keys & {"depth", "normals", "instance_masks"})
     if planes:
-        stacked = np.empty((*image.shape[:2], len(planes) + marker), dtype=np.float32)
-        for i, plane in enumerate(planes):
-            stacked[..., i] = plane.reshape(image.shape[:2])
+        layers = [arr.astype(np.float32, copy=False) for _, arr in planes]
         if marker:
-            stacked[..., -1] = 0.0
-        data["mask"] = stacked
+            layers.append(np.zeros(image.shape[:2], dtype=np.float32))
+        data["mask"] = _stack(layers)
     if boxes is not None:
         boxes_arr = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
+        n_masks = {k: a.shape[2] for k, a in (*planes, *empty)}.get("instance_masks")
+        if n_masks is not None and n_masks != len(boxes_arr):
+            raise UserError(f"{n_masks} instance masks for {len(boxes_arr)} boxes: one mask per "
+                            "box", field="instance_masks")
         data["bboxes"] = boxes_arr
         data["box_idx"] = np.arange(len(boxes_arr))
     else:
         data["box_idx"] = _NO_IDX
+    compose.save_applied_params = normals  # the normals step reads which transforms ran
     res = compose(**data)
 
     out["image"] = _like(res["image"], image)
-    if planes:
-        warped = res["mask"]
-        shape = warped.shape[:2]
-        if mask is not None:
-            out["mask"] = _like(warped[..., 0].reshape(shape + mask.shape[2:]), mask)
-        if depth is not None:
-            new_depth = warped[..., 1 if mask is not None else 0]
-            if marker:
-                new_depth = np.where(warped[..., -1] == FILL_MASK, np.float32(0), new_depth)
-            out["depth"] = _like(new_depth.reshape(shape + depth.shape[2:]), depth)
+    idx = None
     if boxes is not None:
         idx = np.asarray(res["box_idx"], dtype=np.int64).reshape(-1)
         out["boxes"] = np.ascontiguousarray(np.asarray(res["bboxes"], dtype=np.float32)[:, :4])
         labels = sample.get("box_labels")
         if labels is not None:
             out["box_labels"] = np.ascontiguousarray(np.asarray(labels)[idx])
-    out.pop("normals", None)
+    for key, _ in empty:
+        out[key] = np.zeros((0, *res["image"].shape[:2]), dtype=np.asarray(sample[key]).dtype)
+    if planes:
+        _unstack(res, planes, sample, out, marker=marker, kept_boxes=idx)
     return out
+
+
+def _unstack(res: Mapping[str, Any], planes: list[tuple[str, np.ndarray]],
+             sample: Mapping[str, Any], out: dict[str, Any], *, marker: bool,
+             kept_boxes: np.ndarray | None) -> None:
+    """Write each spatial target of ``planes`` from the warped mask of ``res`` into ``out``:
+    mask as is; depth, normals and instance masks zero where pixels came from outside (the
+    ``marker`` channel); normals turned; instance masks of the kept boxes only."""
+    warped = res["mask"].reshape(*res["mask"].shape[:2], -1)
+    shape = warped.shape[:2]
+    outside = warped[..., -1] == FILL_MASK if marker else None
+    at = 0
+    for key, arr in planes:
+        part = warped[..., at:at + arr.shape[2]]  # a view: res is our own copy (see _stack)
+        at += arr.shape[2]
+        old = sample[key]
+        if key == "normals":
+            out[key] = _like(turn(part, frame_of(res["applied_transforms"], shape), outside), old)
+            continue
+        if key == "instance_masks":
+            part = part[..., kept_boxes] if kept_boxes is not None else part
+        if outside is not None and key != "mask":
+            np.copyto(part, np.float32(0), where=outside[..., None])
+        if key == "instance_masks":
+            out[key] = _like(np.moveaxis(part, -1, 0), old)
+        else:
+            out[key] = _like(part.reshape(shape + np.shape(old)[2:]), old)
+
+
+def _stack(layers: list[np.ndarray]) -> np.ndarray:
+    """A new H×W×C float32 array of the layers' channels (always a copy: the result may be
+    written in place, and albumentations returns it as it is when no warp runs)."""
+    if sum(1 if a.ndim == 2 else a.shape[2] for a in layers) <= 512:  # cv2's channel limit
+        return cv2.merge(layers)
+    return np.dstack(layers)
 
 
 def _like(new: np.ndarray, old: Any) -> np.ndarray:
@@ -579,9 +653,10 @@ def _collect(transforms: Sequence[Any], cls: type, found: list[Any]) -> None:
 
 
 def _set_fill_mask(transforms: Sequence[Any], value: float) -> None:
+    """Set the outside fill of every mask-type target of the warps in ``transforms``."""
     for t in transforms:
-        if isinstance(t, A.Affine):
-            t.fill_mask = value
+        if isinstance(t, (A.Affine, BaseDistortion)) and t.fill_mask is not None:
+            t.fill_mask = (float(value),) * 4 if isinstance(t.fill_mask, tuple) else value
         _set_fill_mask(getattr(t, "transforms", ()), value)
 
 
