@@ -31,6 +31,17 @@ from policysearch.augment import BASELINES, get_baseline
 from policysearch.data import get_dataset
 
 HERE = Path(__file__).resolve().parent
+
+
+def cpu_model() -> str:
+    """The CPU's model name (numbers differ between CPU types, even for the same seed)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
          "depth": "depth"}
 BLOCK = 25  # samples per timed block
@@ -127,7 +138,7 @@ def main() -> None:
     lines = [
         "# Baselines through policysearch vs albumentations directly",
         "",
-        f"Produced by `python benchmarks/augment_speed.py{smoke}` on {platform.machine()} "
+        f"Produced by `python benchmarks/augment_speed.py{smoke}` on {cpu_model()} "
         f"({pinned}), {n} shapes samples of 64×64 with image, mask, depth and boxes. The direct "
         "side is the policy's exported albumentations Compose called on the same arrays. Both "
         f"sides run on alternating blocks of {BLOCK} samples; overhead is the median over "

@@ -32,6 +32,17 @@ from policysearch.training import evaluate, run_trial
 HERE = Path(__file__).resolve().parent
 
 
+def cpu_model() -> str:
+    """The CPU's model name (numbers differ between CPU types, even for the same seed)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, for CI")
@@ -65,7 +76,7 @@ def main() -> None:
         "# One trial",
         "",
         f"Produced by `python benchmarks/trial_speed.py{smoke}`"
-        f" on {platform.machine()} with {torch.get_num_threads()} CPU threads, torch "
+        f" on {cpu_model()} with {torch.get_num_threads()} CPU threads, torch "
         f"{torch.__version__}, no GPU. Dataset `shapes`, {n_train} training and {n_val} "
         f"validation images of {budget.image_size}×{budget.image_size}; budget of the default "
         f"search space ({budget.epochs} epochs, batch {budget.batch_size}, encoder "

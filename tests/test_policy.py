@@ -764,6 +764,9 @@ def test_every_structure_exports_to_plain_albumentations(tmp_path: Path) -> None
     policies = {name: p for name, p in STRUCTURED.items()}
     policies.update({b: get_baseline(b, TASKS) for b in BASELINES})
     policies["timm"] = get_baseline("rand-n3-m9-mstd0.5", TASKS)
+    # Every registered op, at an exact and at a sampled strength.
+    policies["every-op"] = Policy(tasks=TASKS, shared=tuple(Slot(op, 0.5, 0.6) for op in OPS))
+    policies["every-op-wide"] = Policy(tasks=TASKS, shared=TrivialAugmentSpec(ops=tuple(OPS)))
     sample = _sample()
     np.savez(tmp_path / "in.npz", image=sample["image"], mask=sample["mask"],
              bboxes=sample["boxes"], labels=sample["box_labels"])

@@ -313,8 +313,11 @@ def _scale(lo: float, hi: float, scale: str) -> A.Affine:
 
 
 def _crop(lo: float, hi: float, scale: str) -> A.RandomResizedCrop:
-    # The crop samples its area anyway; a magnitude range bounds it by its upper end.
+    # The crop samples its area anyway; a magnitude range bounds it by its upper end. At 0 the
+    # whole image would still be cut to a random aspect ratio now and then: a NoOp instead.
     k = _k("crop", scale)
+    if hi == 0:
+        return A.NoOp(p=1.0)
     return A.RandomResizedCrop(
         size=PLACEHOLDER_SIZE,
         scale=(1.0 - k * hi, 1.0),
@@ -435,10 +438,14 @@ def _grid_distortion(lo: float, hi: float, scale: str) -> A.GridDistortion:
     # albumentations 2.0.8 maps the last row and column to exactly H and W (one past the last
     # pixel): a replicated border turns them into copies of their neighbours instead of black,
     # invalid lines. Nothing else samples outside, so no pixel needs the outside fill.
+    # Its grid also repeats one row (column) at each cell boundary, so even a zero distortion
+    # resamples the image slightly: magnitude 0 is a NoOp instead.
     limit = _k("grid", scale) * hi
+    if limit == 0:
+        return A.NoOp(p=1.0)
     return A.GridDistortion(
         num_steps=5,
-        distort_limit=(-limit, limit) if limit else (0.0, 0.0),
+        distort_limit=(-limit, limit),
         normalized=True,
         interpolation=cv2.INTER_LINEAR,
         mask_interpolation=cv2.INTER_NEAREST,
