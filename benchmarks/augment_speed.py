@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable
@@ -26,22 +25,13 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 from policysearch.augment import BASELINES, get_baseline
 from policysearch.data import get_dataset
 
 HERE = Path(__file__).resolve().parent
 
-
-def cpu_model() -> str:
-    """The CPU's model name (numbers differ between CPU types, even for the same seed)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
          "depth": "depth"}
 BLOCK = 25  # samples per timed block

@@ -14,12 +14,12 @@ The augmentation pipeline alone is timed by benchmarks/augment_speed.py.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 from pathlib import Path
 
 import numpy as np
 import torch
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 from policysearch.augment import get_baseline
 from policysearch.config import load_space
@@ -31,16 +31,6 @@ from policysearch.training import evaluate, run_trial
 
 HERE = Path(__file__).resolve().parent
 
-
-def cpu_model() -> str:
-    """The CPU's model name (numbers differ between CPU types, even for the same seed)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return f"{line.split(':', 1)[1].strip()} ({platform.machine()})"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
