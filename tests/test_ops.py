@@ -92,7 +92,7 @@ CASES: dict[str, tuple[str, type, object]] = {
                                    ((pytest.approx(-0.5 * m), pytest.approx(0.5 * m)), 5))),
     "elastic": ("geometric", A.ThinPlateSpline,
                 lambda m: (lambda t: (t.scale_range, t.num_control_points),
-                           (_pair(0.5 * m), 4))),
+                           (_pair(0.3 * m), 4))),
     "crop": ("geometric", (A.RandomResizedCrop, A.NoOp),
              lambda m: (lambda t: {"scale": getattr(t, "scale", (1.0, 1.0)),
                                    "ratio": getattr(t, "ratio", (0.75, 4 / 3))},
