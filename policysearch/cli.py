@@ -95,7 +95,12 @@ class ProgressPrinter:
         self.trial_started = time.monotonic()
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "start":
+        if event == "dataset":
+            sizes = ", ".join(f"{k} {v}" for k, v in data["sizes"].items())
+            self.console.print(f"dataset {data['name']}: {sizes}", highlight=False)
+            for note in data["notes"]:
+                self.console.print(f"  {note}", highlight=False)
+        elif event == "start":
             self.finished, self.target = data["finished"], data["target"]
             resumed = f", resuming with {self.finished} finished" if self.finished else ""
             self.console.print(f"study {data['study']}: target {self.target} finished "
@@ -168,6 +173,8 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     ref = frame.attrs.get("reference")
     if ref:
         console.print(f"Δm% is measured against the reference trial ({ref}).", highlight=False)
+    for note in frame.attrs.get("dataset_notes", []):
+        console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):
         console.print(f"warning: {note}", style="yellow", highlight=False)
 
@@ -182,7 +189,15 @@ def search(
     epochs: Annotated[int | None, typer.Option(help="Epochs per trial.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
-    image_size: Annotated[int | None, typer.Option(help="Image side in pixels.")] = None,
+    image_size: Annotated[str | None, typer.Option(
+        help="Resize every split to S×S or HxW pixels (e.g. 64 or 288x384).")] = None,
+    encoder: Annotated[str | None, typer.Option(
+        help="Shared encoder: small, resnet18/34/50, mobilenet_v3_small/large, timm:NAME.")] = None,
+    weights: Annotated[str | None, typer.Option(
+        help="Local state-dict file to initialise the encoder from (never downloaded).")] = None,
+    skip_bad_samples: Annotated[bool | None, typer.Option(
+        "--skip-bad-samples/--no-skip-bad-samples",
+        help="Leave out (and count) samples whose files are bad instead of stopping.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16 mixed precision (CUDA only).")] = None,
     storage: Annotated[str | None,
@@ -200,9 +215,11 @@ def search(
     from policysearch.search.driver import search as run_search
 
     options = SearchOptions(space=space, dataset=dataset, engine=engine.value, trials=trials,
-                            epochs=epochs, batch_size=batch_size, lr=lr, image_size=image_size,
-                            amp=amp, storage=storage, study=study, out=out, workers=workers,
-                            device=device.value, seed=seed, timeout=timeout, threads=threads)
+                            epochs=epochs, batch_size=batch_size, lr=lr,
+                            image_size=parse_image_size(image_size), amp=amp, encoder=encoder,
+                            weights=weights, skip_bad_samples=skip_bad_samples, storage=storage,
+                            study=study, out=out, workers=workers, device=device.value, seed=seed,
+                            timeout=timeout, threads=threads)
     with warnings.catch_warnings(record=True):
         outcome = run_search(options, progress=ProgressPrinter(out_console))
     _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
@@ -210,6 +227,21 @@ def search(
     if outcome.export is not None:
         for task, why in outcome.export.skipped.items():
             out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
+
+
+def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
+    """``--image-size``: ``S`` or ``HxW``."""
+    if text is None:
+        return None
+    parts = text.lower().replace("×", "x").split("x")
+    try:
+        sides = [int(p) for p in parts]
+    except ValueError:
+        sides = []
+    if len(sides) not in (1, 2):
+        raise UserError(f"expected S or HxW (e.g. 64 or 288x384), got {text!r}",
+                        field="--image-size")
+    return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
 def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
@@ -280,6 +312,9 @@ def preview(
     n: Annotated[int, typer.Option(help="Samples (rows).")] = 8,
     draws: Annotated[int, typer.Option(help="Augmented draws per sample.")] = 4,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    image_size: Annotated[str | None, typer.Option(
+        help="Resize samples to S×S or HxW first (file datasets keep their size otherwise).")
+    ] = None,
 ) -> None:
     """Render N samples × K augmented draws of a policy, with masks, boxes and depth."""
     from policysearch.data import get_dataset
@@ -287,7 +322,9 @@ def preview(
 
     if n < 1 or draws < 1:
         raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")
-    image = preview_grid_for(policy, get_dataset(dataset), n=n, draws=draws, seed=seed)
+    size = parse_image_size(image_size)
+    data = get_dataset(dataset, **({"size": size} if size is not None else {}))
+    image = preview_grid_for(policy, data, n=n, draws=draws, seed=seed)
     write_png(image, to)
     out_console.print(f"wrote {to} ({image.width}×{image.height})", highlight=False)
 

@@ -109,19 +109,40 @@ class Budget(_Strict):
     lr: float = Field(3e-3, gt=0, le=10)
     optimizer: Literal["adamw", "sgd"] = "adamw"
     weight_decay: float = Field(1e-4, ge=0, le=1)
-    image_size: int = Field(64, ge=16, le=4096)
+    # One side (square images) or [height, width]; every split is resized to it.
+    image_size: int | tuple[int, int] = 64
     amp: bool = False
     encoder: str = "small"
     encoder_weights: str | None = None
 
+    @field_validator("image_size")
+    @classmethod
+    def _image_size(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        sides = (value,) if isinstance(value, int) else value
+        if not all(16 <= side <= 4096 for side in sides):
+            raise ValueError(f"every side must be between 16 and 4096 pixels, got {value!r}")
+        if not isinstance(value, int) and value[0] == value[1]:
+            return value[0]
+        return value
+
 
 class DatasetOptions(_Strict):
-    """Size of the built-in dataset's splits and its generator seed."""
+    """How the dataset is made or read.
+
+    ``n_train``/``n_val``/``n_test``: split sizes of a generated dataset (shapes, multidigits).
+    ``seed``: its generator seed, and the seed of any split carved from train. ``val_fraction``:
+    share of train carved into a missing val (or test) split of a file dataset. ``limit``: at
+    most this many samples per split of a file dataset. ``skip_bad_samples``: leave out (and
+    count) samples whose files fail the up-front check instead of stopping.
+    """
 
     n_train: int = Field(400, ge=8, le=1_000_000)
     n_val: int = Field(200, ge=8, le=1_000_000)
     n_test: int = Field(500, ge=8, le=1_000_000)
     seed: int = Field(0, ge=0)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    limit: int | None = Field(None, ge=1)
+    skip_bad_samples: bool = False
 
 
 class SamplerConfig(_Strict):

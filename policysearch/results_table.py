@@ -50,7 +50,8 @@ class StudyRecords:
     records: list[TrialRecord] = field(default_factory=list)
     reference_name: str = "flipcrop"
     dataset: str = ""
-    image_size: int | None = None
+    dataset_notes: list[str] = field(default_factory=list)
+    image_size: int | list[int] | None = None
 
     def reference(self) -> TrialRecord | None:
         done = [r for r in self.records if r.role == "reference" and r.state == "complete"]
@@ -142,6 +143,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True) -> pd.DataFrame:
     frame.insert(0, "rank", ranks)
     frame.attrs["notes"] = sorted(seen_notes)
     frame.attrs["reference"] = study.reference_name
+    frame.attrs["dataset"] = study.dataset
+    frame.attrs["dataset_notes"] = list(study.dataset_notes)
     return frame.reset_index(drop=True)
 
 
@@ -173,6 +176,8 @@ def to_markdown(frame: pd.DataFrame, top: int | None = None) -> str:
     lines = [text]
     if ref:
         lines.append(f"\nΔm% (delta_m) is measured against the reference trial ({ref}).")
+    lines += [f"\n> dataset {frame.attrs.get('dataset', '')}: {n}"
+              for n in frame.attrs.get("dataset_notes") or []]
     lines += [f"\n> warning: {n}" for n in notes]
     return "\n".join(lines)
 

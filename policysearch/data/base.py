@@ -9,7 +9,7 @@ from typing import Any, Protocol
 # Target keys of a sample dict by task kind (design.md, "The flow").
 TARGET_KEYS: dict[str, tuple[str, ...]] = {
     "classification": ("label",),
-    "multilabel": ("label",),
+    "multilabel": ("attributes",),  # K-vector: 1 present, 0 absent, -1 unknown
     "segmentation": ("mask",),
     "detection": ("boxes", "box_labels"),
     "depth": ("depth",),

@@ -34,8 +34,11 @@ class SearchOptions:
     epochs: int | None = None
     batch_size: int | None = None
     lr: float | None = None
-    image_size: int | None = None
+    image_size: int | tuple[int, int] | None = None
     amp: bool | None = None
+    encoder: str | None = None
+    weights: str | None = None
+    skip_bad_samples: bool | None = None
     storage: str | None = None
     study: str | None = None
     out: Path | None = None
@@ -58,21 +61,41 @@ class SearchOutcome:
 def resolve_space(options: SearchOptions) -> SearchSpace:
     space = load_space(options.space)
     space = space.with_budget(epochs=options.epochs, batch_size=options.batch_size, lr=options.lr,
-                              image_size=options.image_size, amp=options.amp)
+                              image_size=options.image_size, amp=options.amp,
+                              encoder=options.encoder, encoder_weights=options.weights)
     if options.dataset is not None:
         space = space.model_copy(update={"dataset": options.dataset})
+    if options.skip_bad_samples is not None:
+        data_opts = space.dataset_options.model_copy(
+            update={"skip_bad_samples": options.skip_bad_samples})
+        space = space.model_copy(update={"dataset_options": data_opts})
     return space
 
 
 def load_dataset(space: SearchSpace) -> MultiTaskDataset:
-    """The dataset, generated or read once for the whole search; splits checked up front."""
+    """The dataset, generated or read once for the whole search, every split resized to the
+    budget's image size; files and splits checked up front."""
     opts = space.dataset_options
-    dataset = get_dataset(space.dataset, size=space.budget.image_size, seed=opts.seed,
-                          n_train=opts.n_train, n_val=opts.n_val, n_test=opts.n_test)
+    size = space.budget.image_size
+    if ":" in space.dataset:  # a file format: coco:PATH, folder:PATH, …
+        dataset = get_dataset(space.dataset, size=size, seed=opts.seed,
+                              val_fraction=opts.val_fraction, limit=opts.limit,
+                              skip_bad_samples=opts.skip_bad_samples)
+    else:
+        if not isinstance(size, int):
+            raise UserError(f"the built-in dataset {space.dataset!r} is generated square: give "
+                            f"one side, not {list(size)}", field="image_size")
+        dataset = get_dataset(space.dataset, size=size, seed=opts.seed, n_train=opts.n_train,
+                              n_val=opts.n_val, n_test=opts.n_test)
     for split in ("train", "val"):
         if len(dataset.split(split)) == 0:
             raise UserError(f"the {split} split is empty", field="dataset")
     return dataset
+
+
+def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
+    """What the reports must say about the dataset (how splits were made, skipped samples)."""
+    return [str(n) for n in getattr(dataset, "notes", ())]
 
 
 def search(options: SearchOptions,
@@ -95,6 +118,10 @@ def search(options: SearchOptions,
     study_name = options.study or space.name
     out_dir = options.out or Path("runs") / study_name
     dataset = load_dataset(space)
+    notes = dataset_notes(dataset)
+    if progress is not None:
+        progress("dataset", {"name": space.dataset, "notes": notes,
+                             "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")}})
     tasks = [make_task(spec) for spec in dataset.tasks]
     task_kinds = {t.name: t.spec.kind for t in tasks}
     validate_tasks(space, list(task_kinds), f"search space {space.name}")
@@ -108,6 +135,7 @@ def search(options: SearchOptions,
         write_results(results_frame(study, warn=False), out_dir)
 
     records = optimize(space, tasks=task_kinds, metrics_info=info, dataset_name=dataset.name,
+                       dataset_notes=notes,
                        runner=runner, n_trials=options.trials, out_dir=out_dir,
                        storage=options.storage, study_name=study_name, seed=options.seed,
                        timeout=options.timeout, progress=progress, on_trial_end=checkpoint)

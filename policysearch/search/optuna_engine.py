@@ -73,7 +73,7 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
 
 def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_dir: Path,
                seed: int, metrics_info: MetricsInfo, tasks: Mapping[str, str],
-               dataset: str) -> tuple[optuna.Study, bool]:
+               dataset: str, dataset_notes: Sequence[str] = ()) -> tuple[optuna.Study, bool]:
     """Create or resume the study; refuse a resume whose space (or seed) differs."""
     store, is_file = open_storage(storage, out_dir)
     try:
@@ -95,6 +95,8 @@ def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_
             "refusing to resume: the search space differs from the study's "
             f"({_first_difference(stored, wanted)}); use another --study or --out",
             source=storage_location(storage, out_dir), field=f"study {study_name}")
+    if study.user_attrs.get("dataset_notes") != list(dataset_notes):
+        study.set_user_attr("dataset_notes", list(dataset_notes))
     return study, is_file
 
 
@@ -179,6 +181,7 @@ def study_records(study: optuna.Study) -> StudyRecords:
         records=[to_record(t) for t in study.get_trials(deepcopy=False)],
         reference_name=attrs.get("reference", "flipcrop"),
         dataset=attrs.get("dataset", ""),
+        dataset_notes=list(attrs.get("dataset_notes", [])),
         image_size=(attrs.get("definition") or {}).get("space", {}).get("budget", {})
         .get("image_size"),
     )
@@ -223,6 +226,7 @@ def optimize(
     metrics_info: MetricsInfo,
     dataset_name: str,
     runner: TrialRunner,
+    dataset_notes: Sequence[str] = (),
     n_trials: int,
     out_dir: Path,
     storage: str | None = None,
@@ -236,7 +240,7 @@ def optimize(
     study_name = study_name or space.name
     study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
                                 seed=seed, metrics_info=metrics_info, tasks=tasks,
-                                dataset=dataset_name)
+                                dataset=dataset_name, dataset_notes=dataset_notes)
     emit = progress or (lambda event, data: None)
     if is_file:
         # Only this driver writes a local journal: trials still "running" were left by a

@@ -133,7 +133,10 @@ def as_tensor(value: Any, dtype: torch.dtype) -> Tensor:
     """A CPU tensor of ``dtype`` from a NumPy array, tensor, list or scalar."""
     if isinstance(value, Tensor):
         return value.detach().to("cpu", dtype)
-    return torch.as_tensor(np.asarray(value), dtype=dtype)
+    arr = np.asarray(value)
+    if not arr.flags.writeable:  # cached dataset arrays are read-only; torch must not share them
+        arr = arr.copy()
+    return torch.as_tensor(arr, dtype=dtype)
 
 
 def image_size(sample: Sample) -> tuple[int, int]:
