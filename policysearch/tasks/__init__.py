@@ -6,7 +6,14 @@ Importing this package registers the built-in kinds in ``TASK_KINDS``; a user's 
 
 from __future__ import annotations
 
-from policysearch.tasks import classification, depth, detection, segmentation
+from policysearch.tasks import (
+    classification,
+    depth,
+    detection,
+    multilabel,
+    normals,
+    segmentation,
+)
 from policysearch.tasks.base import (
     TASK_KINDS,
     DenseDecoder,
@@ -19,6 +26,8 @@ from policysearch.tasks.base import (
 from policysearch.tasks.classification import ClassificationTask
 from policysearch.tasks.depth import DepthTask
 from policysearch.tasks.detection import DetectionTask
+from policysearch.tasks.multilabel import MultilabelTask
+from policysearch.tasks.normals import NormalsTask
 from policysearch.tasks.segmentation import SegmentationTask
 
 __all__ = [
@@ -29,12 +38,16 @@ __all__ = [
     "DetectionTask",
     "Evaluator",
     "MetricInfo",
+    "MultilabelTask",
+    "NormalsTask",
     "SegmentationTask",
     "Task",
     "classification",
     "depth",
     "detection",
     "make_task",
+    "multilabel",
+    "normals",
     "register_task_kind",
     "segmentation",
 ]
