@@ -130,3 +130,17 @@ def test_the_built_in_datasets_refuse_a_non_square_size(tmp_path: Path) -> None:
     result = _search(space, tmp_path / "run")
     assert result.exit_code == 2
     assert "generated square: give one side" in result.output
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--encoder", "resnet19"), "encoder: unknown encoder 'resnet19'; known:"),
+    (("--encoder", "resnet18", "--weights", "/nowhere/r18.pt"), "/nowhere/r18.pt: weights:"),
+])
+def test_a_bad_encoder_or_weights_file_is_refused_before_any_trial(tmp_path: Path,
+                                                                   flags: tuple, message: str
+                                                                   ) -> None:
+    out = tmp_path / "run"
+    result = _search(_space(tmp_path, "multidigits"), out, 2, *flags)
+    assert result.exit_code == 2
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (out / "study.journal").exists()

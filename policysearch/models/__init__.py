@@ -5,8 +5,12 @@ from __future__ import annotations
 from policysearch.models.encoders import (
     ENCODERS,
     Encoder,
+    MobileNetV3Encoder,
     ResNet18Encoder,
+    ResNetEncoder,
     SmallCNN,
+    TimmEncoder,
+    load_weights,
     make_encoder,
     register_encoder,
 )
@@ -15,10 +19,14 @@ from policysearch.models.network import MultiTaskNet, build_network
 __all__ = [
     "ENCODERS",
     "Encoder",
+    "MobileNetV3Encoder",
     "MultiTaskNet",
     "ResNet18Encoder",
+    "ResNetEncoder",
     "SmallCNN",
+    "TimmEncoder",
     "build_network",
+    "load_weights",
     "make_encoder",
     "register_encoder",
 ]

@@ -101,6 +101,7 @@ def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
 def search(options: SearchOptions,
            progress: Callable[[str, dict[str, Any]], None] | None = None) -> SearchOutcome:
     """Run (or resume) a policy search and write results and the best policy into ``out``."""
+    from policysearch.models import make_encoder
     from policysearch.search.optuna_engine import optimize
     from policysearch.tasks import make_task
     from policysearch.training import resolve_device, run_trial
@@ -115,6 +116,8 @@ def search(options: SearchOptions,
     resolve_device(options.device)  # a missing GPU is a user error before any trial
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     space = resolve_space(options)
+    # A bad encoder name or weights file is a user error before any trial, not inside one.
+    make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
     study_name = options.study or space.name
     out_dir = options.out or Path("runs") / study_name
     dataset = load_dataset(space)
