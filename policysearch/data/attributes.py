@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from policysearch.data.base import Sample, TaskSpec
-from policysearch.data.files import image_size_of, read_image
+from policysearch.data.files import image_size_of, read_image, read_text
 from policysearch.data.splits import SPLITS, FileDataset, LoadOptions, assemble
 from policysearch.errors import DataError
 
@@ -103,7 +103,7 @@ def load(path: Path, options: LoadOptions) -> FileDataset:
 # ----------------------------------------------------------------------------- CelebA layout
 
 def _read_celeba(root: Path, table: Path) -> _Table:
-    text = _read_text(table, encoding="utf-8-sig")
+    text = read_text(table, encoding="utf-8-sig")
     lines = text.splitlines()
     if len(lines) < 2:
         raise DataError("expected the number of images on line 1 and the attribute names on "
@@ -173,7 +173,7 @@ def _read_partition(path: Path, rows: _Rows) -> list[str]:
     """The split of each row of the table from CelebA's partition file."""
     split_of: dict[str, str] = {}
     first_line: dict[str, int] = {}
-    for n, text in enumerate(_read_text(path, encoding="utf-8-sig").splitlines(), start=1):
+    for n, text in enumerate(read_text(path, encoding="utf-8-sig").splitlines(), start=1):
         parts = text.split()
         if not parts:
             continue
@@ -210,7 +210,7 @@ def _celeba_images(root: Path) -> Path:
 # ----------------------------------------------------------------------------- CSV layout
 
 def _read_csv(root: Path, table: Path) -> _Table:
-    reader = csv.reader(_read_text(table, encoding="utf-8-sig").splitlines(),
+    reader = csv.reader(read_text(table, encoding="utf-8-sig").splitlines(),
                         skipinitialspace=True)
     header: list[str] = []
     header_line = 0
@@ -375,10 +375,3 @@ def _load_sample(record: _Record) -> Sample:
     return {"image": image, "attributes": record.target}
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise DataError("file not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read as {encoding} text: {err}", source=str(path)) from None

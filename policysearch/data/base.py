@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import abstractmethod
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, overload
 
 # Target keys of a sample dict by task kind (design.md, "The flow").
 TARGET_KEYS: dict[str, tuple[str, ...]] = {
@@ -39,6 +40,40 @@ class TaskSpec:
 
 
 Sample = dict[str, Any]
+
+
+class SampleSequence(Sequence[Sample]):
+    """A split as a sequence of sample dicts: indexing by int (negative too) or slice.
+
+    Subclasses define ``__len__`` and ``_get(i)`` for ``0 <= i < len(self)``.
+    """
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    @abstractmethod
+    def _get(self, i: int) -> Sample:
+        """Sample ``i`` (already range-checked)."""
+
+    @overload
+    def __getitem__(self, index: int) -> Sample: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Sample]: ...
+
+    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
+        if isinstance(index, slice):
+            return [self._get(i) for i in range(*index.indices(len(self)))]
+        i = int(index)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+        return self._get(i)
+
+    def __iter__(self) -> Iterator[Sample]:
+        for i in range(len(self)):
+            yield self._get(i)
 
 
 class MultiTaskDataset(Protocol):

@@ -99,14 +99,19 @@ def read_npy(path: Path) -> np.ndarray:
                         source=str(path)) from None
 
 
-def read_json(path: Path) -> Any:
-    """Parsed JSON; a missing or invalid file is a DataError naming it (and the line)."""
+def read_text(path: Path, encoding: str = "utf-8") -> str:
+    """A text file's contents; a missing or undecodable file is a DataError naming it."""
     try:
-        text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding=encoding)
     except FileNotFoundError:
         raise DataError("file not found", source=str(path)) from None
     except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read: {err}", source=str(path)) from None
+        raise DataError(f"cannot read as {encoding} text: {err}", source=str(path)) from None
+
+
+def read_json(path: Path) -> Any:
+    """Parsed JSON; a missing or invalid file is a DataError naming it (and the line)."""
+    text = read_text(path)
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

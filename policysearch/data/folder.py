@@ -95,6 +95,7 @@ from policysearch.data.files import (
     read_json,
     read_mask,
     read_npy,
+    read_text,
 )
 from policysearch.data.splits import SPLITS, FileDataset, LoadOptions, assemble
 from policysearch.errors import DataError, UserError
@@ -285,7 +286,7 @@ class DetectionTask(_FolderTask):
     def _yolo(self, path: Path, hw: HW) -> list[tuple[str, list[float], int]]:
         h, w = hw
         out = []
-        for n, line in enumerate(_read_text(path).splitlines(), start=1):
+        for n, line in enumerate(read_text(path).splitlines(), start=1):
             if not line.strip():
                 continue
             where = f"line {n}"
@@ -568,7 +569,7 @@ def _read_split_file(path: Path, split: str, images: dict[str, Path], owner: dic
         raise DataError(f"split file not found: {path}", source=str(yaml_path),
                         field=f"splits.{split}")
     stems = []
-    for n, line in enumerate(_read_text(path).splitlines(), start=1):
+    for n, line in enumerate(read_text(path).splitlines(), start=1):
         entry = line.split("#", 1)[0].strip()
         if not entry:
             continue
@@ -623,7 +624,7 @@ def _csv_targets(task: _CsvTask, index: int, root: Path, yaml_path: Path,
     if not path.is_file():
         raise DataError(f"file not found: {path}", source=str(yaml_path),
                         field=f"tasks[{index}].file")
-    reader = csv.DictReader(io.StringIO(_read_text(path, encoding="utf-8-sig"), newline=""))
+    reader = csv.DictReader(io.StringIO(read_text(path, encoding="utf-8-sig"), newline=""))
     header = [name.strip() for name in reader.fieldnames or []]
     missing = [c for c in ("image", *task.required_columns()) if c not in header]
     if missing:
@@ -731,10 +732,3 @@ def _fmt(box: list[float]) -> str:
     return "[" + ", ".join(f"{v:g}" for v in box) + "]"
 
 
-def _read_text(path: Path, encoding: str = "utf-8") -> str:
-    try:
-        return path.read_text(encoding=encoding)
-    except FileNotFoundError:
-        raise DataError("file not found", source=str(path)) from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise DataError(f"cannot read as {encoding} text: {err}", source=str(path)) from None

@@ -44,14 +44,12 @@ canvases, after scikit-learn's import of a second or two); nothing is cached on 
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import overload
 
 import numpy as np
 
-from policysearch.data.base import Sample, TaskSpec
+from policysearch.data.base import Sample, SampleSequence, TaskSpec
 from policysearch.errors import UserError
 
 __all__ = [
@@ -232,7 +230,7 @@ def _check_split(split: str) -> None:
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
 
 
-class MultiDigitsSplit(Sequence[Sample]):
+class MultiDigitsSplit(SampleSequence):
     """One split of ``multidigits``: a sequence of fresh sample dicts over stacked arrays.
 
     Every ``__getitem__`` returns new arrays, so callers may modify them freely. The stacked
@@ -255,20 +253,7 @@ class MultiDigitsSplit(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.left)
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Sample]: ...
-
-    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+    def _get(self, i: int) -> Sample:
         return {
             "image": self.images[i].copy(),
             "left_digit": int(self.left[i]),
@@ -276,10 +261,6 @@ class MultiDigitsSplit(Sequence[Sample]):
             "mask": self.masks[i].astype(np.int64),
             "source": (int(self.sources[i, 0]), int(self.sources[i, 1])),
         }
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 def _check_int(value: object, field: str, minimum: int, what: str) -> int:

@@ -24,15 +24,14 @@ import json
 import os
 import tempfile
 import warnings
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, overload
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from policysearch.data.base import Sample, TaskSpec
+from policysearch.data.base import Sample, SampleSequence, TaskSpec
 from policysearch.errors import UserError
 
 __all__ = [
@@ -306,7 +305,7 @@ def _check_split(split: str) -> None:
         raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
 
 
-class ShapesSplit(Sequence[Sample]):
+class ShapesSplit(SampleSequence):
     """One split of ``shapes``: a sequence of fresh sample dicts over stacked arrays.
 
     Every ``__getitem__`` returns new arrays (copies), so callers may modify them freely.
@@ -331,20 +330,7 @@ class ShapesSplit(Sequence[Sample]):
     def __len__(self) -> int:
         return len(self.labels)
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Sample]: ...
-
-    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+    def _get(self, i: int) -> Sample:
         lo, hi = int(self.box_offsets[i]), int(self.box_offsets[i + 1])
         return {
             "image": self.images[i].copy(),
@@ -354,10 +340,6 @@ class ShapesSplit(Sequence[Sample]):
             "box_labels": self.box_labels[lo:hi].copy(),
             "depth": self.depths[i].copy(),
         }
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 def _valid_arrays(arrays: dict[str, np.ndarray], n: int, size: int) -> bool:

@@ -10,14 +10,14 @@ are read once per worker, not once per epoch.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Generic, TypeVar, overload
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
-from policysearch.data.base import Sample, TaskSpec
+from policysearch.data.base import Sample, SampleSequence, TaskSpec
 from policysearch.data.resize import Size, as_size, resize_sample
 from policysearch.errors import DataError, UserError
 
@@ -67,7 +67,7 @@ class LoadOptions:
         return cls(**kwargs)
 
 
-class LazySplit(Sequence[Sample], Generic[R]):
+class LazySplit(SampleSequence, Generic[R]):
     """One split: ``records`` decoded by ``load`` on access, resized to ``size``, cached."""
 
     def __init__(self, records: Sequence[R], load: Callable[[R], Sample],
@@ -81,20 +81,7 @@ class LazySplit(Sequence[Sample], Generic[R]):
     def __len__(self) -> int:
         return len(self.records)
 
-    @overload
-    def __getitem__(self, index: int) -> Sample: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> list[Sample]: ...
-
-    def __getitem__(self, index: int | slice) -> Sample | list[Sample]:
-        if isinstance(index, slice):
-            return [self[i] for i in range(*index.indices(len(self)))]
-        i = int(index)
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(f"sample index {index} out of range for {len(self)} samples")
+    def _get(self, i: int) -> Sample:
         cached = self._cache.get(i)
         if cached is not None:
             return dict(cached)
@@ -107,10 +94,6 @@ class LazySplit(Sequence[Sample], Generic[R]):
             self._cache[i] = sample
             self._cache_left -= nbytes
         return dict(sample)
-
-    def __iter__(self) -> Iterator[Sample]:
-        for i in range(len(self)):
-            yield self[i]
 
 
 def _freeze(sample: Sample) -> None:
