@@ -111,6 +111,8 @@ class ProgressPrinter:
         elif event == "trial_start":
             self.trial_started = time.monotonic()
             what = "reference" if data["role"] == "reference" else "trial"
+            if data.get("task"):
+                what = f"reference (single task {data['task']})"
             self.console.print(f"  {what} {data['trial']}: {data['policy'] or '(no ops)'}",
                                highlight=False, style="dim")
         elif event == "trial_end":
@@ -172,7 +174,12 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     console.print(table)
     ref = frame.attrs.get("reference")
     if ref:
-        console.print(f"Δm% is measured against the reference trial ({ref}).", highlight=False)
+        console.print(f"Δm% is measured against {ref}.", highlight=False)
+    if frame.attrs.get("task_weights"):
+        from policysearch.results_table import weights_text
+
+        console.print(f"Δm% weighs the tasks: {weights_text(frame.attrs['task_weights'])} "
+                      "(others 1).", highlight=False)
     for note in frame.attrs.get("dataset_notes", []):
         console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):
@@ -244,6 +251,31 @@ def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
     return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
+def parse_task_weights(items: list[str] | None, known: Any) -> dict[str, float] | None:
+    """``--task-weight TASK=W`` (repeatable) as a dict; None when not given."""
+    if not items:
+        return None
+    weights: dict[str, float] = {}
+    for item in items:
+        task, sep, value = item.partition("=")
+        try:
+            weight = float(value)
+        except ValueError:
+            weight = float("nan")
+        if not sep or not weight > 0:
+            raise UserError(f"expected TASK=WEIGHT with a weight > 0, got {item!r}",
+                            field="--task-weight")
+        if task not in known:
+            raise UserError(f"unknown task {task!r}; the study has {', '.join(known)}",
+                            field="--task-weight")
+        weights[task] = weight
+    return weights
+
+
+TaskWeightOption = Annotated[list[str] | None, typer.Option(
+    "--task-weight", help="TASK=W: weigh a task in Δm% (repeatable; others weigh 1).")]
+
+
 def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
     from policysearch.search.optuna_engine import load_records
 
@@ -260,13 +292,15 @@ def results(
     study: Annotated[str | None, typer.Option(help="Study name.")] = None,
     format: Annotated[Format, typer.Option(help="Output format.")] = Format.table,
     top: Annotated[int | None, typer.Option(help="Show the K best rows.")] = None,
+    task_weight: TaskWeightOption = None,
 ) -> None:
     """Print the ranked results table of a study."""
     from policysearch import results_table as res
 
     records = _records(out, storage, study)
+    weights = parse_task_weights(task_weight, records.metrics_info)
     with warnings.catch_warnings(record=True):
-        frame = res.results_frame(records)
+        frame = res.results_frame(records, task_weights=weights)
     if format is Format.table:
         _print_table(frame, records.metrics_info, top, out_console)
     elif format is Format.csv:
@@ -285,12 +319,14 @@ def export(
     study: Annotated[str | None, typer.Option(help="Study name.")] = None,
     rank: Annotated[int, typer.Option(help="Which ranked trial (1 = best).")] = 1,
     to: Annotated[Path | None, typer.Option(help="Policy YAML to write.")] = None,
+    task_weight: TaskWeightOption = None,
 ) -> None:
     """Write a ranked trial's policy as YAML plus one albumentations file per task."""
     from policysearch.export import export_policy, pick_trial
 
     records = _records(out, storage, study)
-    policy, provenance = pick_trial(records, rank)
+    policy, provenance = pick_trial(records, rank,
+                                    parse_task_weights(task_weight, records.metrics_info))
     target = to or (out or Path(".")) / "best_policy.yaml"
     result = export_policy(policy, target)
     out_console.print(f"trial {provenance['trial']} (rank {rank}, Δm% "

@@ -167,7 +167,15 @@ class SearchSpace(_Strict):
     shared: SharedSpace = SharedSpace()
     per_task: PerTaskSpace = PerTaskSpace(slots=0)
     weights: WeightSpace = WeightSpace()
+    # Δm% is measured against the ``reference`` baseline trained under the same budget and seed,
+    # first, before any other trial: as one multi-task network, or with ``single_task_reference``
+    # as one network per task (Maninis et al.'s definition). ``task_weights`` weighs the tasks in
+    # Δm%'s mean over tasks (default 1 each). ``objective: pareto`` makes each task's Δ% (mean over
+    # its primary metrics) an objective of a multi-objective study instead.
     reference: str = "flipcrop"
+    single_task_reference: bool = False
+    task_weights: dict[str, float] = Field(default_factory=dict)
+    objective: Literal["delta_m", "pareto"] = "delta_m"
     budget: Budget = Budget()
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
@@ -181,6 +189,14 @@ class SearchSpace(_Strict):
             raise ValueError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)} "
                              "or a timm-style string such as rand-n2-m9")
         return name
+
+    @field_validator("task_weights")
+    @classmethod
+    def _positive_weights(cls, weights: dict[str, float]) -> dict[str, float]:
+        for task, w in weights.items():
+            if not w > 0:
+                raise ValueError(f"the weight of task {task!r} must be > 0, got {w!r}")
+        return weights
 
     def with_budget(self, **overrides: Any) -> SearchSpace:
         """A copy whose budget has the given non-None fields replaced (CLI flags)."""
@@ -277,6 +293,10 @@ def validate_tasks(space: SearchSpace, task_names: list[str], source: str) -> No
         if task not in task_names:
             raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
                             source=source, field=f"per_task.tasks[{i}]")
+    for task in space.task_weights:
+        if task not in task_names:
+            raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
+                            source=source, field=f"task_weights.{task}")
     if space.per_task.tasks and space.per_task.slots == 0:
         raise UserError("per_task.tasks is set but per_task.slots is 0", source=source,
                         field="per_task.slots")

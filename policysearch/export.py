@@ -25,9 +25,11 @@ def albumentations_path(yaml_path: Path, task: str) -> Path:
     return yaml_path.with_name(f"{yaml_path.stem}.{task}.albumentations.json")
 
 
-def pick_trial(study: StudyRecords, rank: int = 1) -> tuple[Policy, dict]:
-    """The policy of the trial at ``rank`` (1 = best Δm%), with its provenance."""
-    frame = results_frame(study, warn=False)
+def pick_trial(study: StudyRecords, rank: int = 1,
+               task_weights: dict[str, float] | None = None) -> tuple[Policy, dict]:
+    """The policy of the trial at ``rank`` (1 = best Δm%, with ``task_weights`` if given),
+    with its provenance."""
+    frame = results_frame(study, warn=False, task_weights=task_weights)
     ranked = frame[frame["rank"].notna()]
     if ranked.empty:
         raise UserError("the study has no completed trial to export", field=f"study {study.name}")
@@ -47,6 +49,9 @@ def pick_trial(study: StudyRecords, rank: int = 1) -> tuple[Policy, dict]:
     }
     if study.image_size:
         provenance["image_size"] = study.image_size
+    weights = study.task_weights if task_weights is None else task_weights
+    if any(w != 1.0 for w in weights.values()):
+        provenance["task_weights"] = dict(weights)
     policy = Policy.from_dict(dict(record.policy), source=f"study {study.name}")
     return replace(policy, provenance=provenance), provenance
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from policysearch.errors import UserError
+
 Metrics = dict[str, dict[str, float]]
 # {task: {metric: {"higher": bool, "primary": bool}}}
 MetricsInfo = dict[str, dict[str, dict[str, bool]]]
@@ -39,6 +41,7 @@ class TrialRecord:
     duration_s: float | None = None
     epochs: int | None = None
     error: str | None = None
+    reference_task: str | None = None  # the task of a single-task reference run
 
 
 @dataclass
@@ -52,10 +55,39 @@ class StudyRecords:
     dataset: str = ""
     dataset_notes: list[str] = field(default_factory=list)
     image_size: int | list[int] | None = None
+    single_task_reference: bool = False
+    task_weights: dict[str, float] = field(default_factory=dict)
 
     def reference(self) -> TrialRecord | None:
-        done = [r for r in self.records if r.role == "reference" and r.state == "complete"]
+        """The (first) complete multi-task reference trial."""
+        done = [r for r in self.records if r.role == "reference" and r.state == "complete"
+                and r.reference_task is None]
         return done[0] if done else None
+
+    def reference_metrics(self) -> Metrics | None:
+        """What Δm% is measured against: the reference trial's metrics, or with a single-task
+        reference each task's metrics from its own run (None until every task has one)."""
+        if not self.single_task_reference:
+            ref = self.reference()
+            return ref.metrics if ref is not None else None
+        return combine_single_task(self.records, self.metrics_info)
+
+    def reference_label(self) -> str:
+        """How the reference is described in reports."""
+        if self.single_task_reference:
+            return f"single-task runs of {self.reference_name}, one network per task"
+        return f"the reference trial ({self.reference_name})"
+
+
+def combine_single_task(records: Sequence[TrialRecord], info: MetricsInfo) -> Metrics | None:
+    """The metrics of each task from its complete single-task reference run, or None while a
+    task has none."""
+    found: Metrics = {}
+    for rec in records:
+        if (rec.role == "reference" and rec.state == "complete" and rec.reference_task
+                and rec.metrics and rec.reference_task not in found):
+            found[rec.reference_task] = rec.metrics[rec.reference_task]
+    return found if set(info) <= set(found) else None
 
 
 def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
@@ -70,7 +102,9 @@ def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
     per_task: dict[str, float] = {}
     for task, task_info in info.items():
         if task not in reference:
-            raise KeyError(f"task {task!r} is missing from the reference trial")
+            raise UserError(f"task {task!r} is missing from the reference's metrics "
+                            f"(it has {', '.join(sorted(reference)) or 'none'})",
+                            field="reference")
         terms = []
         for metric, meta in task_info.items():
             if not meta.get("primary"):
@@ -90,6 +124,19 @@ def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
     return value, notes
 
 
+def weights_text(weights: Mapping[str, float]) -> str:
+    """``seg 2, depth 0.5`` for reports."""
+    return ", ".join(f"{t} {w:g}" for t, w in weights.items())
+
+
+def _reference_note(rec: TrialRecord, study: StudyRecords) -> str:
+    if rec.role != "reference":
+        return ""
+    if rec.reference_task is not None:
+        return f"reference ({study.reference_name}, single task {rec.reference_task})"
+    return f"reference ({study.reference_name})"
+
+
 def _summary(policy: Mapping[str, Any] | None) -> str:
     if not policy:
         return ""
@@ -101,30 +148,34 @@ def _summary(policy: Mapping[str, Any] | None) -> str:
         return json.dumps(policy.get("shared", []))
 
 
-def results_frame(study: StudyRecords, *, warn: bool = True) -> pd.DataFrame:
-    """One row per trial: rank, Δm%, per-task metrics, loss weights, policy, state, duration."""
-    ref = study.reference()
+def results_frame(study: StudyRecords, *, warn: bool = True,
+                  task_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
+    """One row per trial: rank, Δm%, per-task metrics, loss weights, policy, state, duration.
+
+    Δm% weighs the tasks by ``task_weights`` (default: the study's, else 1 each).
+    """
+    ref = study.reference_metrics()
+    task_weights = dict(study.task_weights if task_weights is None else task_weights)
     rows = []
     seen_notes: set[str] = set()
     for rec in study.records:
         row: dict[str, Any] = {"trial": rec.number, "state": rec.state,
                                "role": rec.role, "delta_m": math.nan}
-        if rec.metrics and ref is not None and ref.metrics:
-            value, notes = delta_m(rec.metrics, ref.metrics, study.metrics_info)
+        if rec.metrics and ref is not None and rec.reference_task is None:
+            value, notes = delta_m(rec.metrics, ref, study.metrics_info, task_weights)
             row["delta_m"] = value
             seen_notes.update(notes)
         for task, task_info in study.metrics_info.items():
             for metric in task_info:
                 value = (rec.metrics or {}).get(task, {}).get(metric, math.nan)
                 row[f"{task}.{metric}"] = value
-        weights = ((rec.policy or {}).get("weighting") or {}).get("weights") or {}
+        loss_weights = ((rec.policy or {}).get("weighting") or {}).get("weights") or {}
         for task in study.metrics_info:
-            row[f"w.{task}"] = weights.get(task, math.nan)
+            row[f"w.{task}"] = loss_weights.get(task, math.nan)
         row["policy"] = _summary(rec.policy)
         row["epochs"] = rec.epochs
         row["duration_s"] = rec.duration_s
-        row["note"] = rec.error or (f"reference ({study.reference_name})"
-                                    if rec.role == "reference" else "")
+        row["note"] = rec.error or _reference_note(rec, study)
         rows.append(row)
     if warn:
         for note in sorted(seen_notes):
@@ -142,7 +193,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True) -> pd.DataFrame:
     ranks[complete.loc[frame.index]] = range(1, int(complete.sum()) + 1)
     frame.insert(0, "rank", ranks)
     frame.attrs["notes"] = sorted(seen_notes)
-    frame.attrs["reference"] = study.reference_name
+    frame.attrs["reference"] = study.reference_label()
+    frame.attrs["task_weights"] = {t: w for t, w in task_weights.items() if w != 1.0}
     frame.attrs["dataset"] = study.dataset
     frame.attrs["dataset_notes"] = list(study.dataset_notes)
     return frame.reset_index(drop=True)
@@ -175,7 +227,10 @@ def to_markdown(frame: pd.DataFrame, top: int | None = None) -> str:
     ref = frame.attrs.get("reference")
     lines = [text]
     if ref:
-        lines.append(f"\nΔm% (delta_m) is measured against the reference trial ({ref}).")
+        lines.append(f"\nΔm% (delta_m) is measured against {ref}.")
+    if frame.attrs.get("task_weights"):
+        lines.append(f"\nΔm% weighs the tasks: {weights_text(frame.attrs['task_weights'])} "
+                     "(others 1).")
     lines += [f"\n> dataset {frame.attrs.get('dataset', '')}: {n}"
               for n in frame.attrs.get("dataset_notes") or []]
     lines += [f"\n> warning: {n}" for n in notes]

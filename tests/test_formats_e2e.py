@@ -144,3 +144,45 @@ def test_a_bad_encoder_or_weights_file_is_refused_before_any_trial(tmp_path: Pat
     assert result.exit_code == 2
     assert message in result.output and len(result.output.strip().splitlines()) == 1
     assert not (out / "study.journal").exists()
+
+
+@pytest.mark.slow
+def test_a_single_task_reference_runs_one_network_per_task_first(tmp_path: Path) -> None:
+    space = yaml.safe_load(_space(tmp_path, "multidigits").read_text())
+    space.update(single_task_reference=True, task_weights={"seg": 2.0})
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    out = tmp_path / "run"
+    result = _search(path, out, 5)
+    assert result.exit_code == 0, result.output
+    for task in ("left_digit", "right_digit", "seg"):
+        assert f"reference (single task {task})" in result.output
+    table = pd.read_csv(out / "results.csv")
+    refs = table[table["role"] == "reference"]
+    assert sorted(refs["trial"]) == [0, 1, 2] and refs["rank"].isna().all()
+    ranked = table[table["rank"].notna()]
+    assert len(ranked) == 2 and ranked["delta_m"].notna().all()
+    text = (out / "results.md").read_text()
+    assert "single-task runs of flipcrop, one network per task" in text
+    assert "Δm% weighs the tasks: seg 2 (others 1)." in text
+    assert yaml.safe_load((out / "best_policy.yaml").read_text())["provenance"][
+        "task_weights"] == {"seg": 2.0}
+    # Re-rank with other task weights, without re-running anything.
+    again = runner.invoke(app, ["results", "--out", str(out), "--format", "md",
+                                "--task-weight", "left_digit=3", "--task-weight", "seg=1"])
+    assert again.exit_code == 0, again.output
+    assert "Δm% weighs the tasks: left_digit 3 (others 1)." in again.output
+    bad = runner.invoke(app, ["results", "--out", str(out), "--task-weight", "digit=2"])
+    assert bad.exit_code == 2 and "--task-weight: unknown task 'digit'" in bad.output
+    bad = runner.invoke(app, ["export", "--out", str(out), "--task-weight", "seg=-1"])
+    assert bad.exit_code == 2 and "expected TASK=WEIGHT with a weight > 0" in bad.output
+
+
+def test_task_weights_must_name_dataset_tasks(tmp_path: Path) -> None:
+    space = yaml.safe_load(_space(tmp_path, "multidigits").read_text())
+    space["task_weights"] = {"segmentation": 2.0}
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    result = _search(path, tmp_path / "run")
+    assert result.exit_code == 2
+    assert "task_weights.segmentation: unknown task 'segmentation'" in result.output

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 
+from policysearch.errors import UserError
 from policysearch.results_table import (
     ReferenceWarning,
     StudyRecords,
@@ -50,7 +51,8 @@ def test_reference_near_zero_is_left_out_with_warning() -> None:
 
 
 def test_task_missing_from_reference_is_an_error() -> None:
-    with pytest.raises(KeyError, match="depth"):
+    with pytest.raises(UserError, match="reference: task 'depth' is missing from the "
+                       r"reference's metrics \(it has cls\)"):
         delta_m(REF, {"cls": REF["cls"]}, INFO)
 
 
@@ -92,3 +94,45 @@ def test_markdown_mentions_reference_and_warnings() -> None:
     assert any(issubclass(w.category, ReferenceWarning) for w in caught)
     text = to_markdown(frame)
     assert "reference trial (flipcrop)" in text and "warning: cls.accuracy" in text
+
+
+def test_weighted_delta_m_by_hand() -> None:
+    metrics = {"cls": {"accuracy": 0.6, "macro_f1": 0.1}, "depth": {"abs_err": 1.0, "rel_err": 0.6}}
+    # Per task +20 (cls) and +15 (depth); weights 3 and 1: (3·20 + 15) / 4.
+    assert delta_m(metrics, REF, INFO, {"cls": 3.0})[0] == pytest.approx(18.75)
+    assert delta_m(metrics, REF, INFO, {"cls": 1.0, "depth": 1.0})[0] == pytest.approx(17.5)
+
+
+def test_task_weights_change_the_ranking_and_are_reported() -> None:
+    study = _study()
+    plain = results_frame(study)
+    assert list(plain["trial"][:2]) == [2, 1]  # +7.5 beats +5
+    # Weighing cls 4×: trial 1 = (4·10 + 0) / 5 = +8, trial 2 = (4·(-10) + 25) / 5 = -3.
+    weighted = results_frame(study, task_weights={"cls": 4.0})
+    assert list(weighted["trial"][:2]) == [1, 0]
+    assert weighted.loc[0, "delta_m"] == pytest.approx(8.0)
+    assert "Δm% weighs the tasks: cls 4 (others 1)." in to_markdown(weighted)
+    study.task_weights = {"cls": 4.0}  # the study's own weights are the default
+    assert list(results_frame(study)["trial"][:2]) == [1, 0]
+
+
+def test_single_task_reference_combines_one_run_per_task() -> None:
+    def ref(n: int, task: str, metrics: dict) -> TrialRecord:
+        return TrialRecord(number=n, state="complete", role="reference", reference_task=task,
+                           metrics={task: metrics})
+
+    search = TrialRecord(number=2, state="complete", metrics={
+        "cls": {"accuracy": 0.6, "macro_f1": 0.1}, "depth": {"abs_err": 1.0, "rel_err": 0.6}})
+    study = StudyRecords(name="s", metrics_info=INFO, single_task_reference=True,
+                         records=[ref(0, "cls", REF["cls"]), search])
+    assert study.reference_metrics() is None  # depth has no single-task run yet
+    assert math.isnan(results_frame(study).loc[0, "delta_m"])
+    study.records.insert(1, ref(1, "depth", REF["depth"]))
+    assert study.reference_metrics() == REF
+    frame = results_frame(study)
+    assert frame.loc[frame["trial"] == 2, "delta_m"].item() == pytest.approx(17.5)
+    # The single-task runs are not ranked (each has one task's metrics only).
+    assert frame.loc[frame["trial"] < 2, "rank"].isna().all()
+    assert set(frame.loc[frame["trial"] < 2, "note"]) == {
+        "reference (flipcrop, single task cls)", "reference (flipcrop, single task depth)"}
+    assert "single-task runs of flipcrop, one network per task" in to_markdown(frame)

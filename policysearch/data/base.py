@@ -85,3 +85,20 @@ class MultiTaskDataset(Protocol):
     def split(self, name: str) -> Sequence[Sample]:
         """``train``, ``val`` or ``test``; the search reads only train and val."""
         ...
+
+
+class TaskSubset:
+    """A dataset seen with only some of its tasks (single-task reference runs): the same
+    samples, fewer heads. Other targets stay in the samples and are ignored."""
+
+    def __init__(self, dataset: MultiTaskDataset, names: Sequence[str]):
+        known = {t.name for t in dataset.tasks}
+        missing = [n for n in names if n not in known]
+        if missing:
+            raise ValueError(f"tasks not in the dataset: {', '.join(missing)}")
+        self.dataset = dataset
+        self.name = dataset.name
+        self.tasks = tuple(t for t in dataset.tasks if t.name in set(names))
+
+    def split(self, name: str) -> Sequence[Sample]:
+        return self.dataset.split(name)

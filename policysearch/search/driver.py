@@ -12,7 +12,7 @@ import pandas as pd
 
 from policysearch.config import SearchSpace, load_space, validate_tasks
 from policysearch.data import get_dataset
-from policysearch.data.base import MultiTaskDataset
+from policysearch.data.base import MultiTaskDataset, TaskSubset
 from policysearch.errors import UserError
 from policysearch.export import ExportResult, export_policy, pick_trial
 from policysearch.results_table import (
@@ -116,6 +116,9 @@ def search(options: SearchOptions,
     resolve_device(options.device)  # a missing GPU is a user error before any trial
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     space = resolve_space(options)
+    if space.objective != "delta_m":
+        raise UserError(f"objective {space.objective!r} is not available in this version "
+                        "(available: delta_m)", field="objective")
     # A bad encoder name or weights file is a user error before any trial, not inside one.
     make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
     study_name = options.study or space.name
@@ -131,7 +134,10 @@ def search(options: SearchOptions,
     info = metrics_info_from_tasks(tasks)
 
     def runner(policy, reporter):  # noqa: ANN001, ANN202
-        return run_trial(policy, dataset, space.budget, seed=options.seed,
+        # A single-task reference run trains a network for its one task only.
+        data = dataset if set(policy.tasks) == set(task_kinds) else TaskSubset(dataset,
+                                                                               list(policy.tasks))
+        return run_trial(policy, data, space.budget, seed=options.seed,
                          device=options.device, reporter=reporter, threads=threads)
 
     def checkpoint(study: StudyRecords) -> None:

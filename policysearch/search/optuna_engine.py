@@ -133,10 +133,12 @@ class OptunaReporter:
     """Feeds each epoch's Δm% (against the reference's final metrics) to Optuna's pruner."""
 
     def __init__(self, trial: Trial, reference: Metrics | None, info: MetricsInfo,
-                 on_epoch: Callable[[int, Metrics], None] | None = None):
+                 on_epoch: Callable[[int, Metrics], None] | None = None,
+                 task_weights: Mapping[str, float] | None = None):
         self.trial = trial
         self.reference = reference
         self.info = info
+        self.task_weights = dict(task_weights or {})
         self.on_epoch = on_epoch
         self.last: Metrics | None = None
         self.epochs = 0
@@ -148,7 +150,7 @@ class OptunaReporter:
             self.on_epoch(epoch, metrics)
         if self.reference is None:
             return
-        value, _ = delta_m(metrics, self.reference, self.info)
+        value, _ = delta_m(metrics, self.reference, self.info, self.task_weights)
         if math.isfinite(value):
             self.trial.report(value, epoch)
             if self.trial.should_prune():
@@ -167,6 +169,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         duration_s=duration,
         epochs=attrs.get("epochs"),
         error=attrs.get("error"),
+        reference_task=attrs.get("reference_task"),
     )
 
 
@@ -175,6 +178,7 @@ def study_records(study: optuna.Study) -> StudyRecords:
     if "metrics_info" not in attrs:
         raise UserError("not a policysearch study (no metrics recorded)",
                         field=f"study {study.study_name}")
+    space = (attrs.get("definition") or {}).get("space", {})
     return StudyRecords(
         name=study.study_name,
         metrics_info=attrs["metrics_info"],
@@ -182,8 +186,9 @@ def study_records(study: optuna.Study) -> StudyRecords:
         reference_name=attrs.get("reference", "flipcrop"),
         dataset=attrs.get("dataset", ""),
         dataset_notes=list(attrs.get("dataset_notes", [])),
-        image_size=(attrs.get("definition") or {}).get("space", {}).get("budget", {})
-        .get("image_size"),
+        image_size=space.get("budget", {}).get("image_size"),
+        single_task_reference=bool(space.get("single_task_reference", False)),
+        task_weights=dict(space.get("task_weights") or {}),
     )
 
 
@@ -258,10 +263,14 @@ def optimize(
         return len(study.get_trials(deepcopy=False, states=FINISHED))
 
     def reference_metrics() -> Metrics | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.user_attrs.get("role") == "reference":
-                return t.user_attrs["metrics"]
-        return None
+        return study_records(study).reference_metrics()
+
+    def next_reference_task() -> str | None:
+        """With a single-task reference: the first task still without a complete run."""
+        done = {t.user_attrs.get("reference_task")
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+                if t.user_attrs.get("role") == "reference"}
+        return next(t for t in tasks if t not in done)
 
     emit("start", {"study": study_name, "finished": finished(), "target": n_trials})
     while finished() < n_trials:
@@ -274,18 +283,25 @@ def optimize(
         trial = study.ask()
         if reference is None:
             trial.set_user_attr("role", "reference")
-            policy = get_baseline(space.reference, dict(tasks))
-            policy = replace(policy, weighting=Weighting("static", {t: 1.0 for t in tasks}))
+            ref_tasks = dict(tasks)
+            if space.single_task_reference:  # one network per task (Maninis et al.)
+                task = next_reference_task()
+                trial.set_user_attr("reference_task", task)
+                ref_tasks = {task: tasks[task]}
+            policy = get_baseline(space.reference, ref_tasks)
+            policy = replace(policy, weighting=Weighting("static", {t: 1.0 for t in ref_tasks}))
         else:
             trial.set_user_attr("role", "search")
             policy = policy_from_params(space, tasks, suggest(trial, params))
         trial.set_user_attr("policy", policy.to_dict())
         role = trial.user_attrs["role"]
         emit("trial_start", {"trial": trial.number, "role": role, "policy": policy.summary(),
-                             "finished": finished(), "target": n_trials})
+                             "finished": finished(), "target": n_trials,
+                             "task": trial.user_attrs.get("reference_task")})
         reporter = OptunaReporter(trial, reference, metrics_info,
                                   on_epoch=lambda e, m, n=trial.number: emit(
-                                      "epoch", {"trial": n, "epoch": e, "metrics": m}))
+                                      "epoch", {"trial": n, "epoch": e, "metrics": m}),
+                                  task_weights=space.task_weights)
         try:
             result = runner(policy, reporter)
         except TrialPruned as pruned:
@@ -319,7 +335,7 @@ def optimize(
             trial.set_user_attr("epochs", result.epochs)
             value = 0.0
             if reference is not None:
-                value, _ = delta_m(result.metrics, reference, metrics_info)
+                value, _ = delta_m(result.metrics, reference, metrics_info, space.task_weights)
             if not math.isfinite(value):
                 trial.set_user_attr("error", "Δm% is undefined: every reference metric is ~0")
                 study.tell(trial, state=TrialState.FAIL)
