@@ -70,6 +70,11 @@ class Device(StrEnum):
     cuda = "cuda"
 
 
+class Objective(StrEnum):
+    delta_m = "delta_m"
+    pareto = "pareto"
+
+
 class Format(StrEnum):
     table = "table"
     csv = "csv"
@@ -105,6 +110,8 @@ class ProgressPrinter:
             resumed = f", resuming with {self.finished} finished" if self.finished else ""
             self.console.print(f"study {data['study']}: target {self.target} finished "
                                f"trials{resumed}", highlight=False)
+        elif event == "pruning_off":
+            self.console.print(data["message"], highlight=False)
         elif event == "stale":
             self.console.print(f"trial {data['trial']} was left running by an interrupted "
                                "search: marked failed, its budget runs again", highlight=False)
@@ -139,6 +146,8 @@ class ProgressPrinter:
         if data.get("role") == "reference":
             delta = "Δm%    0.00 (reference)"
         note = f"  {data['error']}" if data.get("error") else ""
+        if data.get("task_deltas") and data.get("role") != "reference":
+            note = "  Δ% " + ", ".join(f"{t} {v:+.2f}" for t, v in data["task_deltas"].items())
         self.console.print(
             f"[{self.finished}/{self.target}] trial {data['trial']:>3} {state:<8} {delta}  "
             f"{best}  {took:5.1f} s  elapsed {_fmt_time(time.monotonic() - self.started)}  "
@@ -153,7 +162,8 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     shown = frame.head(top) if top else frame
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
     columns = compact_columns(frame, info)
-    headers = {"delta_m": "Δm%", "duration_s": "s"}
+    headers = {"delta_m": "Δm%", "duration_s": "s", "delta_m_mean": "Δm% mean",
+               "delta_m_std": "± std"}
     for col in columns:
         table.add_column(headers.get(col, col),
                          justify="left" if col in ("state", "policy") else "right",
@@ -164,8 +174,10 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
             value = row[col]
             if value is None or value is pd.NA or (isinstance(value, float) and value != value):
                 cells.append("-")
-            elif col == "delta_m":
-                cells.append(f"{value:+.2f}")
+            elif col == "delta_m" or col.startswith("delta"):
+                cells.append(f"{value:.2f}" if col == "delta_m_std" else f"{value:+.2f}")
+            elif col == "pareto":
+                cells.append("yes" if value else "")
             elif isinstance(value, float):
                 cells.append(f"{value:.3f}" if col != "duration_s" else f"{value:.1f}")
             else:
@@ -180,6 +192,10 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
 
         console.print(f"Δm% weighs the tasks: {weights_text(frame.attrs['task_weights'])} "
                       "(others 1).", highlight=False)
+    from policysearch.results_table import footer_lines
+
+    for line in footer_lines(frame):
+        console.print(line, highlight=False)
     for note in frame.attrs.get("dataset_notes", []):
         console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):
@@ -216,8 +232,15 @@ def search(
     seed: Annotated[int, typer.Option(help="Training seed shared by all trials.")] = 0,
     timeout: Annotated[float | None, typer.Option(help="Start no trial after SECONDS.")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads per trial.")] = None,
+    objective: Annotated[Objective | None, typer.Option(
+        help="delta_m: maximise Δm%; pareto: one objective per task (its Δ%), no pruning "
+             "(default: the space's).")] = None,
 ) -> None:
-    """Search policies (and loss weights); resume by running the same command again."""
+    """Search policies (and loss weights); resume by running the same command again.
+
+    With --objective pareto (or ``objective: pareto`` in the space) the study is
+    multi-objective and runs without a pruner: Optuna cannot prune multi-objective trials.
+    """
     from policysearch.search.driver import SearchOptions
     from policysearch.search.driver import search as run_search
 
@@ -226,7 +249,8 @@ def search(
                             image_size=parse_image_size(image_size), amp=amp, encoder=encoder,
                             weights=weights, skip_bad_samples=skip_bad_samples, storage=storage,
                             study=study, out=out, workers=workers, device=device.value, seed=seed,
-                            timeout=timeout, threads=threads)
+                            timeout=timeout, threads=threads,
+                            objective=objective.value if objective else None)
     with warnings.catch_warnings(record=True):
         outcome = run_search(options, progress=ProgressPrinter(out_console))
     _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
@@ -293,12 +317,37 @@ def results(
     format: Annotated[Format, typer.Option(help="Output format.")] = Format.table,
     top: Annotated[int | None, typer.Option(help="Show the K best rows.")] = None,
     task_weight: TaskWeightOption = None,
+    reeval: Annotated[int | None, typer.Option(
+        help="Train the K best trials (by Δm%) and the reference again with --seeds extra "
+             "seeds; stored beside the study, reused when run again.")] = None,
+    seeds: Annotated[int | None, typer.Option(
+        help="Extra seeds for --reeval: the study's seed + 1 … + S (default 2).")] = None,
+    reference: Annotated[str | None, typer.Option(
+        help="Rank against this baseline, trained (once) under the study's budget and seed.")
+    ] = None,
+    device: Annotated[Device, typer.Option(help="Where --reeval/--reference train.")
+                      ] = Device.auto,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
 ) -> None:
-    """Print the ranked results table of a study."""
+    """Print the ranked results table of a study.
+
+    --reeval K --seeds S re-trains the K best trials and the reference with S more seeds and
+    adds the mean and std of Δm% over all seeds; --reference NAME ranks against another
+    baseline. Both train beside the study: its trials and definition are unchanged.
+    """
     from policysearch import results_table as res
 
+    if seeds is not None and reeval is None:
+        raise UserError("--seeds needs --reeval K", field="--seeds")
     records = _records(out, storage, study)
     weights = parse_task_weights(task_weight, records.metrics_info)
+    if reeval is not None or reference is not None:
+        from policysearch.reeval import reevaluate
+
+        records = reevaluate(out_dir=out, storage=storage, study_name=study, top=reeval,
+                             seeds=2 if seeds is None else seeds, reference=reference,
+                             task_weights=weights, device=device.value, threads=threads,
+                             progress=lambda line: typer.echo(line, err=True))
     with warnings.catch_warnings(record=True):
         frame = res.results_frame(records, task_weights=weights)
     if format is Format.table:
@@ -317,7 +366,13 @@ def export(
     out: Annotated[Path | None, typer.Option(help="A search's output folder.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name.")] = None,
-    rank: Annotated[int, typer.Option(help="Which ranked trial (1 = best).")] = 1,
+    rank: Annotated[int | None, typer.Option(
+        help="Which trial ranked by Δm% among all (1 = best; the default).")] = None,
+    front: Annotated[bool, typer.Option(
+        "--front", help="Pick from the Pareto front (pareto studies): its best Δm%.")] = False,
+    priority: Annotated[str | None, typer.Option(
+        help="With --front (implied): the front member best on TASK's Δ%, ties by Δm%.")
+    ] = None,
     to: Annotated[Path | None, typer.Option(help="Policy YAML to write.")] = None,
     task_weight: TaskWeightOption = None,
 ) -> None:
@@ -326,12 +381,13 @@ def export(
 
     records = _records(out, storage, study)
     policy, provenance = pick_trial(records, rank,
-                                    parse_task_weights(task_weight, records.metrics_info))
+                                    parse_task_weights(task_weight, records.metrics_info),
+                                    front=front, priority=priority)
     target = to or (out or Path(".")) / "best_policy.yaml"
     result = export_policy(policy, target)
-    out_console.print(f"trial {provenance['trial']} (rank {rank}, Δm% "
-                      f"{provenance['delta_m']:+.2f}): {policy.summary() or '(no ops)'}",
-                      highlight=False)
+    out_console.print(f"trial {provenance['trial']} ({provenance['picked']}; rank "
+                      f"{provenance['rank']}, Δm% {provenance['delta_m']:+.2f}): "
+                      f"{policy.summary() or '(no ops)'}", highlight=False)
     out_console.print(f"wrote {result.yaml_path}", highlight=False)
     for path in result.albumentations.values():
         out_console.print(f"wrote {path}", highlight=False)

@@ -90,15 +90,80 @@ class PerTaskSpace(SlotSpace):
 
 
 class WeightSpace(_Strict):
-    """Loss weights: ``static`` searches one log-uniform weight per task, ``equal`` fixes 1.0."""
+    """Loss weighting: one method, or a list of methods to search among.
 
-    method: Literal["static", "equal"] = "static"
+    ``static`` searches one log-uniform weight per task in ``range``; ``equal`` fixes 1.0;
+    ``uncertainty``, ``dwa``, ``gradnorm``, ``pcgrad`` and ``cagrad`` adapt during training
+    (policysearch.weighting). ``dwa``, ``gradnorm`` and ``cagrad`` hold that method's
+    hyper-parameters (``temperature``; ``alpha``, ``lr``; ``c``): a number fixes one,
+    ``[low, high]`` searches it (uniform), one left out takes the method's default.
+    """
+
+    method: str | list[str] = "static"
     range: tuple[float, float] = (0.25, 4.0)
+    dwa: dict[str, Any] = Field(default_factory=dict)
+    gradnorm: dict[str, Any] = Field(default_factory=dict)
+    cagrad: dict[str, Any] = Field(default_factory=dict)
 
     @field_validator("range")
     @classmethod
     def _positive(cls, value: tuple[float, float]) -> tuple[float, float]:
         return _check_range(value, 1e-6, 1e6)
+
+    @field_validator("method", mode="before")
+    @classmethod
+    def _known_methods(cls, value: Any) -> Any:
+        from policysearch.weighting_names import method_problem
+
+        names = [value] if isinstance(value, str) else value
+        if not isinstance(names, list) or not names:
+            raise ValueError("must be a weighting method or a non-empty list of them")
+        for i, name in enumerate(names):
+            problem = method_problem(name)
+            if problem:
+                raise ValueError(problem + (f" (item {i})" if isinstance(value, list) else ""))
+        if len(set(names)) != len(names):
+            raise ValueError("lists a method twice")
+        return value
+
+    @field_validator("dwa", "gradnorm", "cagrad")
+    @classmethod
+    def _hyper_params(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
+        from policysearch.weighting_names import param_problem
+
+        checked: dict[str, Any] = {}
+        for name, spec in value.items():
+            ends = spec if isinstance(spec, list) else [spec]
+            if isinstance(spec, list) and len(spec) != 2:
+                raise ValueError(f"{name} must be a number or [low, high], got {spec!r}")
+            for end in ends:
+                problem = param_problem(info.field_name, name, end)
+                if problem:
+                    raise ValueError(problem if name in problem else f"{name} {problem}")
+            if isinstance(spec, list):
+                if not ends[0] <= ends[1]:
+                    raise ValueError(f"{name} must be [low, high] with low <= high, got {spec}")
+                checked[name] = (float(ends[0]), float(ends[1]))
+            else:
+                checked[name] = float(spec)
+        return checked
+
+    @model_validator(mode="after")
+    def _params_of_chosen_methods(self) -> WeightSpace:
+        for method in ("dwa", "gradnorm", "cagrad"):
+            if getattr(self, method) and method not in self.methods:
+                raise ValueError(f"{method} hyper-parameters are set but {method!r} is not among "
+                                 f"the methods ({', '.join(self.methods)})")
+        return self
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The methods searched among (one for a fixed method)."""
+        return (self.method,) if isinstance(self.method, str) else tuple(self.method)
+
+    def hyper(self, method: str) -> dict[str, float | tuple[float, float]]:
+        """``method``'s hyper-parameters set here: a fixed value or a searched [low, high]."""
+        return dict(getattr(self, method)) if method in ("dwa", "gradnorm", "cagrad") else {}
 
 
 class Budget(_Strict):

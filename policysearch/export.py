@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import pandas as pd
 
 from policysearch.augment import Policy, load_policy
 from policysearch.errors import UserError
@@ -25,28 +28,46 @@ def albumentations_path(yaml_path: Path, task: str) -> Path:
     return yaml_path.with_name(f"{yaml_path.stem}.{task}.albumentations.json")
 
 
-def pick_trial(study: StudyRecords, rank: int = 1,
-               task_weights: dict[str, float] | None = None) -> tuple[Policy, dict]:
-    """The policy of the trial at ``rank`` (1 = best Δm%, with ``task_weights`` if given),
-    with its provenance."""
+def pick_trial(study: StudyRecords, rank: int | None = 1,
+               task_weights: dict[str, float] | None = None, *, front: bool = False,
+               priority: str | None = None) -> tuple[Policy, dict]:
+    """The policy of one trial, with its provenance (which says how it was picked).
+
+    By default the trial at ``rank`` among all complete trials (1 = best Δm%, with
+    ``task_weights`` if given). ``front`` (multi-objective studies only): the Pareto-front
+    member with the best Δm%; ``priority`` (implies ``front``): the member best on that task's
+    Δ%, ties broken by Δm%.
+    """
+    front = front or priority is not None
+    if front and rank is not None:
+        raise UserError("give either --rank or --front, not both", field="--rank")
     frame = results_frame(study, warn=False, task_weights=task_weights)
     ranked = frame[frame["rank"].notna()]
     if ranked.empty:
         raise UserError("the study has no completed trial to export", field=f"study {study.name}")
-    if not 1 <= rank <= len(ranked):
-        raise UserError(f"rank must be between 1 and {len(ranked)}", field="--rank")
-    row = ranked[ranked["rank"] == rank].iloc[0]
+    if front:
+        row, picked = _front_member(study, ranked, priority)
+    else:
+        rank = 1 if rank is None else rank
+        if not 1 <= rank <= len(ranked):
+            raise UserError(f"rank must be between 1 and {len(ranked)}", field="--rank")
+        row, picked = ranked[ranked["rank"] == rank].iloc[0], f"rank {rank} by Δm%"
     record = next(r for r in study.records if r.number == int(row["trial"]))
     if record.policy is None:
         raise UserError(f"trial {record.number} stored no policy", field=f"study {study.name}")
     provenance = {
         "study": study.name,
         "trial": record.number,
-        "rank": rank,
+        "rank": int(row["rank"]),
+        "picked": picked,
         "delta_m": round(float(row["delta_m"]), 4),
-        "reference": study.reference_name,
+        "reference": study.reference_baseline or study.reference_name,
         "dataset": study.dataset,
     }
+    if study.objective == "pareto":
+        deltas = {t: float(row[f"delta.{t}"]) for t in study.metrics_info}
+        provenance["task_deltas"] = {t: round(v, 4) for t, v in deltas.items()
+                                     if math.isfinite(v)}  # undefined: reference ~0
     if study.image_size:
         provenance["image_size"] = study.image_size
     weights = study.task_weights if task_weights is None else task_weights
@@ -54,6 +75,29 @@ def pick_trial(study: StudyRecords, rank: int = 1,
         provenance["task_weights"] = dict(weights)
     policy = Policy.from_dict(dict(record.policy), source=f"study {study.name}")
     return replace(policy, provenance=provenance), provenance
+
+
+def _front_member(study: StudyRecords, ranked: pd.DataFrame,
+                  priority: str | None) -> tuple[pd.Series, str]:
+    """The picked row of the Pareto front and how it was picked."""
+    if study.objective != "pareto":
+        raise UserError(f"study {study.name} is not multi-objective (objective "
+                        f"{study.objective}): it has no Pareto front; search with --objective "
+                        "pareto, or pick by --rank", field="--front")
+    if priority is not None and priority not in study.metrics_info:
+        raise UserError(f"unknown task {priority!r}; the study has "
+                        f"{', '.join(study.metrics_info)}", field="--priority")
+    members = ranked[ranked["pareto"].astype(bool)]
+    if members.empty:
+        raise UserError("the Pareto front is empty: no complete search trial yet",
+                        field=f"study {study.name}")
+    size = f"Pareto front ({len(members)} trials)"
+    if priority is None:
+        return members.iloc[0], f"{size}: best Δm%"  # ranked is sorted by Δm%
+    best = members.sort_values([f"delta.{priority}", "delta_m", "trial"],
+                               ascending=[False, False, True], na_position="last",
+                               kind="mergesort")
+    return best.iloc[0], f"{size}: best Δ% on {priority}, ties by Δm%"
 
 
 def export_policy(policy: Policy, to: Path) -> ExportResult:

@@ -1,15 +1,19 @@
 """Results table: Δm% against the reference trial, ranking, per-task metrics, CSV/Markdown/JSON.
 
 Engine-neutral: engines turn their trials into ``TrialRecord``s; everything here works on those.
+A multi-objective (``pareto``) study adds each task's Δ% and a ``pareto`` column; re-evaluated
+trials (trained again with other seeds, see policysearch.reeval) add the mean and std of Δm%
+over their seeds.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import statistics
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +46,19 @@ class TrialRecord:
     epochs: int | None = None
     error: str | None = None
     reference_task: str | None = None  # the task of a single-task reference run
+    final_weights: dict[str, float] | None = None  # loss weights at the end of training
+
+
+def trial_subject(number: int) -> str:
+    """The key under which re-runs of trial ``number`` are stored."""
+    return f"trial:{number}"
+
+
+def reference_subject(baseline: str | None, task: str | None = None) -> str:
+    """The key of re-runs of a reference: the study's own (``baseline`` None) or another
+    baseline; ``task`` for one network of a single-task reference."""
+    prefix = "reference" if baseline is None else f"baseline:{baseline}"
+    return prefix if task is None else f"{prefix}:{task}"
 
 
 @dataclass
@@ -57,6 +74,25 @@ class StudyRecords:
     image_size: int | list[int] | None = None
     single_task_reference: bool = False
     task_weights: dict[str, float] = field(default_factory=dict)
+    objective: str = "delta_m"  # delta_m | pareto (one objective per task)
+    seed: int = 0  # the study's training seed: the seed of every trial's own metrics
+    # Runs trained beside the study (not trials): {subject: {seed: metrics}}; subjects are
+    # trial_subject(n) and reference_subject(...).
+    reruns: dict[str, dict[int, Metrics]] = field(default_factory=dict)
+    # Rank against this baseline (trained beside the study) instead of the study's reference.
+    reference_baseline: str | None = None
+
+    def with_reference(self, baseline: str | None) -> StudyRecords:
+        """A copy ranked against ``baseline`` (None or the study's own: its reference trial)."""
+        own = baseline is None or baseline == self.reference_name
+        return replace(self, reference_baseline=None if own else baseline)
+
+    def reference_subjects(self) -> list[tuple[str, str | None]]:
+        """The re-run subjects that make up the reference, with the task of each
+        single-task network (None for one multi-task network)."""
+        if self.single_task_reference:
+            return [(reference_subject(self.reference_baseline, t), t) for t in self.metrics_info]
+        return [(reference_subject(self.reference_baseline), None)]
 
     def reference(self) -> TrialRecord | None:
         """The (first) complete multi-task reference trial."""
@@ -64,19 +100,52 @@ class StudyRecords:
                 and r.reference_task is None]
         return done[0] if done else None
 
-    def reference_metrics(self) -> Metrics | None:
+    def reference_metrics(self, seed: int | None = None) -> Metrics | None:
         """What Δm% is measured against: the reference trial's metrics, or with a single-task
-        reference each task's metrics from its own run (None until every task has one)."""
-        if not self.single_task_reference:
-            ref = self.reference()
-            return ref.metrics if ref is not None else None
-        return combine_single_task(self.records, self.metrics_info)
+        reference each task's metrics from its own run (None until every task has one).
+
+        ``seed`` other than the study's, or another ``reference_baseline``: the reference
+        trained beside the study with that seed (None while it is missing).
+        """
+        seed = self.seed if seed is None else seed
+        if self.reference_baseline is None and seed == self.seed:
+            if not self.single_task_reference:
+                ref = self.reference()
+                return ref.metrics if ref is not None else None
+            return combine_single_task(self.records, self.metrics_info)
+        found: Metrics = {}
+        for subject, task in self.reference_subjects():
+            metrics = self.reruns.get(subject, {}).get(seed)
+            if metrics is None:
+                return None
+            if task is None:
+                return metrics
+            found[task] = metrics[task]
+        return found
+
+    def trial_metrics(self, record: TrialRecord, seed: int) -> Metrics | None:
+        """A trial's metrics when trained with ``seed`` (its own run or a stored re-run)."""
+        if seed == self.seed:
+            return record.metrics
+        return self.reruns.get(trial_subject(record.number), {}).get(seed)
+
+    def rerun_seeds(self) -> list[int]:
+        """Every seed, the study's included, that some stored re-run used."""
+        return sorted({self.seed, *(s for runs in self.reruns.values() for s in runs)})
 
     def reference_label(self) -> str:
         """How the reference is described in reports."""
+        name = self.reference_baseline or self.reference_name
         if self.single_task_reference:
-            return f"single-task runs of {self.reference_name}, one network per task"
-        return f"the reference trial ({self.reference_name})"
+            text = f"single-task runs of {name}, one network per task"
+        elif self.reference_baseline is None:
+            return f"the reference trial ({name})"
+        else:
+            text = f"the baseline {name}"
+        if self.reference_baseline is not None:
+            text += (" trained beside the study under its budget and seed (--reference), "
+                     f"not the study's reference ({self.reference_name})")
+        return text
 
 
 def combine_single_task(records: Sequence[TrialRecord], info: MetricsInfo) -> Metrics | None:
@@ -90,13 +159,13 @@ def combine_single_task(records: Sequence[TrialRecord], info: MetricsInfo) -> Me
     return found if set(info) <= set(found) else None
 
 
-def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
-            weights: Mapping[str, float] | None = None) -> tuple[float, list[str]]:
-    """Δm% (Maninis et al. 2019, LibMTL's convention) and the warnings it raised.
+def task_deltas(metrics: Metrics, reference: Metrics,
+                info: MetricsInfo) -> tuple[dict[str, float], list[str]]:
+    """Each task's Δ% (higher is better) and the warnings it raised: the mean over the task's
+    primary metrics of ±(M − M_ref)/|M_ref| × 100 (+ when higher is better).
 
-    Per task: mean over its primary metrics of ±(M − M_ref)/|M_ref| × 100 (+ when higher is
-    better); then the (optionally weighted) mean over tasks. Reference metrics with
-    |M_ref| < REFERENCE_EPS are left out with a warning, never divided by.
+    Reference metrics with |M_ref| < REFERENCE_EPS are left out with a warning, never divided
+    by; a task with no metric left has no entry.
     """
     notes: list[str] = []
     per_task: dict[str, float] = {}
@@ -117,6 +186,14 @@ def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
             terms.append(sign * (metrics[task][metric] - ref) / abs(ref) * 100.0)
         if terms:
             per_task[task] = sum(terms) / len(terms)
+    return per_task, notes
+
+
+def delta_m(metrics: Metrics, reference: Metrics, info: MetricsInfo,
+            weights: Mapping[str, float] | None = None) -> tuple[float, list[str]]:
+    """Δm% (Maninis et al. 2019, LibMTL's convention) and the warnings it raised: the
+    (optionally weighted) mean over tasks of ``task_deltas``."""
+    per_task, notes = task_deltas(metrics, reference, info)
     if not per_task:
         return float("nan"), notes
     w = {t: (weights or {}).get(t, 1.0) for t in per_task}
@@ -148,28 +225,77 @@ def _summary(policy: Mapping[str, Any] | None) -> str:
         return json.dumps(policy.get("shared", []))
 
 
+def pareto_optimal(points: Sequence[Sequence[float]]) -> list[bool]:
+    """For each point (objectives, all maximised): whether no other point dominates it, i.e.
+    is at least as good on every objective and better on one. Equal points do not dominate
+    each other."""
+    def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
+        return (all(x >= y for x, y in zip(a, b, strict=True))
+                and any(x > y for x, y in zip(a, b, strict=True)))
+
+    return [not any(dominates(q, p) for q in points) for p in points]
+
+
+def _seed_values(study: StudyRecords, rec: TrialRecord, refs: Mapping[int, Metrics | None],
+                 weights: Mapping[str, float], notes: set[str]) -> list[float]:
+    """A trial's Δm% for every seed it was trained with whose reference (trained with the
+    same seed) is known."""
+    values = []
+    for seed, ref in refs.items():
+        metrics = study.trial_metrics(rec, seed)
+        if metrics is None or ref is None:
+            continue
+        value, found = delta_m(metrics, ref, study.metrics_info, weights)
+        notes.update(found)
+        if math.isfinite(value):
+            values.append(value)
+    return values
+
+
 def results_frame(study: StudyRecords, *, warn: bool = True,
                   task_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
     """One row per trial: rank, Δm%, per-task metrics, loss weights, policy, state, duration.
 
-    Δm% weighs the tasks by ``task_weights`` (default: the study's, else 1 each).
+    Δm% weighs the tasks by ``task_weights`` (default: the study's, else 1 each). A pareto
+    study adds ``delta.<task>`` (each task's Δ%) and ``pareto`` (Pareto-optimal among the
+    complete search trials; the reference is not a candidate); ranks stay by Δm%. Trials with
+    stored re-runs add ``delta_m_mean``, ``delta_m_std`` (sample std) and ``seeds``: over
+    every seed they were trained with, the study's included, each against the reference
+    trained with the same seed. The loss weights are a trial's final weights (what a dynamic
+    method ended with) when it recorded them, else its policy's static weights.
     """
     ref = study.reference_metrics()
     task_weights = dict(study.task_weights if task_weights is None else task_weights)
+    pareto = study.objective == "pareto"
+    rerun_trials = {s for s in study.reruns if s.startswith("trial:")}
+    refs = {s: study.reference_metrics(s) for s in study.rerun_seeds()} if rerun_trials else {}
     rows = []
     seen_notes: set[str] = set()
     for rec in study.records:
         row: dict[str, Any] = {"trial": rec.number, "state": rec.state,
                                "role": rec.role, "delta_m": math.nan}
-        if rec.metrics and ref is not None and rec.reference_task is None:
+        scored = bool(rec.metrics) and ref is not None and rec.reference_task is None
+        if scored:
             value, notes = delta_m(rec.metrics, ref, study.metrics_info, task_weights)
             row["delta_m"] = value
             seen_notes.update(notes)
+        if rerun_trials:
+            values = []
+            if trial_subject(rec.number) in rerun_trials and scored and rec.state == "complete":
+                values = _seed_values(study, rec, refs, task_weights, seen_notes)
+            row["delta_m_mean"] = statistics.mean(values) if values else math.nan
+            row["delta_m_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row["seeds"] = len(values) if values else pd.NA
+        if pareto:
+            deltas = task_deltas(rec.metrics, ref, study.metrics_info)[0] if scored else {}
+            for task in study.metrics_info:
+                row[f"delta.{task}"] = deltas.get(task, math.nan)
         for task, task_info in study.metrics_info.items():
             for metric in task_info:
                 value = (rec.metrics or {}).get(task, {}).get(metric, math.nan)
                 row[f"{task}.{metric}"] = value
-        loss_weights = ((rec.policy or {}).get("weighting") or {}).get("weights") or {}
+        loss_weights = (rec.final_weights
+                        or ((rec.policy or {}).get("weighting") or {}).get("weights") or {})
         for task in study.metrics_info:
             row[f"w.{task}"] = loss_weights.get(task, math.nan)
         row["policy"] = _summary(rec.policy)
@@ -184,6 +310,10 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     if frame.empty:
         return pd.DataFrame(columns=["rank", "trial", "state", "delta_m"])
     complete = frame["state"].eq("complete") & frame["delta_m"].notna()
+    if "seeds" in frame.columns:
+        frame["seeds"] = frame["seeds"].astype("Int64")
+    if pareto:
+        _mark_front(frame, complete, list(study.metrics_info))
     frame["_order"] = 2
     frame.loc[frame["state"].eq("pruned"), "_order"] = 1
     frame.loc[complete, "_order"] = 0
@@ -192,12 +322,61 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     ranks = pd.Series(pd.NA, index=frame.index, dtype="Int64")
     ranks[complete.loc[frame.index]] = range(1, int(complete.sum()) + 1)
     frame.insert(0, "rank", ranks)
+    frame = frame.reset_index(drop=True)
     frame.attrs["notes"] = sorted(seen_notes)
     frame.attrs["reference"] = study.reference_label()
     frame.attrs["task_weights"] = {t: w for t, w in task_weights.items() if w != 1.0}
     frame.attrs["dataset"] = study.dataset
     frame.attrs["dataset_notes"] = list(study.dataset_notes)
-    return frame.reset_index(drop=True)
+    frame.attrs["objective"] = study.objective
+    if rerun_trials:
+        seeds = ", ".join(str(s) for s in refs)
+        frame.attrs["reeval"] = (
+            f"delta_m_mean ± delta_m_std: Δm% over seeds {seeds} (the study's seed "
+            f"{study.seed} included), each against the reference trained with the same seed.")
+        frame.attrs["seed_noise"] = seed_noise_line(frame)
+    return frame
+
+
+def _mark_front(frame: pd.DataFrame, complete: pd.Series, tasks: list[str]) -> None:
+    """Add the ``pareto`` column before the per-task Δ% columns. A task whose Δ% is undefined (every
+    reference metric ~0) is 0 for every candidate, so it decides nothing."""
+    candidates = frame[complete & frame["role"].eq("search")]
+    points = candidates[[f"delta.{t}" for t in tasks]].fillna(0.0).to_numpy().tolist()
+    front = pd.Series(False, index=frame.index)
+    if points:
+        front[candidates.index] = pareto_optimal(points)
+    frame.insert(frame.columns.get_loc(f"delta.{tasks[0]}"), "pareto", front)
+
+
+def seed_noise_line(frame: pd.DataFrame) -> str:
+    """Whether the best re-evaluated trial's mean Δm% beats the next one's by more than their
+    combined std, √(std₁² + std₂²)."""
+    done = frame[frame["rank"].notna() & frame["delta_m_std"].notna()].sort_values("rank")
+    if done.empty:
+        return "seed noise: no trial has been trained with more than one seed yet"
+
+    def text(row: pd.Series) -> str:
+        return (f"rank {int(row['rank'])} (trial {int(row['trial'])}) Δm% "
+                f"{row['delta_m_mean']:+.2f} ± {row['delta_m_std']:.2f} over "
+                f"{int(row['seeds'])} seeds")
+
+    if len(done) == 1:
+        return f"seed noise: only {text(done.iloc[0])} is re-evaluated; re-evaluate two to compare"
+    first, second = done.iloc[0], done.iloc[1]
+    ranks = int(first["rank"]), int(second["rank"])
+    gap = first["delta_m_mean"] - second["delta_m_mean"]
+    combined = math.hypot(first["delta_m_std"], second["delta_m_std"])
+    if gap > combined:
+        verdict = (f"the mean of rank {ranks[0]} exceeds that of rank {ranks[1]} by {gap:.2f}, "
+                   f"more than their combined std {combined:.2f}")
+    elif -gap > combined:
+        verdict = (f"the mean of rank {ranks[1]} is higher by {-gap:.2f}, more than their "
+                   f"combined std {combined:.2f}")
+    else:
+        verdict = (f"the difference of the means, {gap:+.2f}, is within the seed noise "
+                   f"(combined std {combined:.2f})")
+    return f"seed noise: {text(first)} vs {text(second)}: {verdict}."
 
 
 def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
@@ -231,10 +410,24 @@ def to_markdown(frame: pd.DataFrame, top: int | None = None) -> str:
     if frame.attrs.get("task_weights"):
         lines.append(f"\nΔm% weighs the tasks: {weights_text(frame.attrs['task_weights'])} "
                      "(others 1).")
+    lines += [f"\n{line}" for line in footer_lines(frame)]
     lines += [f"\n> dataset {frame.attrs.get('dataset', '')}: {n}"
               for n in frame.attrs.get("dataset_notes") or []]
     lines += [f"\n> warning: {n}" for n in notes]
     return "\n".join(lines)
+
+
+def footer_lines(frame: pd.DataFrame) -> list[str]:
+    """What the table's footer says about a multi-objective study and re-evaluated trials."""
+    lines = []
+    if frame.attrs.get("objective") == "pareto":
+        lines.append("Multi-objective study: one objective per task, its Δ% (delta.<task>, "
+                     "higher is better); `pareto` marks the Pareto-optimal trials (the reference "
+                     "is not a candidate); rank is by Δm%.")
+    for key in ("reeval", "seed_noise"):
+        if frame.attrs.get(key):
+            lines.append(frame.attrs[key])
+    return lines
 
 
 def to_json(frame: pd.DataFrame, top: int | None = None) -> str:
@@ -247,8 +440,10 @@ def to_csv(frame: pd.DataFrame, top: int | None = None) -> str:
 
 
 def compact_columns(frame: pd.DataFrame, info: MetricsInfo) -> list[str]:
-    """Columns for a terminal: rank, trial, state, Δm%, primary metrics, policy."""
-    cols = ["rank", "trial", "state", "delta_m"]
+    """Columns for a terminal: rank, trial, state, Δm% (and its mean ± std over seeds), the
+    Pareto mark and per-task Δ%, primary metrics, policy."""
+    cols = ["rank", "trial", "state", "delta_m", "delta_m_mean", "delta_m_std", "seeds",
+            "pareto", *(f"delta.{task}" for task in info)]
     for task, task_info in info.items():
         cols += [f"{task}.{m}" for m, meta in task_info.items() if meta.get("primary")]
     cols += ["policy", "duration_s"]

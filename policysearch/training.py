@@ -47,7 +47,7 @@ class Reporter(Protocol):
 
 @dataclass
 class TrialResult:
-    """What one trial produced: the last epoch's metrics and the per-epoch history."""
+    """What one trial produced: the last epoch's metrics, the per-epoch history, the weights."""
 
     metrics: Metrics
     history: list[Metrics] = field(default_factory=list)
@@ -55,6 +55,10 @@ class TrialResult:
     seconds: float = 0.0
     train_images: int = 0
     device: str = "cpu"
+    # The loss weights at the end of training (what a dynamic method learned), and after
+    # every epoch.
+    weights: dict[str, float] = field(default_factory=dict)
+    weight_history: list[dict[str, float]] = field(default_factory=list)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -130,7 +134,10 @@ def run_trial(
     """Train under ``policy`` for ``budget`` and evaluate on ``eval_split`` after each epoch.
 
     The same (policy, budget, seed) on the CPU gives the same metrics. ``threads`` bounds the
-    CPU threads of this process so that parallel trials do not fight over cores.
+    CPU threads of this process so that parallel trials do not fight over cores. The policy's
+    weighting (policysearch.weighting) owns each step's backward pass, sees the encoder's
+    parameters as the shared ones and each epoch's mean loss per task; the weights it ends with
+    are ``TrialResult.weights``.
     """
     started = time.perf_counter()
     if threads is not None:
@@ -153,6 +160,13 @@ def run_trial(
     else:
         optimizer = torch.optim.SGD(model.parameters(), lr=budget.lr, momentum=0.9,
                                     weight_decay=budget.weight_decay, nesterov=True)
+    weighting = make_weighting(policy.weighting.method, task_names, policy.weighting.weights,
+                               policy.weighting.params, shared=model.encoder.parameters(),
+                               seed=seed, device=dev)
+    if weighting.parameters():
+        # Before the scheduler is made, so that it schedules these too; no weight decay, which
+        # would pull e.g. uncertainty's log-variances towards 0.
+        optimizer.add_param_group({"params": weighting.parameters(), "weight_decay": 0.0})
     steps_per_epoch = len(_batches(np.arange(len(train)), budget.batch_size))
     total_steps = max(1, steps_per_epoch * budget.epochs)
     warmup = min(steps_per_epoch, total_steps // 10)
@@ -164,14 +178,16 @@ def run_trial(
         return 0.5 * (1.0 + math.cos(math.pi * progress))
 
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    weighting = make_weighting(policy.weighting.method, task_names, policy.weighting.weights)
     augment = policy.transform(seed=seed)
     views = {t.name: policy.view_of(t.name) for t in tasks}
 
     history: list[Metrics] = []
+    weight_history: list[dict[str, float]] = []
     images_seen = 0
     for epoch in range(budget.epochs):
         model.train()
+        loss_sums = torch.zeros(len(tasks), device=dev)
+        steps = 0
         augment.set_seed(_epoch_seed(seed, epoch, 0))
         order = np.random.default_rng(_epoch_seed(seed, epoch, 1)).permutation(len(train))
         for batch in _batches(order, budget.batch_size):
@@ -196,6 +212,11 @@ def run_trial(
             optimizer.step()
             scheduler.step()
             images_seen += len(batch)
+            loss_sums += torch.stack([losses[n].detach() for n in task_names])
+            steps += 1
+        mean_losses = (loss_sums / max(1, steps)).tolist()
+        weighting.end_epoch(epoch, dict(zip(task_names, mean_losses, strict=True)))
+        weight_history.append(weighting.weights())
         metrics = evaluate(model, tasks, evaluation, dev, amp=budget.amp)
         history.append(metrics)
         if reporter is not None:
@@ -207,4 +228,6 @@ def run_trial(
         seconds=time.perf_counter() - started,
         train_images=images_seen,
         device=str(dev),
+        weights=weighting.weights(),
+        weight_history=weight_history,
     )

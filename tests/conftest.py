@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,19 @@ def tiny_space(tmp_path: Path) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(TINY_SPACE, sort_keys=False))
     return path
+
+
+def random_param_values(space, task_names, seed: int = 0) -> dict:
+    """One random value per parameter of ``space`` (as an engine would suggest them)."""
+    from policysearch.search.space import parameters
+
+    rng = random.Random(seed)
+    values = {}
+    for p in parameters(space, list(task_names)):
+        if p.kind == "categorical":
+            values[p.name] = rng.choice(p.choices)
+        elif p.kind == "int":
+            values[p.name] = rng.randint(int(p.low), int(p.high))
+        else:
+            values[p.name] = rng.uniform(p.low, p.high)
+    return values

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,7 @@ from policysearch.augment import Policy, RandAugmentSpec, SubPolicies
 from policysearch.cli import app
 from policysearch.config import SearchSpace
 from policysearch.search.space import parameters, policy_from_params
-from tests.conftest import TINY_SPACE
+from tests.conftest import TINY_SPACE, random_param_values
 
 TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
          "depth": "depth"}
@@ -24,16 +23,7 @@ def _space(**changes: object) -> SearchSpace:
 
 
 def _random_values(space: SearchSpace, seed: int) -> dict:
-    rng = random.Random(seed)
-    values = {}
-    for p in parameters(space, list(TASKS)):
-        if p.kind == "categorical":
-            values[p.name] = rng.choice(p.choices)
-        elif p.kind == "int":
-            values[p.name] = rng.randint(int(p.low), int(p.high))
-        else:
-            values[p.name] = rng.uniform(p.low, p.high)
-    return values
+    return random_param_values(space, TASKS, seed)
 
 
 @pytest.mark.parametrize("seed", range(5))

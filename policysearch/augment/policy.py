@@ -40,6 +40,7 @@ import numpy as np
 import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 
+from policysearch import weighting_names
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import (
@@ -144,10 +145,15 @@ _SHARED_FORM = {
 
 @dataclass
 class Weighting:
-    """How task losses are combined: ``static`` weights, or a dynamic method's name."""
+    """How task losses are combined: a method (``static``, ``equal`` or a dynamic one such as
+    ``dwa``; see ``policysearch.weighting_names.METHODS``), per-task ``weights`` (used by
+    ``static``; kept as a record by the others) and the method's hyper-parameters ``params``
+    (plain numbers; one left out takes its default). YAML:
+    ``{method: dwa, weights: {...}, params: {temperature: 2.0}}``, ``params`` optional."""
 
     method: str = "static"
     weights: dict[str, float] = field(default_factory=dict)
+    params: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -252,10 +258,7 @@ class Policy:
             "structure": self.structure,
             "shared": _shared_dict(self.shared),
             "per_task": {t: [_slot_dict(s) for s in slots] for t, slots in self.per_task.items()},
-            "weighting": {
-                "method": self.weighting.method,
-                "weights": {t: float(w) for t, w in self.weighting.weights.items()},
-            },
+            "weighting": _weighting_dict(self.weighting),
             "provenance": _plain(self.provenance),
         }
 
@@ -325,6 +328,8 @@ class Policy:
             for t in self.tasks
             if self.per_task.get(t)
         ]
+        if self.weighting.method != "static":
+            parts.append(f"weighting: {_weighting_text(self.weighting)}")
         return " | ".join(parts)
 
     def _check_task(self, task: str) -> None:
@@ -711,8 +716,13 @@ def _validate(policy: Policy, source: str) -> None:
     w = policy.weighting
     if not isinstance(w, Weighting):
         raise UserError("must be a Weighting", source=source, field="weighting")
-    if not isinstance(w.method, str) or not w.method:
-        raise UserError("must be a non-empty string", source=source, field="weighting.method")
+    problem = weighting_names.method_problem(w.method)
+    if problem:
+        raise UserError(problem, source=source, field="weighting.method")
+    for name, value in _mapping(w.params, source, "weighting.params").items():
+        problem = weighting_names.param_problem(w.method, name, value)
+        if problem:
+            raise UserError(problem, source=source, field=f"weighting.params.{name}")
     for name, value in _mapping(w.weights, source, "weighting.weights").items():
         fld = f"weighting.weights.{name}"
         if name not in tasks:
@@ -880,18 +890,34 @@ def _slots(raw: Any, source: str, where: str) -> tuple[Slot, ...]:
 def _weighting(raw: Any, source: str) -> Weighting:
     raw = _mapping(raw, source, "weighting")
     for key in raw:
-        if key not in ("method", "weights"):
-            raise UserError("unknown key; weighting has method and weights", source=source,
-                            field=f"weighting.{key}")
+        if key not in ("method", "weights", "params"):
+            raise UserError("unknown key; weighting has method, weights and params",
+                            source=source, field=f"weighting.{key}")
     method = raw.get("method", "static")
-    weights = _mapping(raw.get("weights") or {}, source, "weighting.weights")
-    parsed = {}
-    for name, value in weights.items():
-        if not _is_number(value):
-            raise UserError(f"a weight must be a number > 0, got {value!r}", source=source,
-                            field=f"weighting.weights.{name}")
-        parsed[name] = float(value)
-    return Weighting(method=method, weights=parsed)
+    parsed: dict[str, dict[str, float]] = {"weights": {}, "params": {}}
+    for part, what in (("weights", "a weight must be a number > 0"),
+                       ("params", "must be a number")):
+        for name, value in _mapping(raw.get(part) or {}, source, f"weighting.{part}").items():
+            if not _is_number(value):
+                raise UserError(f"{what}, got {value!r}", source=source,
+                                field=f"weighting.{part}.{name}")
+            parsed[part][str(name)] = float(value)
+    return Weighting(method=method, weights=parsed["weights"], params=parsed["params"])
+
+
+def _weighting_dict(w: Weighting) -> dict[str, Any]:
+    """The YAML value of ``weighting``; ``params`` only when set."""
+    data: dict[str, Any] = {"method": w.method,
+                            "weights": {t: float(v) for t, v in w.weights.items()}}
+    if w.params:
+        data["params"] = {name: float(v) for name, v in w.params.items()}
+    return data
+
+
+def _weighting_text(w: Weighting) -> str:
+    """The weighting part of ``Policy.summary``, e.g. ``dwa(temperature=2)``."""
+    params = ", ".join(f"{name}={value:g}" for name, value in w.params.items())
+    return f"{w.method}({params})" if params else w.method
 
 
 def _mapping(value: Any, source: str, where: str) -> Mapping[Any, Any]:

@@ -6,11 +6,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from policysearch.config import SearchSpace, load_space, validate_tasks
+from policysearch.augment import Policy
+from policysearch.config import Budget, SearchSpace, load_space, validate_tasks
 from policysearch.data import get_dataset
 from policysearch.data.base import MultiTaskDataset, TaskSubset
 from policysearch.errors import UserError
@@ -21,6 +22,11 @@ from policysearch.results_table import (
     results_frame,
     write_results,
 )
+
+OBJECTIVES = ("delta_m", "pareto")
+
+if TYPE_CHECKING:
+    from policysearch.training import Reporter, TrialResult
 
 
 @dataclass
@@ -47,6 +53,7 @@ class SearchOptions:
     seed: int = 0
     timeout: float | None = None
     threads: int | None = None
+    objective: str | None = None  # delta_m | pareto (part of the study's definition)
 
 
 @dataclass
@@ -65,6 +72,11 @@ def resolve_space(options: SearchOptions) -> SearchSpace:
                               encoder=options.encoder, encoder_weights=options.weights)
     if options.dataset is not None:
         space = space.model_copy(update={"dataset": options.dataset})
+    if options.objective is not None:
+        if options.objective not in OBJECTIVES:
+            raise UserError(f"expected one of {', '.join(OBJECTIVES)}, got {options.objective!r}",
+                            field="--objective")
+        space = space.model_copy(update={"objective": options.objective})
     if options.skip_bad_samples is not None:
         data_opts = space.dataset_options.model_copy(
             update={"skip_bad_samples": options.skip_bad_samples})
@@ -93,6 +105,19 @@ def load_dataset(space: SearchSpace) -> MultiTaskDataset:
     return dataset
 
 
+def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, seed: int,
+                 device: str, threads: int | None, reporter: Reporter | None = None
+                 ) -> TrialResult:
+    """Train and evaluate one policy; a policy for fewer tasks than the dataset has (a
+    single-task reference run) trains a network for its tasks only."""
+    from policysearch.training import run_trial
+
+    names = {t.name for t in dataset.tasks}
+    data = dataset if set(policy.tasks) == names else TaskSubset(dataset, list(policy.tasks))
+    return run_trial(policy, data, budget, seed=seed, device=device, reporter=reporter,
+                     threads=threads)
+
+
 def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
     """What the reports must say about the dataset (how splits were made, skipped samples)."""
     return [str(n) for n in getattr(dataset, "notes", ())]
@@ -100,11 +125,16 @@ def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
 
 def search(options: SearchOptions,
            progress: Callable[[str, dict[str, Any]], None] | None = None) -> SearchOutcome:
-    """Run (or resume) a policy search and write results and the best policy into ``out``."""
+    """Run (or resume) a policy search and write results and the best policy into ``out``.
+
+    With ``objective: pareto`` the study has one objective per task and runs without a pruner
+    (Optuna cannot prune multi-objective trials; progress gets a ``pruning_off`` event when the
+    space asks for one); ``best_policy.yaml`` is then the Pareto front's best Δm%.
+    """
     from policysearch.models import make_encoder
     from policysearch.search.optuna_engine import optimize
     from policysearch.tasks import make_task
-    from policysearch.training import resolve_device, run_trial
+    from policysearch.training import resolve_device
 
     if options.engine != "optuna":
         raise UserError(f"engine {options.engine!r} is not available in this version "
@@ -116,9 +146,6 @@ def search(options: SearchOptions,
     resolve_device(options.device)  # a missing GPU is a user error before any trial
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     space = resolve_space(options)
-    if space.objective != "delta_m":
-        raise UserError(f"objective {space.objective!r} is not available in this version "
-                        "(available: delta_m)", field="objective")
     # A bad encoder name or weights file is a user error before any trial, not inside one.
     make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
     study_name = options.study or space.name
@@ -133,12 +160,9 @@ def search(options: SearchOptions,
     validate_tasks(space, list(task_kinds), f"search space {space.name}")
     info = metrics_info_from_tasks(tasks)
 
-    def runner(policy, reporter):  # noqa: ANN001, ANN202
-        # A single-task reference run trains a network for its one task only.
-        data = dataset if set(policy.tasks) == set(task_kinds) else TaskSubset(dataset,
-                                                                               list(policy.tasks))
-        return run_trial(policy, data, space.budget, seed=options.seed,
-                         device=options.device, reporter=reporter, threads=threads)
+    def runner(policy: Policy, reporter: Reporter) -> TrialResult:
+        return train_policy(policy, dataset, space.budget, seed=options.seed,
+                            device=options.device, threads=threads, reporter=reporter)
 
     def checkpoint(study: StudyRecords) -> None:
         write_results(results_frame(study, warn=False), out_dir)
@@ -151,8 +175,10 @@ def search(options: SearchOptions,
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
-    if table["rank"].notna().any():
-        policy, _ = pick_trial(records, rank=1)
+    front = space.objective == "pareto"
+    if (bool(table.get("pareto", pd.Series(dtype=bool)).any()) if front
+            else table["rank"].notna().any()):
+        policy, _ = pick_trial(records, rank=None if front else 1, front=front)
         outcome.export = export_policy(policy, out_dir / "best_policy.yaml")
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())

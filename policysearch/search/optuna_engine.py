@@ -1,8 +1,13 @@
 """Optuna engine: studies in a journal file (default) or any Optuna storage URL.
 
 The reference trial (a baseline policy) runs first; every later trial's objective is its Δm%
-against it. Trials are driven with ask/tell so that the reference, failures and interruptions
-are recorded exactly as they happened.
+against it, or with ``objective: pareto`` one objective per task (that task's Δ%, maximised) in
+a multi-objective study. Optuna cannot prune multi-objective trials: a pareto search runs
+without a pruner whatever the space asks, and says so once (progress event ``pruning_off``).
+Trials are driven with ask/tell so that the reference, failures and interruptions are recorded
+exactly as they happened. Runs trained beside the study (re-evaluations with other seeds,
+other references: policysearch.reeval) are study user attributes ``rerun:<subject>:<seed>``,
+not trials, so they change neither trial counts nor the study's definition.
 """
 
 from __future__ import annotations
@@ -22,9 +27,16 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
-from policysearch.results_table import MetricsInfo, StudyRecords, TrialRecord, delta_m
+from policysearch.results_table import (
+    Metrics,
+    MetricsInfo,
+    StudyRecords,
+    TrialRecord,
+    delta_m,
+    task_deltas,
+)
 from policysearch.search.space import Param, parameters, policy_from_params
-from policysearch.training import Metrics, TrialFailed, TrialPruned, TrialResult
+from policysearch.training import TrialFailed, TrialPruned, TrialResult
 
 JOURNAL_NAME = "study.journal"
 _STATES = {
@@ -37,6 +49,8 @@ _STATES = {
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Consecutive trials failing with an unexpected exception before the search gives up.
 MAX_CONSECUTIVE_ERRORS = 3
+RERUN_PREFIX = "rerun:"
+PRUNING_OFF = "pruning is off: Optuna cannot prune multi-objective trials"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -74,11 +88,15 @@ def _first_difference(old: Any, new: Any, path: str = "") -> str:
 def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_dir: Path,
                seed: int, metrics_info: MetricsInfo, tasks: Mapping[str, str],
                dataset: str, dataset_notes: Sequence[str] = ()) -> tuple[optuna.Study, bool]:
-    """Create or resume the study; refuse a resume whose space (or seed) differs."""
+    """Create or resume the study; refuse a resume whose space (or seed) differs.
+
+    A pareto space makes a study with one "maximize" direction per task, in ``tasks`` order.
+    """
     store, is_file = open_storage(storage, out_dir)
+    n_objectives = len(tasks) if space.objective == "pareto" else 1
     try:
-        study = optuna.create_study(storage=store, study_name=study_name, direction="maximize",
-                                    load_if_exists=True)
+        study = optuna.create_study(storage=store, study_name=study_name,
+                                    directions=["maximize"] * n_objectives, load_if_exists=True)
     except Exception as err:  # unreachable database, bad URL, …
         raise UserError(f"cannot open the study storage: {err}".splitlines()[0],
                         source=storage_location(storage, out_dir), field="--storage") from None
@@ -120,6 +138,8 @@ def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
 def suggest(trial: Trial, params: Sequence[Param]) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for p in params:
+        if p.when is not None and values.get(p.when[0]) != p.when[1]:
+            continue  # belongs to a weighting method this trial did not pick
         if p.kind == "categorical":
             values[p.name] = trial.suggest_categorical(p.name, list(p.choices))
         elif p.kind == "int":
@@ -130,13 +150,14 @@ def suggest(trial: Trial, params: Sequence[Param]) -> dict[str, Any]:
 
 
 class OptunaReporter:
-    """Feeds each epoch's Δm% (against the reference's final metrics) to Optuna's pruner."""
+    """Feeds each epoch's Δm% (against the reference's final metrics) to Optuna's pruner;
+    with ``prune`` False (multi-objective studies) it only records the epochs."""
 
     def __init__(self, trial: Trial, reference: Metrics | None, info: MetricsInfo,
                  on_epoch: Callable[[int, Metrics], None] | None = None,
-                 task_weights: Mapping[str, float] | None = None):
+                 task_weights: Mapping[str, float] | None = None, prune: bool = True):
         self.trial = trial
-        self.reference = reference
+        self.reference = reference if prune else None
         self.info = info
         self.task_weights = dict(task_weights or {})
         self.on_epoch = on_epoch
@@ -170,7 +191,41 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         epochs=attrs.get("epochs"),
         error=attrs.get("error"),
         reference_task=attrs.get("reference_task"),
+        final_weights=attrs.get("final_weights"),
     )
+
+
+def rerun_key(subject: str, seed: int) -> str:
+    """The study user attribute holding one run trained beside the study."""
+    return f"{RERUN_PREFIX}{subject}:{seed}"
+
+
+def stored_reruns(attrs: Mapping[str, Any]) -> dict[str, dict[int, Metrics]]:
+    """``{subject: {seed: metrics}}`` from a study's user attributes."""
+    runs: dict[str, dict[int, Metrics]] = {}
+    for key, value in attrs.items():
+        if not key.startswith(RERUN_PREFIX) or not isinstance(value, dict):
+            continue
+        subject, _, seed = key.removeprefix(RERUN_PREFIX).rpartition(":")
+        if subject and seed.lstrip("-").isdigit() and value.get("metrics"):
+            runs.setdefault(subject, {})[int(seed)] = value["metrics"]
+    return runs
+
+
+def save_rerun(study: optuna.Study, subject: str, seed: int, result: TrialResult) -> None:
+    """Store one run beside the study: one attribute per run, so that concurrent writers
+    never overwrite each other's runs."""
+    study.set_user_attr(rerun_key(subject, seed), {
+        "metrics": result.metrics, "epochs": result.epochs,
+        "seconds": round(result.seconds, 3),
+        "final_weights": {t: float(w) for t, w in (getattr(result, "weights", None)
+                                                   or {}).items()} or None})
+
+
+def reference_policy(name: str, tasks: Mapping[str, str]) -> Policy:
+    """The baseline ``name`` as a reference: its ops, every task's loss weighing 1."""
+    policy = get_baseline(name, dict(tasks))
+    return replace(policy, weighting=Weighting("static", {t: 1.0 for t in tasks}))
 
 
 def study_records(study: optuna.Study) -> StudyRecords:
@@ -178,7 +233,8 @@ def study_records(study: optuna.Study) -> StudyRecords:
     if "metrics_info" not in attrs:
         raise UserError("not a policysearch study (no metrics recorded)",
                         field=f"study {study.study_name}")
-    space = (attrs.get("definition") or {}).get("space", {})
+    definition = attrs.get("definition") or {}
+    space = definition.get("space", {})
     return StudyRecords(
         name=study.study_name,
         metrics_info=attrs["metrics_info"],
@@ -189,12 +245,21 @@ def study_records(study: optuna.Study) -> StudyRecords:
         image_size=space.get("budget", {}).get("image_size"),
         single_task_reference=bool(space.get("single_task_reference", False)),
         task_weights=dict(space.get("task_weights") or {}),
+        objective=space.get("objective", "delta_m"),
+        seed=int(definition.get("seed", 0)),
+        reruns=stored_reruns(attrs),
     )
 
 
 def load_records(*, out_dir: Path | None, storage: str | None,
                  study_name: str | None) -> StudyRecords:
     """Read a finished or running study from ``--out`` or ``--storage/--study``."""
+    return study_records(load_study(out_dir=out_dir, storage=storage, study_name=study_name))
+
+
+def load_study(*, out_dir: Path | None, storage: str | None,
+               study_name: str | None) -> optuna.Study:
+    """Open an existing study from ``--out`` or ``--storage/--study``."""
     if storage is None:
         if out_dir is None:
             raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
@@ -217,7 +282,7 @@ def load_records(*, out_dir: Path | None, storage: str | None,
     elif study_name not in names:
         raise UserError(f"no study named {study_name!r} (found: {', '.join(names) or 'none'})",
                         source=storage, field="--study")
-    return study_records(optuna.load_study(study_name=study_name, storage=store))
+    return optuna.load_study(study_name=study_name, storage=store)
 
 
 TrialRunner = Callable[[Policy, OptunaReporter], TrialResult]
@@ -256,6 +321,9 @@ def optimize(
             study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
             emit("stale", {"trial": stale.number})
     params = parameters(space, list(tasks))
+    pareto = space.objective == "pareto"
+    if pareto and space.pruner.name != "none":
+        emit("pruning_off", {"message": PRUNING_OFF})
     deadline = time.monotonic() + timeout if timeout else None
     consecutive_errors = 0
 
@@ -279,7 +347,7 @@ def optimize(
             break
         reference = reference_metrics()
         study.sampler = _sampler(space, seed, len(study.get_trials(deepcopy=False)))
-        study.pruner = _pruner(space)
+        study.pruner = optuna.pruners.NopPruner() if pareto else _pruner(space)
         trial = study.ask()
         if reference is None:
             trial.set_user_attr("role", "reference")
@@ -288,8 +356,7 @@ def optimize(
                 task = next_reference_task()
                 trial.set_user_attr("reference_task", task)
                 ref_tasks = {task: tasks[task]}
-            policy = get_baseline(space.reference, ref_tasks)
-            policy = replace(policy, weighting=Weighting("static", {t: 1.0 for t in ref_tasks}))
+            policy = reference_policy(space.reference, ref_tasks)
         else:
             trial.set_user_attr("role", "search")
             policy = policy_from_params(space, tasks, suggest(trial, params))
@@ -301,7 +368,7 @@ def optimize(
         reporter = OptunaReporter(trial, reference, metrics_info,
                                   on_epoch=lambda e, m, n=trial.number: emit(
                                       "epoch", {"trial": n, "epoch": e, "metrics": m}),
-                                  task_weights=space.task_weights)
+                                  task_weights=space.task_weights, prune=not pareto)
         try:
             result = runner(policy, reporter)
         except TrialPruned as pruned:
@@ -333,17 +400,27 @@ def optimize(
             consecutive_errors = 0
             trial.set_user_attr("metrics", result.metrics)
             trial.set_user_attr("epochs", result.epochs)
-            value = 0.0
+            final_weights = getattr(result, "weights", None)
+            if final_weights:
+                trial.set_user_attr("final_weights",
+                                    {t: float(w) for t, w in final_weights.items()})
+            value, per_task = 0.0, {t: 0.0 for t in tasks}
             if reference is not None:
                 value, _ = delta_m(result.metrics, reference, metrics_info, space.task_weights)
+                per_task, _ = task_deltas(result.metrics, reference, metrics_info)
             if not math.isfinite(value):
                 trial.set_user_attr("error", "Δm% is undefined: every reference metric is ~0")
                 study.tell(trial, state=TrialState.FAIL)
                 emit("trial_end", {"trial": trial.number, "state": "failed"})
             else:
-                study.tell(trial, value)
+                # A task whose Δ% is undefined (every reference metric ~0) is 0 for every
+                # trial, as Δm% leaves it out.
+                values = [per_task.get(t, 0.0) for t in tasks]
+                study.tell(trial, values if pareto else value)
                 emit("trial_end", {"trial": trial.number, "state": "complete", "role": role,
-                                   "delta_m": value, "seconds": result.seconds})
+                                   "delta_m": value, "seconds": result.seconds,
+                                   **({"task_deltas": dict(zip(tasks, values, strict=True))}
+                                      if pareto else {})})
         if on_trial_end is not None:
             on_trial_end(study_records(study))
     return study_records(study)

@@ -2,6 +2,13 @@
 
 Each engine maps ``Param`` to its own distributions (Optuna's suggest_*, Ray's tune.*); both
 rebuild the trial's policy with ``policy_from_params``, so one space means one thing everywhere.
+
+Loss weighting: with several methods, the categorical ``weight.method`` picks one; the static
+per-task weights ``weight.<task>`` and searched hyper-parameters ``weight.<method>.<name>``
+matter only when their method is picked, which their ``Param.when`` says. ``parameters``
+returns them all, in a fixed order (``weight.method`` first); an engine may skip a parameter
+whose condition fails (define-by-run) or suggest it anyway: ``policy_from_params`` reads only
+the picked method's values.
 """
 
 from __future__ import annotations
@@ -11,12 +18,20 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies, Weighting
-from policysearch.config import SearchSpace, SlotSpace
+from policysearch.config import SearchSpace, SlotSpace, WeightSpace
+from policysearch.errors import UserError
+from policysearch.weighting_names import USES_WEIGHTS, defaults
+
+WEIGHT_METHOD = "weight.method"
 
 
 @dataclass(frozen=True)
 class Param:
-    """One searched number or choice: ``choices`` for a categorical, else [low, high]."""
+    """One searched number or choice: ``choices`` for a categorical, else [low, high].
+
+    ``when``: (name of an earlier categorical, value) under which this parameter is used;
+    None when it always is.
+    """
 
     name: str
     kind: Literal["categorical", "float", "int"]
@@ -24,6 +39,44 @@ class Param:
     low: float = 0.0
     high: float = 1.0
     log: bool = False
+    when: tuple[str, str] | None = None
+
+
+def _weight_params(space: WeightSpace, task_names: Sequence[str]) -> list[Param]:
+    methods = space.methods
+    several = len(methods) > 1
+    if several and "static" in methods and "method" in task_names:
+        raise UserError("a task named 'method' clashes with the parameter weight.method; "
+                        "rename the task", field="weights.method")
+    params = [Param(WEIGHT_METHOD, "categorical", choices=methods)] if several else []
+    for method in methods:
+        when = (WEIGHT_METHOD, method) if several else None
+        if method == "static":
+            low, high = space.range
+            params += [Param(f"weight.{t}", "float", low=low, high=high, log=True, when=when)
+                       for t in task_names]
+        for name, spec in space.hyper(method).items():
+            if isinstance(spec, tuple):
+                params.append(Param(f"weight.{method}.{name}", "float", low=spec[0],
+                                    high=spec[1], when=when))
+    return params
+
+
+def _weighting(space: WeightSpace, tasks: Sequence[str], values: Mapping[str, Any]) -> Weighting:
+    """The trial's weighting: the picked method, its weights and every hyper-parameter."""
+    methods = space.methods
+    method = str(values[WEIGHT_METHOD]) if len(methods) > 1 else methods[0]
+    if method in USES_WEIGHTS:
+        weights = {t: float(values[f"weight.{t}"]) for t in tasks}
+    elif method == "equal":
+        weights = {t: 1.0 for t in tasks}
+    else:
+        weights = {}  # learned during training: TrialResult.weights
+    params = defaults(method)
+    for name, spec in space.hyper(method).items():
+        params[name] = float(values[f"weight.{method}.{name}"]) if isinstance(spec, tuple) \
+            else float(spec)
+    return Weighting(method=method, weights=weights, params=params)
 
 
 def _slot_params(prefix: str, space: SlotSpace) -> list[Param]:
@@ -37,7 +90,8 @@ def _slot_params(prefix: str, space: SlotSpace) -> list[Param]:
 
 
 def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
-    """Every parameter of the space, in a fixed order (shared slots, per-task slots, weights)."""
+    """Every parameter of the space, in a fixed order (shared slots, per-task slots, weights;
+    see the module docstring for the conditional weighting parameters)."""
     if space.structure == "subpolicies":
         params = []
         for k in range(space.shared.subpolicies):
@@ -50,11 +104,7 @@ def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
         params = _slot_params("shared", space.shared)
     for task in space.per_task.tasks:
         params += _slot_params(f"task.{task}", space.per_task)
-    if space.weights.method == "static":
-        low, high = space.weights.range
-        params += [Param(f"weight.{t}", "float", low=low, high=high, log=True)
-                   for t in task_names]
-    return params
+    return params + _weight_params(space.weights, task_names)
 
 
 def _slots(prefix: str, count: int, values: Mapping[str, Any]) -> tuple[Slot, ...]:
@@ -69,10 +119,6 @@ def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
                        values: Mapping[str, Any]) -> Policy:
     """The policy a trial's parameter values stand for (``tasks``: name -> kind)."""
     per_task = {t: _slots(f"task.{t}", space.per_task.slots, values) for t in space.per_task.tasks}
-    if space.weights.method == "static":
-        weights = {t: float(values[f"weight.{t}"]) for t in tasks}
-    else:
-        weights = {t: 1.0 for t in tasks}
     shared: tuple[Slot, ...] | SubPolicies | RandAugmentSpec
     if space.structure == "subpolicies":
         shared = SubPolicies(tuple(_slots(f"shared.{k}", space.shared.slots, values)
@@ -87,5 +133,5 @@ def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
         tasks=dict(tasks),
         shared=shared,
         per_task={t: s for t, s in per_task.items() if s},
-        weighting=Weighting(method=space.weights.method, weights=weights),
+        weighting=_weighting(space.weights, list(tasks), values),
     )
