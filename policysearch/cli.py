@@ -178,8 +178,11 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
                 cells.append(f"{value:.2f}" if col == "delta_m_std" else f"{value:+.2f}")
             elif col == "pareto":
                 cells.append("yes" if value else "")
+            elif isinstance(value, float) and col == "duration_s":
+                cells.append(f"{value:.1f}")
             elif isinstance(value, float):
-                cells.append(f"{value:.3f}" if col != "duration_s" else f"{value:.1f}")
+                # three significant digits for small metrics (an early mAP of 0.0003 is not 0)
+                cells.append(f"{value:.3f}" if value == 0 or abs(value) >= 0.01 else f"{value:.3g}")
             else:
                 cells.append(str(value))
         table.add_row(*cells)
@@ -367,11 +370,12 @@ def export(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name.")] = None,
     rank: Annotated[int | None, typer.Option(
-        help="Which trial ranked by Δm% among all (1 = best; the default).")] = None,
+        help="Which trial ranked by Δm% (1 = best; the default); with --front, the rank "
+             "within the Pareto front.")] = None,
     front: Annotated[bool, typer.Option(
-        "--front", help="Pick from the Pareto front (pareto studies): its best Δm%.")] = False,
+        "--front", help="Pick from the Pareto front (pareto studies), ranked by Δm%.")] = False,
     priority: Annotated[str | None, typer.Option(
-        help="With --front (implied): the front member best on TASK's Δ%, ties by Δm%.")
+        help="With --front (implied): rank the front by TASK's Δ%, ties by Δm%.")
     ] = None,
     to: Annotated[Path | None, typer.Option(help="Policy YAML to write.")] = None,
     task_weight: TaskWeightOption = None,

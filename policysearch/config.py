@@ -211,8 +211,12 @@ class DatasetOptions(_Strict):
 
 
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "random"] = "tpe"
+    """Optuna's sampler. ``nsga2`` (NSGA-II, ``population_size`` per generation) is meant for
+    ``objective: pareto``; TPE handles both kinds of study."""
+
+    name: Literal["tpe", "random", "nsga2"] = "tpe"
     n_startup_trials: int = Field(4, ge=0)
+    population_size: int = Field(50, ge=2)
 
 
 class PrunerConfig(_Strict):

@@ -35,20 +35,18 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
 
     By default the trial at ``rank`` among all complete trials (1 = best Δm%, with
     ``task_weights`` if given). ``front`` (multi-objective studies only): the Pareto-front
-    member with the best Δm%; ``priority`` (implies ``front``): the member best on that task's
-    Δ%, ties broken by Δm%.
+    member at ``rank`` by Δm%; ``priority`` (implies ``front``): the member at ``rank`` by that
+    task's Δ%, ties broken by Δm%.
     """
     front = front or priority is not None
-    if front and rank is not None:
-        raise UserError("give either --rank or --front, not both", field="--rank")
+    rank = 1 if rank is None else rank
     frame = results_frame(study, warn=False, task_weights=task_weights)
     ranked = frame[frame["rank"].notna()]
     if ranked.empty:
         raise UserError("the study has no completed trial to export", field=f"study {study.name}")
     if front:
-        row, picked = _front_member(study, ranked, priority)
+        row, picked = _front_member(study, ranked, priority, rank)
     else:
-        rank = 1 if rank is None else rank
         if not 1 <= rank <= len(ranked):
             raise UserError(f"rank must be between 1 and {len(ranked)}", field="--rank")
         row, picked = ranked[ranked["rank"] == rank].iloc[0], f"rank {rank} by Δm%"
@@ -78,7 +76,7 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
 
 
 def _front_member(study: StudyRecords, ranked: pd.DataFrame,
-                  priority: str | None) -> tuple[pd.Series, str]:
+                  priority: str | None, rank: int) -> tuple[pd.Series, str]:
     """The picked row of the Pareto front and how it was picked."""
     if study.objective != "pareto":
         raise UserError(f"study {study.name} is not multi-objective (objective "
@@ -91,13 +89,17 @@ def _front_member(study: StudyRecords, ranked: pd.DataFrame,
     if members.empty:
         raise UserError("the Pareto front is empty: no complete search trial yet",
                         field=f"study {study.name}")
-    size = f"Pareto front ({len(members)} trials)"
-    if priority is None:
-        return members.iloc[0], f"{size}: best Δm%"  # ranked is sorted by Δm%
-    best = members.sort_values([f"delta.{priority}", "delta_m", "trial"],
-                               ascending=[False, False, True], na_position="last",
-                               kind="mergesort")
-    return best.iloc[0], f"{size}: best Δ% on {priority}, ties by Δm%"
+    if not 1 <= rank <= len(members):
+        raise UserError(f"with --front, rank must be between 1 and {len(members)} (the size "
+                        "of the Pareto front)", field="--rank")
+    size = f"Pareto front ({len(members)} trial{'s' if len(members) > 1 else ''})"
+    which = "best" if rank == 1 else f"number {rank} by"
+    if priority is None:  # ranked is sorted by Δm%
+        return members.iloc[rank - 1], f"{size}: {which} Δm%"
+    ordered = members.sort_values([f"delta.{priority}", "delta_m", "trial"],
+                                  ascending=[False, False, True], na_position="last",
+                                  kind="mergesort")
+    return ordered.iloc[rank - 1], f"{size}: {which} Δ% on {priority}, ties by Δm%"
 
 
 def export_policy(policy: Policy, to: Path) -> ExportResult:

@@ -26,7 +26,7 @@ from policysearch.results_table import (
     task_deltas,
     to_markdown,
 )
-from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, optimize
+from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, _sampler, optimize
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
 
@@ -142,8 +142,12 @@ def test_pick_from_the_front() -> None:
     assert prov["trial"] == 1 and prov["picked"] == "rank 5 by Δm%"
     with pytest.raises(UserError, match="--priority: unknown task 'seg'; the study has cls, d"):
         pick_trial(study, None, priority="seg")
-    with pytest.raises(UserError, match="--rank: give either --rank or --front, not both"):
-        pick_trial(study, 2, front=True)
+    _, prov = pick_trial(study, 2, front=True)  # the front by Δm%: 2, 5, then 3 and 6
+    assert prov["trial"] == 5 and prov["picked"] == "Pareto front (4 trials): number 2 by Δm%"
+    _, prov = pick_trial(study, 2, priority="cls")  # by cls: 5, then 3 and 6 (tie: trial)
+    assert prov["trial"] == 3 and "number 2 by Δ% on cls" in prov["picked"]
+    with pytest.raises(UserError, match="--rank: with --front, rank must be between 1 and 4"):
+        pick_trial(study, 5, front=True)
     study.objective = "delta_m"
     with pytest.raises(UserError, match="--front: study p is not multi-objective"):
         pick_trial(study, None, front=True)
@@ -252,3 +256,15 @@ def test_a_pareto_search_through_the_cli(tmp_path: Path) -> None:
     result = runner.invoke(app, [*args, "--trials", "5", "--objective", "delta_m"])
     assert result.exit_code == 2
     assert "refusing to resume" in result.output and "objective" in result.output
+
+
+def test_nsga2_sampler_from_the_space() -> None:
+    space = SearchSpace.model_validate(
+        {**TINY_SPACE, "objective": "pareto",
+         "sampler": {"name": "nsga2", "population_size": 6}})
+    sampler = _sampler(space, seed=0, n_existing=0)
+    assert isinstance(sampler, optuna.samplers.NSGAIISampler)
+    assert sampler._population_size == 6
+    with pytest.raises(Exception, match="population_size"):
+        SearchSpace.model_validate({**TINY_SPACE, "sampler": {"name": "nsga2",
+                                                              "population_size": 1}})

@@ -124,6 +124,9 @@ def _sampler(space: SearchSpace, seed: int, n_existing: int) -> optuna.samplers.
     sampler_seed = seed * 100_003 + n_existing
     if space.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=sampler_seed)
+    if space.sampler.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=sampler_seed,
+                                             population_size=space.sampler.population_size)
     return optuna.samplers.TPESampler(seed=sampler_seed,
                                       n_startup_trials=space.sampler.n_startup_trials)
 
