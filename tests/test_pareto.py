@@ -234,6 +234,17 @@ def test_a_pareto_search_through_the_cli(tmp_path: Path) -> None:
     assert len(table) == 4 and table["rank"].notna().all()
     front = table[table["pareto"]]
     assert len(front) >= 1 and not table.loc[table["role"] == "reference", "pareto"].any()
+    searched = table[(table["role"] == "search") & (table["state"] == "complete")]
+    # a task whose Δ% is undefined (its reference metric ~0 after one epoch) decides nothing
+    defined = [t for t in tasks if searched[f"delta.{t}"].notna().all()]
+    points = {int(r["trial"]): [r[f"delta.{t}"] for t in defined] for _, r in searched.iterrows()}
+
+    def dominated(n: int) -> bool:
+        return any(all(a >= b for a, b in zip(other, points[n], strict=True))
+                   and other != points[n] for m, other in points.items() if m != n)
+
+    for n in points:  # the front is exactly the non-dominated complete search trials
+        assert (n in set(front["trial"])) == (not dominated(n)), (n, points)
     assert "Multi-objective study" in (out / "results.md").read_text()
     best = yaml.safe_load((out / "best_policy.yaml").read_text())["provenance"]
     assert best["picked"].startswith("Pareto front") and best["trial"] in set(front["trial"])
