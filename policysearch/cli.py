@@ -64,6 +64,12 @@ class Engine(StrEnum):
     ray = "ray"
 
 
+class Scheduler(StrEnum):
+    asha = "asha"
+    pbt = "pbt"
+    none = "none"
+
+
 class Device(StrEnum):
     auto = "auto"
     cpu = "cpu"
@@ -238,6 +244,20 @@ def search(
     objective: Annotated[Objective | None, typer.Option(
         help="delta_m: maximise Δm%; pareto: one objective per task (its Δ%), no pruning "
              "(default: the space's).")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="--engine ray: a cluster's address, or 'auto' to join the running one "
+             "(default: start a local Ray instance).")] = None,
+    ray_storage: Annotated[str | None, typer.Option(
+        help="--engine ray: experiment folder on a filesystem every node sees "
+             "(default: --out).")] = None,
+    cpus_per_trial: Annotated[float | None, typer.Option(
+        help="--engine ray: CPUs per trial (default: --threads, else CPUs / --workers).")
+    ] = None,
+    gpus_per_trial: Annotated[float, typer.Option(
+        help="--engine ray: GPUs per trial; a fraction lets trials share one GPU.")] = 0.0,
+    scheduler: Annotated[Scheduler, typer.Option(
+        help="--engine ray: asha (early stopping), pbt (population-based augmentation: a "
+             "policy schedule) or none.")] = None,
 ) -> None:
     """Search policies (and loss weights); resume by running the same command again.
 
@@ -253,7 +273,10 @@ def search(
                             weights=weights, skip_bad_samples=skip_bad_samples, storage=storage,
                             study=study, out=out, workers=workers, device=device.value, seed=seed,
                             timeout=timeout, threads=threads,
-                            objective=objective.value if objective else None)
+                            objective=objective.value if objective else None,
+                            ray_address=ray_address, ray_storage=ray_storage,
+                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                            scheduler=(scheduler or Scheduler.asha).value)
     with warnings.catch_warnings(record=True):
         outcome = run_search(options, progress=ProgressPrinter(out_console))
     _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
@@ -305,9 +328,12 @@ TaskWeightOption = Annotated[list[str] | None, typer.Option(
 
 def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
     from policysearch.search.optuna_engine import load_records
+    from policysearch.search.ray_results import is_ray_experiment, load_ray_records
 
     if storage is None and out is None:
         raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
+    if storage is None and out is not None and is_ray_experiment(out):
+        return load_ray_records(out)
     return load_records(out_dir=out, storage=storage, study_name=study)
 
 

@@ -24,6 +24,8 @@ from policysearch.results_table import (
 )
 
 OBJECTIVES = ("delta_m", "pareto")
+ENGINES = ("optuna", "ray")
+SCHEDULERS = ("asha", "pbt", "none")
 
 if TYPE_CHECKING:
     from policysearch.training import Reporter, TrialResult
@@ -54,6 +56,12 @@ class SearchOptions:
     timeout: float | None = None
     threads: int | None = None
     objective: str | None = None  # delta_m | pareto (part of the study's definition)
+    # --engine ray only:
+    ray_address: str | None = None  # None: start a local Ray instance; "auto": join a cluster
+    ray_storage: str | None = None  # experiment root (shared filesystem); default: --out
+    cpus_per_trial: float | None = None  # default: --threads, else all CPUs / --workers
+    gpus_per_trial: float = 0.0  # fractional: several trials share one GPU
+    scheduler: str = "asha"  # asha | pbt | none
 
 
 @dataclass
@@ -136,11 +144,17 @@ def search(options: SearchOptions,
     from policysearch.tasks import make_task
     from policysearch.training import resolve_device
 
-    if options.engine != "optuna":
-        raise UserError(f"engine {options.engine!r} is not available in this version "
-                        "(available: optuna)", field="--engine")
-    if options.workers != 1:
-        raise UserError("only --workers 1 is available in this version", field="--workers")
+    if options.engine not in ENGINES:
+        raise UserError(f"expected one of {', '.join(ENGINES)}, got {options.engine!r}",
+                        field="--engine")
+    if options.scheduler not in SCHEDULERS:
+        raise UserError(f"expected one of {', '.join(SCHEDULERS)}, got {options.scheduler!r}",
+                        field="--scheduler")
+    if options.workers < 1:
+        raise UserError("must be at least 1", field="--workers")
+    if options.engine == "optuna" and options.workers != 1:
+        raise UserError("only --workers 1 is available with the optuna engine in this version",
+                        field="--workers")
     if options.trials < 1:
         raise UserError("must be at least 1", field="--trials")
     resolve_device(options.device)  # a missing GPU is a user error before any trial
@@ -167,11 +181,19 @@ def search(options: SearchOptions,
     def checkpoint(study: StudyRecords) -> None:
         write_results(results_frame(study, warn=False), out_dir)
 
-    records = optimize(space, tasks=task_kinds, metrics_info=info, dataset_name=dataset.name,
-                       dataset_notes=notes,
-                       runner=runner, n_trials=options.trials, out_dir=out_dir,
-                       storage=options.storage, study_name=study_name, seed=options.seed,
-                       timeout=options.timeout, progress=progress, on_trial_end=checkpoint)
+    if options.engine == "ray":
+        from policysearch.search.ray_engine import optimize_ray
+
+        records = optimize_ray(space, options=options, dataset=dataset, tasks=task_kinds,
+                               metrics_info=info, dataset_notes=notes, out_dir=out_dir,
+                               study_name=study_name, threads=threads, progress=progress,
+                               on_trial_end=checkpoint)
+    else:
+        records = optimize(space, tasks=task_kinds, metrics_info=info,
+                           dataset_name=dataset.name, dataset_notes=notes, runner=runner,
+                           n_trials=options.trials, out_dir=out_dir, storage=options.storage,
+                           study_name=study_name, seed=options.seed, timeout=options.timeout,
+                           progress=progress, on_trial_end=checkpoint)
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
