@@ -103,7 +103,8 @@ class ProgressPrinter:
         self.best: tuple[float, int] | None = None
         self.finished = 0
         self.target = 0
-        self.trial_started = time.monotonic()
+        self.trial_started: dict[int, float] = {}
+        self.workers = 1
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if event == "dataset":
@@ -113,16 +114,26 @@ class ProgressPrinter:
                 self.console.print(f"  {note}", highlight=False)
         elif event == "start":
             self.finished, self.target = data["finished"], data["target"]
+            self.workers = data.get("workers", 1)
             resumed = f", resuming with {self.finished} finished" if self.finished else ""
+            by = f", {self.workers} workers" if self.workers > 1 else ""
             self.console.print(f"study {data['study']}: target {self.target} finished "
-                               f"trials{resumed}", highlight=False)
+                               f"trials{resumed}{by}", highlight=False)
+        elif event == "waiting_reference":
+            self.console.print("waiting for the reference trial, which another worker runs",
+                               highlight=False)
+        elif event == "worker_died":
+            self.console.print(f"worker {data['worker']} died ({data['why']}); its trials "
+                               f"{data['trials'] or '-'} are marked failed and their parameters "
+                               "run again", highlight=False)
         elif event == "pruning_off":
             self.console.print(data["message"], highlight=False)
         elif event == "stale":
             self.console.print(f"trial {data['trial']} was left running by an interrupted "
-                               "search: marked failed, its budget runs again", highlight=False)
+                               "search: marked failed, its parameters run again",
+                               highlight=False)
         elif event == "trial_start":
-            self.trial_started = time.monotonic()
+            self.trial_started[data["trial"]] = time.monotonic()
             what = "reference" if data["role"] == "reference" else "trial"
             if data.get("task"):
                 what = f"reference (single task {data['task']})"
@@ -136,7 +147,7 @@ class ProgressPrinter:
                                "continue", highlight=False)
 
     def _trial_end(self, data: dict[str, Any]) -> None:
-        took = time.monotonic() - self.trial_started
+        took = time.monotonic() - self.trial_started.pop(data["trial"], time.monotonic())
         self.durations.append(took)
         state = data["state"]
         if state in ("complete", "pruned"):
@@ -146,7 +157,7 @@ class ProgressPrinter:
                                                           or value > self.best[0]):
             self.best = (value, data["trial"])
         remaining = max(0, self.target - self.finished)
-        eta = remaining * (sum(self.durations) / len(self.durations))
+        eta = remaining * (sum(self.durations) / len(self.durations)) / self.workers
         delta = f"Δm% {value:+7.2f}" if value is not None else f"{'':12}"
         best = f"best {self.best[0]:+.2f} (#{self.best[1]})" if self.best else "best -"
         if data.get("role") == "reference":

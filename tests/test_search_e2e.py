@@ -181,8 +181,9 @@ def test_results_without_study_is_a_user_error(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path) -> None:
     out = tmp_path / "killed"
+    # --epochs 4: trials long enough (a few seconds) that the kill lands midway on a busy machine
     cmd = [sys.executable, "-m", "policysearch", "search", "--space", str(tiny_space),
-           "--out", str(out), "--trials", "6", "--device", "cpu"]
+           "--out", str(out), "--trials", "6", "--epochs", "4", "--device", "cpu"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:

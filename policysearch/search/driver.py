@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,6 +127,24 @@ def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, s
                      threads=threads)
 
 
+def make_runner(dataset: MultiTaskDataset, space: SearchSpace, options: SearchOptions,
+                threads: int | None) -> Callable[[Policy, Reporter], TrialResult]:
+    """How every trial of a search trains: its policy on the dataset, under the budget."""
+    def runner(policy: Policy, reporter: Reporter) -> TrialResult:
+        return train_policy(policy, dataset, space.budget, seed=options.seed,
+                            device=options.device, threads=threads, reporter=reporter)
+
+    return runner
+
+
+def task_setup(dataset: MultiTaskDataset) -> tuple[dict[str, str], dict]:
+    """The dataset's tasks as {name: kind} and their metrics (names, directions, primary)."""
+    from policysearch.tasks import make_task
+
+    tasks = [make_task(spec) for spec in dataset.tasks]
+    return {t.name: t.spec.kind for t in tasks}, metrics_info_from_tasks(tasks)
+
+
 def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
     """What the reports must say about the dataset (how splits were made, skipped samples)."""
     return [str(n) for n in getattr(dataset, "notes", ())]
@@ -140,8 +159,7 @@ def search(options: SearchOptions,
     space asks for one); ``best_policy.yaml`` is then the Pareto front's best Δm%.
     """
     from policysearch.models import make_encoder
-    from policysearch.search.optuna_engine import optimize
-    from policysearch.tasks import make_task
+    from policysearch.search.optuna_engine import journal_lock, optimize
     from policysearch.training import resolve_device
 
     if options.engine not in ENGINES:
@@ -152,9 +170,10 @@ def search(options: SearchOptions,
                         field="--scheduler")
     if options.workers < 1:
         raise UserError("must be at least 1", field="--workers")
-    if options.engine == "optuna" and options.workers != 1:
-        raise UserError("only --workers 1 is available with the optuna engine in this version",
-                        field="--workers")
+    if (options.engine == "optuna" and options.workers > 1 and options.storage
+            and options.storage.startswith("sqlite")):
+        raise UserError("SQLite does not tolerate several writers: with --workers use a "
+                        ".journal file (the default) or a PostgreSQL URL", field="--storage")
     if options.trials < 1:
         raise UserError("must be at least 1", field="--trials")
     resolve_device(options.device)  # a missing GPU is a user error before any trial
@@ -169,31 +188,38 @@ def search(options: SearchOptions,
     if progress is not None:
         progress("dataset", {"name": space.dataset, "notes": notes,
                              "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")}})
-    tasks = [make_task(spec) for spec in dataset.tasks]
-    task_kinds = {t.name: t.spec.kind for t in tasks}
+    task_kinds, info = task_setup(dataset)
     validate_tasks(space, list(task_kinds), f"search space {space.name}")
-    info = metrics_info_from_tasks(tasks)
-
-    def runner(policy: Policy, reporter: Reporter) -> TrialResult:
-        return train_policy(policy, dataset, space.budget, seed=options.seed,
-                            device=options.device, threads=threads, reporter=reporter)
 
     def checkpoint(study: StudyRecords) -> None:
         write_results(results_frame(study, warn=False), out_dir)
 
-    if options.engine == "ray":
-        from policysearch.search.ray_engine import optimize_ray
+    with contextlib.ExitStack() as stack:
+        if options.engine == "optuna":
+            stack.enter_context(journal_lock(options.storage, out_dir))
+        if options.engine == "ray":
+            from policysearch.search.ray_engine import optimize_ray
 
-        records = optimize_ray(space, options=options, dataset=dataset, tasks=task_kinds,
-                               metrics_info=info, dataset_notes=notes, out_dir=out_dir,
-                               study_name=study_name, threads=threads, progress=progress,
-                               on_trial_end=checkpoint)
-    else:
-        records = optimize(space, tasks=task_kinds, metrics_info=info,
-                           dataset_name=dataset.name, dataset_notes=notes, runner=runner,
-                           n_trials=options.trials, out_dir=out_dir, storage=options.storage,
-                           study_name=study_name, seed=options.seed, timeout=options.timeout,
-                           progress=progress, on_trial_end=checkpoint)
+            records = optimize_ray(space, options=options, dataset=dataset, tasks=task_kinds,
+                                   metrics_info=info, dataset_notes=notes, out_dir=out_dir,
+                                   study_name=study_name, threads=threads, progress=progress,
+                                   on_trial_end=checkpoint)
+        elif options.workers > 1:
+            records = _search_with_workers(options, space, task_kinds, info, dataset.name, notes,
+                                           out_dir, study_name, threads, progress, checkpoint)
+        else:
+            from policysearch.search.workers import worker_label
+
+            # On a shared database other hosts may sample from the same history at the same
+            # moment: a per-process salt keeps their suggestions apart.
+            shared_db = options.storage is not None and not options.storage.endswith(".journal")
+            records = optimize(space, tasks=task_kinds, metrics_info=info,
+                               dataset_name=dataset.name, dataset_notes=notes,
+                               runner=make_runner(dataset, space, options, threads),
+                               n_trials=options.trials, out_dir=out_dir, storage=options.storage,
+                               study_name=study_name, seed=options.seed, timeout=options.timeout,
+                               progress=progress, on_trial_end=checkpoint,
+                               worker=worker_label(), sampler_salt=os.getpid() if shared_db else 0)
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
@@ -205,3 +231,34 @@ def search(options: SearchOptions,
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())
     return outcome
+
+
+def _search_with_workers(options: SearchOptions, space: SearchSpace, tasks: dict[str, str],
+                         info: dict, dataset_name: str, notes: list[str], out_dir: Path,
+                         study_name: str, threads: int,
+                         progress: Callable[[str, dict[str, Any]], None] | None,
+                         checkpoint: Callable[[StudyRecords], None]) -> StudyRecords:
+    """``--workers K`` with the Optuna engine: the driver opens the study once (definition,
+    stale trials), then K worker processes share it (policysearch.search.workers)."""
+    from policysearch.search.optuna_engine import (
+        FINISHED,
+        PRUNING_OFF,
+        fail_trials_of,
+        open_study,
+    )
+    from policysearch.search.workers import run_workers
+
+    emit = progress or (lambda event, data: None)
+    study, is_file = open_study(space, storage=options.storage, study_name=study_name,
+                                out_dir=out_dir, seed=options.seed, metrics_info=info,
+                                tasks=tasks, dataset=dataset_name, dataset_notes=notes)
+    if is_file:  # only this driver writes a local journal (its lock says so)
+        for number in fail_trials_of(study, None, "left running by an interrupted search"):
+            emit("stale", {"trial": number})
+    if space.objective == "pareto" and space.pruner.name != "none":
+        emit("pruning_off", {"message": PRUNING_OFF})
+    emit("start", {"study": study_name, "target": options.trials, "workers": options.workers,
+                   "finished": len(study.get_trials(deepcopy=False, states=FINISHED))})
+    return run_workers(options, n_workers=options.workers, threads=threads,
+                       study_name=study_name, out_dir=out_dir, study=study, progress=progress,
+                       on_trial_end=checkpoint)

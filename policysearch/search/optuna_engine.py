@@ -12,15 +12,20 @@ not trials, so they change neither trial counts nor the study's definition.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import math
+import os
+import socket
 import time
-from collections.abc import Callable, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages.journal import JournalFileBackend, JournalStorage
 from optuna.trial import FrozenTrial, Trial, TrialState
 
@@ -50,6 +55,13 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Consecutive trials failing with an unexpected exception before the search gives up.
 MAX_CONSECUTIVE_ERRORS = 3
 RERUN_PREFIX = "rerun:"
+# Database storages: how often a running trial's process beats, after how long without a
+# beat its trial counts as dead, and how often one trial's parameters are retried.
+HEARTBEAT_INTERVAL_S = 10
+GRACE_PERIOD_S = 40
+MAX_RETRY = 2
+# How often a worker looks again while another worker runs the reference trial.
+REFERENCE_POLL_S = 1.0
 PRUNING_OFF = "pruning is off: Optuna cannot prune multi-objective trials"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,7 +73,12 @@ def storage_location(storage: str | None, out_dir: Path) -> str:
 
 
 def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str, bool]:
-    """An Optuna storage and whether it is a local file that only this driver writes."""
+    """An Optuna storage and whether it is a local file that only this driver writes.
+
+    A database URL gets Optuna's heartbeat: a trial whose process stops beating for
+    ``GRACE_PERIOD_S`` is failed by the next worker that looks, and re-enqueued with the same
+    parameters (at most ``MAX_RETRY`` times).
+    """
     if storage is None or storage.endswith(".journal"):
         path = Path(storage) if storage else out_dir / JOURNAL_NAME
         try:
@@ -74,7 +91,49 @@ def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str,
     if "://" not in storage:
         raise UserError("expected a database URL (postgresql://…) or a *.journal file",
                         field="--storage", source=storage)
-    return storage, False
+    for attempt in range(4):
+        try:
+            rdb = optuna.storages.RDBStorage(
+                storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                    max_retry=MAX_RETRY))
+            return rdb, False
+        except Exception as err:  # unreachable server, bad URL, missing driver, …
+            # Hosts starting at once race to create Optuna's tables: the loser tries again.
+            if attempt == 3 or "already exists" not in str(err) and "duplicate key" not in str(err):
+                raise UserError(f"cannot open the study storage: {err}".splitlines()[0],
+                                source=storage, field="--storage") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+@contextlib.contextmanager
+def journal_lock(storage: str | None, out_dir: Path) -> Iterator[None]:
+    """Hold the study's journal for this search alone (a second search on the same journal
+    would fail this one's running trials as stale); a database storage needs no lock."""
+    if storage is not None and not storage.endswith(".journal"):
+        yield
+        return
+    journal = Path(storage_location(storage, out_dir))
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    # (not ``<journal>.lock``: Optuna's journal backend locks that file for each write)
+    with open(journal.with_name(journal.name + ".owner"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise UserError(f"another search is running on this study ({holder}); wait for "
+                            "it to end, or run one search with --workers K",
+                            source=str(journal)) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -118,10 +177,124 @@ def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_
     return study, is_file
 
 
-def _sampler(space: SearchSpace, seed: int, n_existing: int) -> optuna.samplers.BaseSampler:
+def _fail_and_retry(study: optuna.Study, trial: FrozenTrial, error: str) -> None:
+    """Mark a trial whose process died failed and enqueue its parameters again (as Optuna's
+    heartbeat does for database storages), at most ``MAX_RETRY`` times per trial."""
+    study._storage.set_trial_user_attr(trial._trial_id, "error", error)
+    try:
+        study.tell(trial.number, state=TrialState.FAIL, skip_if_finished=True)
+    except Exception:  # another process finished it in the meantime
+        return
+    RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)(
+        study, study._storage.get_trial(trial._trial_id))
+
+
+def fail_trials_of(study: optuna.Study, worker: str | None, error: str) -> list[int]:
+    """Fail (and retry) the trials still running in ``worker`` (a ``host:pid`` label; None:
+    every running trial)."""
+    failed = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if worker is None or trial.user_attrs.get("worker") == worker:
+            _fail_and_retry(study, trial, error)
+            failed.append(trial.number)
+    return failed
+
+
+def _reference_keys(study: optuna.Study, space: SearchSpace,
+                    tasks: Mapping[str, str]) -> list[str | None]:
+    """The reference runs still missing: one per task without a complete run (single-task
+    reference), or [None] while the reference trial has not completed."""
+    done = {t.user_attrs.get("reference_task")
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.user_attrs.get("role") == "reference"}
+    if space.single_task_reference:
+        return [t for t in tasks if t not in done]
+    return [] if None in done else [None]
+
+
+def _claim_reference(study: optuna.Study, space: SearchSpace,
+                     tasks: Mapping[str, str]) -> Trial | None:
+    """A reference trial for this worker to run, or None while other workers run every missing
+    one. Reference trials are enqueued and claimed atomically (WAITING → RUNNING), so with
+    several workers, or several hosts on one database, each reference runs once."""
+    trials = [t for t in study.get_trials(deepcopy=False)
+              if t.user_attrs.get("role") == "reference"]
+    for key in _reference_keys(study, space, tasks):
+        mine = [t for t in trials if t.user_attrs.get("reference_task") == key]
+        if any(t.state == TrialState.RUNNING for t in mine):
+            continue
+        waiting = [t for t in mine if t.state == TrialState.WAITING]
+        if not waiting:
+            attrs: dict[str, Any] = {"role": "reference"}
+            if key is not None:
+                attrs["reference_task"] = key
+            study.enqueue_trial({}, user_attrs=attrs)
+            waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                       if t.user_attrs.get("role") == "reference"
+                       and t.user_attrs.get("reference_task") == key]
+        for candidate in sorted(waiting, key=lambda t: t.number):
+            try:
+                if study._storage.set_trial_state_values(candidate._trial_id,
+                                                         state=TrialState.RUNNING):
+                    return Trial(study, candidate._trial_id)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                continue  # another worker claimed it first
+    return None
+
+
+def _drop_duplicate_references(study: optuna.Study, key: str | None) -> None:
+    """Fail reference trials of ``key`` still waiting after one completed (two workers may
+    enqueue the same reference at the same moment)."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if t.user_attrs.get("role") == "reference" and t.user_attrs.get("reference_task") == key:
+            try:
+                study._storage.set_trial_user_attr(t._trial_id, "error",
+                                                   "duplicate reference: another worker ran it")
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass
+
+
+class _Heartbeat:
+    """Records a database trial's heartbeat in a thread while the trial trains (Optuna does
+    this only inside ``Study.optimize``; policysearch drives trials with ask/tell)."""
+
+    def __init__(self, study: optuna.Study, trial: Trial):
+        import threading
+
+        storage = study._storage
+        self._beat = getattr(storage, "record_heartbeat", None)
+        interval = storage.get_heartbeat_interval() if self._beat else None
+        self._stop = threading.Event()
+        self._thread = None
+        if interval:
+            self._thread = threading.Thread(target=self._run, args=(trial._trial_id, interval),
+                                            daemon=True)
+
+    def _run(self, trial_id: int, interval: int) -> None:
+        while True:
+            with contextlib.suppress(Exception):  # a lost connection: the next beat retries
+                self._beat(trial_id)
+            if self._stop.wait(interval):
+                return
+
+    def __enter__(self) -> _Heartbeat:
+        if self._thread is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+
+def _sampler(space: SearchSpace, seed: int, n_existing: int,
+             salt: int = 0) -> optuna.samplers.BaseSampler:
     # Offsetting the seed by the trials already present keeps a resumed search from replaying
-    # the random start-up suggestions it already tried.
-    sampler_seed = seed * 100_003 + n_existing
+    # the random start-up suggestions it already tried; ``salt`` keeps concurrent workers that
+    # see the same trials from suggesting the same values.
+    sampler_seed = (seed * 100_003 + n_existing + salt * 7_919) % 2**32
     if space.sampler.name == "random":
         return optuna.samplers.RandomSampler(seed=sampler_seed)
     if space.sampler.name == "nsga2":
@@ -308,21 +481,30 @@ def optimize(
     timeout: float | None = None,
     progress: Progress | None = None,
     on_trial_end: Callable[[StudyRecords], None] | None = None,
+    fail_stale: bool = True,
+    worker: str | None = None,
+    sampler_salt: int = 0,
 ) -> StudyRecords:
-    """Run trials until ``n_trials`` are finished (complete or pruned, reference included)."""
+    """Run trials until ``n_trials`` are finished (complete or pruned, reference included).
+
+    Several processes may run this on one study at once (``policysearch.search.workers`` on
+    one host, or one per host on a database): each reference trial runs once while the others
+    wait for it; the count may overshoot by at most one trial per extra process. ``worker``
+    labels the trials this process runs (``host:pid``), so a driver can fail the trials of a
+    worker that died; ``fail_stale`` (a local journal only): first fail the trials that a
+    dead search left running and enqueue their parameters again; leave it to the driver when
+    it owns several workers.
+    """
     study_name = study_name or space.name
     study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
                                 seed=seed, metrics_info=metrics_info, tasks=tasks,
                                 dataset=dataset_name, dataset_notes=dataset_notes)
     emit = progress or (lambda event, data: None)
-    if is_file:
+    if is_file and fail_stale:
         # Only this driver writes a local journal: trials still "running" were left by a
-        # driver that died; mark them failed so that their budget is run again.
-        for stale in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            study._storage.set_trial_user_attr(stale._trial_id, "error",
-                                               "left running by an interrupted search")
-            study.tell(stale.number, state=TrialState.FAIL, skip_if_finished=True)
-            emit("stale", {"trial": stale.number})
+        # driver that died; they fail, and their parameters run again.
+        for number in fail_trials_of(study, None, "left running by an interrupted search"):
+            emit("stale", {"trial": number})
     params = parameters(space, list(tasks))
     pareto = space.objective == "pareto"
     if pareto and space.pruner.name != "none":
@@ -336,33 +518,43 @@ def optimize(
     def reference_metrics() -> Metrics | None:
         return study_records(study).reference_metrics()
 
-    def next_reference_task() -> str | None:
-        """With a single-task reference: the first task still without a complete run."""
-        done = {t.user_attrs.get("reference_task")
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-                if t.user_attrs.get("role") == "reference"}
-        return next(t for t in tasks if t not in done)
-
     emit("start", {"study": study_name, "finished": finished(), "target": n_trials})
+    said_waiting = False
     while finished() < n_trials:
         if deadline is not None and time.monotonic() >= deadline:
             emit("timeout", {"finished": finished(), "target": n_trials})
             break
+        with warnings.catch_warnings():  # "fail_stale_trials is experimental"
+            warnings.simplefilter("ignore")
+            optuna.storages.fail_stale_trials(study)  # database storages: dead hosts' trials
         reference = reference_metrics()
-        study.sampler = _sampler(space, seed, len(study.get_trials(deepcopy=False)))
+        study.sampler = _sampler(space, seed, len(study.get_trials(deepcopy=False)),
+                                 sampler_salt)
         study.pruner = optuna.pruners.NopPruner() if pareto else _pruner(space)
-        trial = study.ask()
         if reference is None:
-            trial.set_user_attr("role", "reference")
+            claimed = _claim_reference(study, space, tasks)
+            if claimed is None:  # another worker runs it: wait, then look again
+                if not said_waiting:
+                    emit("waiting_reference", {})
+                    said_waiting = True
+                time.sleep(REFERENCE_POLL_S)
+                continue
+            trial = claimed
             ref_tasks = dict(tasks)
-            if space.single_task_reference:  # one network per task (Maninis et al.)
-                task = next_reference_task()
-                trial.set_user_attr("reference_task", task)
+            task = trial.user_attrs.get("reference_task")
+            if task is not None:  # one network per task (Maninis et al.)
                 ref_tasks = {task: tasks[task]}
             policy = reference_policy(space.reference, ref_tasks)
         else:
+            with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
+                warnings.simplefilter("ignore")
+                trial = study.ask()
+            if trial.user_attrs.get("role") == "reference":  # a leftover duplicate
+                trial.set_user_attr("reference_task", None)
             trial.set_user_attr("role", "search")
             policy = policy_from_params(space, tasks, suggest(trial, params))
+        if worker is not None:
+            trial.set_user_attr("worker", worker)
         trial.set_user_attr("policy", policy.to_dict())
         role = trial.user_attrs["role"]
         emit("trial_start", {"trial": trial.number, "role": role, "policy": policy.summary(),
@@ -373,7 +565,8 @@ def optimize(
                                       "epoch", {"trial": n, "epoch": e, "metrics": m}),
                                   task_weights=space.task_weights, prune=not pareto)
         try:
-            result = runner(policy, reporter)
+            with _Heartbeat(study, trial):
+                result = runner(policy, reporter)
         except TrialPruned as pruned:
             if reporter.last is not None:
                 trial.set_user_attr("metrics", reporter.last)
@@ -420,6 +613,8 @@ def optimize(
                 # trial, as Δm% leaves it out.
                 values = [per_task.get(t, 0.0) for t in tasks]
                 study.tell(trial, values if pareto else value)
+                if role == "reference":
+                    _drop_duplicate_references(study, trial.user_attrs.get("reference_task"))
                 emit("trial_end", {"trial": trial.number, "state": "complete", "role": role,
                                    "delta_m": value, "seconds": result.seconds,
                                    **({"task_deltas": dict(zip(tasks, values, strict=True))}

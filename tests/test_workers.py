@@ -1,0 +1,232 @@
+"""Several trial processes on one study: --workers K on a journal, several searches on one
+PostgreSQL database, dead workers and killed drivers. Real processes, real servers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from policysearch.search.optuna_engine import JOURNAL_NAME, journal_lock
+from tests.conftest import TINY_SPACE
+from tests.postgres_server import postgres_url  # noqa: F401 — a fixture
+
+pytestmark = pytest.mark.slow
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _space(tmp_path: Path, **budget: object) -> Path:
+    space = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], **budget}}
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    return path
+
+
+def _search_cmd(space: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "policysearch", "search", "--space", str(space),
+            "--device", "cpu", "--threads", "1", *args]
+
+
+def _study(storage: str, name: str = "tiny") -> optuna.Study:
+    if storage.endswith(".journal"):
+        storage = optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _wait_for(condition, proc: subprocess.Popen, what: str, limit: float = 300) -> None:
+    """Poll ``condition`` until it holds (polling, not a timing assertion)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        try:
+            if condition():
+                return
+        except (KeyError, ValueError, OSError, optuna.exceptions.OptunaError):
+            pass  # the study does not exist yet
+        if proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"the search ended before {what}: {out[-2000:]}")
+        time.sleep(0.2)
+    pytest.fail(f"not within {limit} s: {what}")
+
+
+def _check_counts(study: optuna.Study, target: int, workers: int) -> None:
+    """At least ``target`` finished trials, at most one more per extra worker; one reference;
+    no trial lost (every trial finished or failed) and none run twice."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    assert target <= len(finished) <= target + workers - 1
+    roles = Counter(t.user_attrs.get("role") for t in finished)
+    assert roles["reference"] == 1
+    assert all(t.state in (*FINISHED, optuna.trial.TrialState.FAIL) for t in trials)
+    numbers = [t.number for t in trials]
+    assert len(numbers) == len(set(numbers))
+    searched = [tuple(sorted(t.params.items())) for t in finished
+                if t.user_attrs.get("role") == "search"]
+    assert len(searched) == len(set(searched))  # no suggestion trained twice
+
+
+def test_two_workers_share_one_journal(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    done = subprocess.run(_search_cmd(_space(tmp_path), "--out", str(out), "--trials", "6",
+                                      "--workers", "2"), capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert "2 workers" in done.stdout
+    study = _study(str(out / JOURNAL_NAME))
+    _check_counts(study, 6, 2)
+    workers = {t.user_attrs.get("worker") for t in study.get_trials(states=FINISHED)}
+    assert len(workers) == 2  # both processes trained trials
+    assert (out / "results.csv").exists() and (out / "best_policy.yaml").exists()
+    # the same command again: the target is reached, nothing more runs
+    again = subprocess.run(_search_cmd(_space(tmp_path), "--out", str(out), "--trials", "6",
+                                       "--workers", "2"), capture_output=True, text=True, env=ENV)
+    assert again.returncode == 0, again.stderr
+    assert len(_study(str(out / JOURNAL_NAME)).trials) == len(study.trials)
+
+
+def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    journal = str(out / JOURNAL_NAME)
+    proc = subprocess.Popen(_search_cmd(_space(tmp_path, epochs=6), "--out", str(out),
+                                        "--trials", "5", "--workers", "2"),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+    victim: dict = {}
+
+    def a_search_trial_runs() -> bool:
+        running = [t for t in _study(journal).get_trials(
+            states=(optuna.trial.TrialState.RUNNING,)) if t.user_attrs.get("role") == "search"
+            and t.user_attrs.get("worker")]
+        if running:
+            victim["trial"] = running[0].number
+            victim["pid"] = int(running[0].user_attrs["worker"].rsplit(":", 1)[1])
+        return bool(running)
+
+    try:
+        _wait_for(a_search_trial_runs, proc, "a search trial started")
+        os.kill(victim["pid"], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output
+    assert f"its trials [{victim['trial']}] are marked failed" in output
+    study = _study(journal)
+    dead = study.trials[victim["trial"]]
+    assert dead.state == optuna.trial.TrialState.FAIL
+    assert "its worker process died (killed by signal 9)" in dead.user_attrs["error"]
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
+    assert len(retried) == 1 and retried[0].params == dead.params  # its parameters ran again
+    assert len(study.get_trials(states=FINISHED)) >= 5
+
+
+def test_kill_9_of_a_driver_with_workers_then_the_same_command(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    journal = str(out / JOURNAL_NAME)
+    cmd = _search_cmd(_space(tmp_path, epochs=4), "--out", str(out), "--trials", "7",
+                      "--workers", "2")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+    workers: set[int] = set()
+
+    def two_finished() -> bool:
+        trials = _study(journal).get_trials()
+        workers.update(int(t.user_attrs["worker"].rsplit(":", 1)[1]) for t in trials
+                       if t.user_attrs.get("worker"))
+        return sum(t.state in FINISHED for t in trials) >= 2
+
+    try:
+        _wait_for(two_finished, proc, "two trials finished")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t.value for t in _study(journal).get_trials(states=FINISHED)}
+
+    def orphans() -> list[int]:
+        alive = []
+        for pid in workers:
+            try:
+                os.kill(pid, 0)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        return alive
+
+    deadline = time.monotonic() + 60
+    while orphans() and time.monotonic() < deadline:
+        time.sleep(0.2)  # polling: workers notice their driver is gone
+    assert not orphans(), "worker processes outlived their killed driver"
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = _study(journal)
+    after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+    assert all(after[n] == v for n, v in before.items())  # every finished trial kept
+    _check_counts(study, 7, 2)
+    assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+
+
+def test_a_second_search_on_the_same_journal_is_refused(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    with journal_lock(None, out):
+        done = subprocess.run(_search_cmd(_space(tmp_path), "--out", str(out), "--trials", "2"),
+                              capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2
+    assert done.stderr.strip().startswith(f"error: {out / JOURNAL_NAME}: another search is "
+                                          f"running on this study (pid {os.getpid()}")
+
+
+def test_sqlite_with_workers_is_refused(tmp_path: Path) -> None:
+    done = subprocess.run(_search_cmd(_space(tmp_path), "--storage",
+                                      f"sqlite:///{tmp_path / 'x.db'}", "--workers", "2"),
+                          capture_output=True, text=True, env=ENV)
+    assert done.returncode == 2 and "--storage: SQLite does not tolerate" in done.stderr
+
+
+@pytest.mark.postgres
+def test_two_searches_share_one_postgres_study(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    space = _space(tmp_path)
+    cmd = _search_cmd(space, "--storage", postgres_url, "--study", "shared", "--trials", "6")
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"host{i}")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=ENV) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], "\n".join(o[:3000] for o in outputs)
+    study = _study(postgres_url, "shared")
+    _check_counts(study, 6, 2)
+    assert len({t.user_attrs.get("worker") for t in study.get_trials(states=FINISHED)}) == 2
+    # results read the same study from the database
+    table = subprocess.run([sys.executable, "-m", "policysearch", "results", "--storage",
+                            postgres_url, "--study", "shared", "--format", "csv"],
+                           capture_output=True, text=True, env=ENV)
+    assert table.returncode == 0, table.stderr
+    assert len(table.stdout.strip().splitlines()) == len(study.trials) + 1
+
+
+@pytest.mark.postgres
+def test_kill_9_on_postgres_then_the_same_command(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    cmd = _search_cmd(_space(tmp_path, epochs=4), "--storage", postgres_url, "--study",
+                      "killed", "--trials", "5", "--out", str(tmp_path / "run"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+    try:
+        _wait_for(lambda: len(_study(postgres_url, "killed").get_trials(states=FINISHED)) >= 2,
+                  proc, "two trials finished")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    before = {t.number: t.value for t in _study(postgres_url, "killed").get_trials(
+        states=FINISHED)}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV)
+    assert done.returncode == 0, done.stdout + done.stderr
+    study = _study(postgres_url, "killed")
+    after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+    assert all(after[n] == v for n, v in before.items())
+    assert len(after) == 5
