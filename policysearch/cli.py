@@ -119,6 +119,11 @@ class ProgressPrinter:
             by = f", {self.workers} workers" if self.workers > 1 else ""
             self.console.print(f"study {data['study']}: target {self.target} finished "
                                f"trials{resumed}{by}", highlight=False)
+        elif event == "exploit":
+            self.console.print(f"  trial {data.get('trial')} continues from trial "
+                               f"{data.get('from_trial')} at epoch {data.get('epoch')}: "
+                               f"{data.get('policy') or '(no ops)'}", highlight=False,
+                               style="dim")
         elif event == "waiting_reference":
             self.console.print("waiting for the reference trial, which another worker runs",
                                highlight=False)
@@ -295,6 +300,8 @@ def search(
     if outcome.export is not None:
         for task, why in outcome.export.skipped.items():
             out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
+        for note in getattr(outcome.export, "notes", ()):
+            out_console.print(note, highlight=False)
 
 
 def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
@@ -434,6 +441,8 @@ def export(
         out_console.print(f"wrote {path}", highlight=False)
     for task, why in result.skipped.items():
         out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
+    for note in getattr(result, "notes", ()):
+        out_console.print(note, highlight=False)
 
 
 @app.command()

@@ -17,15 +17,27 @@ __all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy"
 
 @dataclass
 class ExportResult:
+    """What ``export_policy`` wrote.
+
+    ``albumentations``: the albumentations files, keyed by task — or, for a policy with a
+    schedule, by ``<task>.from<E>``, one file per task and phase (``phases`` has the same
+    paths as task -> {first epoch: path}); ``skipped``: task -> why it has no file;
+    ``notes``: what a reader of the export must know (e.g. how to use per-phase files).
+    """
+
     yaml_path: Path
     albumentations: dict[str, Path] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)  # task -> why it has no file
     policy: Policy | None = None
+    phases: dict[str, dict[int, Path]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
 
-def albumentations_path(yaml_path: Path, task: str) -> Path:
-    """``X.yaml`` → ``X.<task>.albumentations.json``."""
-    return yaml_path.with_name(f"{yaml_path.stem}.{task}.albumentations.json")
+def albumentations_path(yaml_path: Path, task: str, from_epoch: int | None = None) -> Path:
+    """``X.yaml`` → ``X.<task>.albumentations.json``; with ``from_epoch`` (a phase of a
+    schedule) ``X.<task>.from<E>.albumentations.json``."""
+    phase = "" if from_epoch is None else f".from{from_epoch}"
+    return yaml_path.with_name(f"{yaml_path.stem}.{task}{phase}.albumentations.json")
 
 
 def pick_trial(study: StudyRecords, rank: int | None = 1,
@@ -103,22 +115,48 @@ def _front_member(study: StudyRecords, ranked: pd.DataFrame,
 
 
 def export_policy(policy: Policy, to: Path) -> ExportResult:
-    """Write ``to`` (policy YAML) and, per task, ``<stem>.<task>.albumentations.json``."""
+    """Write ``to`` (policy YAML) and, per task, ``<stem>.<task>.albumentations.json``.
+
+    A policy with a schedule (PBT) is written with its schedule, and each task gets one file
+    per phase, ``<stem>.<task>.from<E>.albumentations.json``, the policy in force from epoch
+    ``E`` until the next phase: a plain albumentations file cannot switch by itself, and a
+    single file would silently drop the schedule. The result's ``notes`` say so;
+    ``load_policy(to).transform()`` replays the schedule (``set_epoch``).
+    """
     import albumentations as A
 
     result = ExportResult(yaml_path=to, policy=policy)
+    starts = [p.from_epoch for p in policy.schedule] or [None]
     try:
         to.parent.mkdir(parents=True, exist_ok=True)
         policy.to_yaml(to)
         for task in policy.tasks:
-            try:
-                compose = policy.to_albumentations(task)
-            except UserError as err:
-                result.skipped[task] = err.message
-                continue
-            path = albumentations_path(to, task)
-            A.save(compose, str(path), data_format="json")
-            result.albumentations[task] = path
+            for start in starts:
+                phase = policy if start is None else policy.at_epoch(start)
+                try:
+                    compose = phase.to_albumentations(task)
+                except UserError as err:
+                    result.skipped[task] = err.message
+                    break
+                path = albumentations_path(to, task, start)
+                A.save(compose, str(path), data_format="json")
+                if start is None:
+                    result.albumentations[task] = path
+                else:
+                    result.albumentations[f"{task}.from{start}"] = path
+                    result.phases.setdefault(task, {})[start] = path
+            if task in result.skipped:
+                for path in result.phases.pop(task, {}).values():
+                    path.unlink(missing_ok=True)
+                    result.albumentations = {k: v for k, v in result.albumentations.items()
+                                             if v != path}
     except OSError as err:
         raise UserError(f"cannot write: {err.strerror}", source=str(to)) from None
+    if policy.schedule:
+        epochs = ", ".join(str(s) for s in starts)
+        result.notes.append(
+            f"the policy has a schedule of {len(starts)} phases (from epochs {epochs}): one "
+            f"albumentations file per task and phase, {to.stem}.<task>.from<E>."
+            "albumentations.json, to use from epoch E on; load_policy(...).transform() with "
+            "set_epoch(epoch) replays the schedule for you")
     return result

@@ -2,20 +2,23 @@
 
 Engine-agnostic: it knows nothing of Optuna or Ray. An engine passes a ``Reporter`` that
 forwards each epoch's validation metrics (and may stop the trial by raising ``TrialPruned``).
+``Trainer`` is the same loop an epoch at a time, with a ``state_dict`` to checkpoint and resume
+(population-based training continues one trial from another's checkpoint).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from policysearch.augment import Policy
+from policysearch.augment import MultiTaskAugment, Policy
 from policysearch.config import Budget
 from policysearch.data.base import MultiTaskDataset, Sample
 from policysearch.errors import UserError
@@ -120,6 +123,306 @@ def _autocast(device: torch.device, amp: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+class Trainer:
+    """One trial's training, an epoch at a time, with its whole state in a ``state_dict``.
+
+    ``run_trial`` is ``Trainer`` + ``train_epoch`` / ``evaluate`` per epoch; a population-based
+    search checkpoints ``state_dict()`` after an epoch and continues — in another trial, under
+    another policy — with ``load_state_dict``. The state holds the model, optimizer, learning
+    rate schedule, weighting state, epoch counter, history, the torch random state and the
+    policies trained under so far (``trained_policy()``); augmentation and batch order draw
+    from streams seeded by (seed, epoch), so a resumed run gives the numbers of an
+    uninterrupted one on the CPU.
+
+    The network, optimizer and weighting are built once from ``policy`` (its weighting); a
+    policy given to ``train_epoch`` changes only the augmentation.
+    """
+
+    STATE_VERSION = 1
+
+    def __init__(self, policy: Policy, dataset: MultiTaskDataset, budget: Budget, *,
+                 seed: int = 0, device: str = "auto", threads: int | None = None,
+                 eval_split: str = "val"):
+        self._started = time.perf_counter()
+        self._seconds_before = 0.0
+        if threads is not None:
+            torch.set_num_threads(max(1, threads))
+        self.device = resolve_device(device)
+        self.policy = policy
+        self.budget = budget
+        self.seed = seed
+        self.train = dataset.split("train")
+        self.evaluation = dataset.split(eval_split)
+        self.tasks = [make_task(spec) for spec in dataset.tasks]
+        self.task_names = [t.name for t in self.tasks]
+        self._check_tasks(policy)
+        dev = self.device
+
+        torch.manual_seed(seed)
+        self.model = build_network(self.tasks, budget.encoder,
+                                   weights=budget.encoder_weights).to(dev)
+        if budget.optimizer == "adamw":
+            self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
+                self.model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
+        else:
+            self.optimizer = torch.optim.SGD(self.model.parameters(), lr=budget.lr,
+                                             momentum=0.9, weight_decay=budget.weight_decay,
+                                             nesterov=True)
+        w = policy.weighting
+        self.weighting = make_weighting(w.method, self.task_names, w.weights, w.params,
+                                        shared=self.model.encoder.parameters(), seed=seed,
+                                        device=dev)
+        if self.weighting.parameters():
+            # Before the scheduler is made, so that it schedules these too; no weight decay,
+            # which would pull e.g. uncertainty's log-variances towards 0.
+            self.optimizer.add_param_group({"params": self.weighting.parameters(),
+                                            "weight_decay": 0.0})
+        steps_per_epoch = len(_batches(np.arange(len(self.train)), budget.batch_size))
+        total_steps = max(1, steps_per_epoch * budget.epochs)
+        warmup = min(steps_per_epoch, total_steps // 10)
+
+        def lr_factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total_steps - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
+        self._augments: dict[tuple, MultiTaskAugment] = {}
+        self._augment_for(policy.at_epoch(0))
+
+        self.epoch = 0  # epochs trained so far
+        self.history: list[Metrics] = []  # validation metrics after each epoch
+        self.weight_history: list[dict[str, float]] = []
+        self.images_seen = 0
+        # (first epoch, policy as a dict) of each run of epochs trained under one policy.
+        self._phases: list[tuple[int, dict]] = []
+
+    # --- training ------------------------------------------------------------------------------
+
+    @property
+    def done(self) -> bool:
+        """Whether the budget's epochs are all trained."""
+        return self.epoch >= self.budget.epochs
+
+    def train_epoch(self, policy: Policy | None = None) -> dict[str, float]:
+        """Train epoch number ``self.epoch`` under ``policy.at_epoch(self.epoch)`` (default:
+        the trainer's policy, so a schedule is followed); returns the epoch's mean loss per
+        task. Only the augmentation of ``policy`` is used: the weighting is the trainer's."""
+        if self.done:
+            raise ValueError(f"the budget's {self.budget.epochs} epochs are trained already")
+        policy = self.policy if policy is None else policy
+        self._check_tasks(policy)
+        phase = policy.at_epoch(self.epoch)
+        epoch, dev, budget, tasks = self.epoch, self.device, self.budget, self.tasks
+        augment = self._augment_for(phase)
+        views = {t.name: phase.view_of(t.name) for t in tasks}
+        self.model.train()
+        loss_sums = torch.zeros(len(tasks), device=dev)
+        steps = 0
+        augment.set_seed(_epoch_seed(self.seed, epoch, 0))
+        order = np.random.default_rng(_epoch_seed(self.seed, epoch, 1)).permutation(
+            len(self.train))
+        for batch in _batches(order, budget.batch_size):
+            drawn = [augment(self.train[int(i)]) for i in batch]
+            features = {}
+            for view in sorted(set(views.values())):
+                images = images_to_tensor([d[view] for d in drawn]).to(dev, non_blocking=True)
+                with _autocast(dev, budget.amp):
+                    features[view] = self.model.features(images)
+            losses = {}
+            for task in tasks:
+                view = views[task.name]
+                targets = task.to_device(task.collate([d[view] for d in drawn]), dev)
+                with _autocast(dev, budget.amp):
+                    output = self.model.head_forward(task.name, features[view])
+                losses[task.name] = task.loss(_to_float(output), targets)
+            self.optimizer.zero_grad(set_to_none=True)
+            total = self.weighting.backward(losses)
+            if not torch.isfinite(total):
+                bad = [n for n, v in losses.items() if not torch.isfinite(v)]
+                raise TrialFailed(f"non-finite loss at epoch {epoch} (tasks: {', '.join(bad)})")
+            self.optimizer.step()
+            self.scheduler.step()
+            self.images_seen += len(batch)
+            loss_sums += torch.stack([losses[n].detach() for n in self.task_names])
+            steps += 1
+        mean_losses = dict(zip(self.task_names, (loss_sums / max(1, steps)).tolist(),
+                               strict=True))
+        self.weighting.end_epoch(epoch, mean_losses)
+        self.weight_history.append(self.weighting.weights())
+        self._record_phase(phase)
+        self.epoch += 1
+        return mean_losses
+
+    def evaluate(self) -> Metrics:
+        """Metrics of every task on the evaluation split; after a trained epoch they are also
+        that epoch's entry of ``history``."""
+        metrics = evaluate(self.model, self.tasks, self.evaluation, self.device,
+                           amp=self.budget.amp)
+        if self.epoch > 0:
+            del self.history[self.epoch - 1:]
+            self.history.append(metrics)
+        return metrics
+
+    def trained_policy(self) -> Policy:
+        """The policy as trained so far: the trainer's policy (weighting, tasks) with a
+        ``schedule`` of the policies each run of epochs was trained under — plain when one
+        policy trained them all (or none was trained yet)."""
+        if not self._phases:
+            return self.policy
+        phases = [(start, Policy.from_dict(data, source="trainer state"))
+                  for start, data in self._phases]
+        return Policy.from_phases(phases, weighting=self.policy.weighting,
+                                  provenance=self.policy.provenance)
+
+    def result(self) -> TrialResult:
+        """What the trial produced so far (``history`` must hold at least one epoch)."""
+        return TrialResult(
+            metrics=self.history[-1],
+            history=list(self.history),
+            epochs=self.epoch,
+            seconds=self.seconds,
+            train_images=self.images_seen,
+            device=str(self.device),
+            weights=self.weighting.weights(),
+            weight_history=list(self.weight_history),
+        )
+
+    @property
+    def seconds(self) -> float:
+        """Wall time of this trial: this process's share plus that of the state loaded."""
+        return self._seconds_before + time.perf_counter() - self._started
+
+    # --- state ---------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to go on training elsewhere: plain data and tensors (on the CPU),
+        for ``torch.save``; ``torch.load(..., weights_only=True)`` reads it back."""
+        rng: dict[str, Any] = {"torch": torch.get_rng_state()}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        return {
+            "version": self.STATE_VERSION,
+            "epoch": self.epoch,
+            "model": _to_cpu(self.model.state_dict()),
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "scheduler": self.scheduler.state_dict(),
+            "weighting": _weighting_state(self.weighting, self.model),
+            "rng": rng,
+            "history": [dict(m) for m in self.history],
+            "weight_history": [dict(w) for w in self.weight_history],
+            "images_seen": self.images_seen,
+            "seconds": self.seconds,
+            "phases": [[start, data] for start, data in self._phases],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from ``state`` (of a trainer with the same dataset, budget, tasks and
+        weighting method): the next ``train_epoch`` trains epoch ``state['epoch']``."""
+        if state.get("version") != self.STATE_VERSION:
+            raise ValueError(f"unknown trainer state version {state.get('version')!r}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        _load_weighting_state(self.weighting, state["weighting"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if "cuda" in state["rng"] and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch = int(state["epoch"])
+        self.history = [dict(m) for m in state["history"]]
+        self.weight_history = [dict(w) for w in state["weight_history"]]
+        self.images_seen = int(state["images_seen"])
+        self._seconds_before = float(state["seconds"])
+        self._started = time.perf_counter()
+        self._phases = [(int(start), data) for start, data in state["phases"]]
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _check_tasks(self, policy: Policy) -> None:
+        missing = set(policy.tasks) - set(self.task_names)
+        if missing:
+            raise UserError("the policy names tasks the dataset lacks: "
+                            f"{', '.join(sorted(missing))}", field="tasks")
+
+    def _augment_for(self, phase: Policy) -> MultiTaskAugment:
+        """One compiled augmentation per distinct plain policy (reseeded every epoch)."""
+        key = (phase.structure, phase.shared,
+               tuple(sorted((t, s) for t, s in phase.per_task.items() if s)))
+        augment = self._augments.get(key)
+        if augment is None:
+            augment = self._augments[key] = phase.transform(seed=self.seed)
+        return augment
+
+    def _record_phase(self, phase: Policy) -> None:
+        data = phase.to_dict()
+        keep = ("structure", "shared", "per_task")
+        if self._phases and all(self._phases[-1][1].get(k) == data[k] for k in keep):
+            return
+        self._phases.append((self.epoch, data))
+
+
+def _to_cpu(value: Any) -> Any:
+    """A copy of nested dicts/lists of tensors with every tensor on the CPU."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to("cpu", copy=True)
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_cpu(v) for v in value)
+    return value
+
+
+# Attributes of a weighting that are wiring (set up by the constructor from its arguments),
+# not state.
+_WEIGHTING_WIRING = frozenset({"tasks", "shared", "seed", "device"})
+
+
+def _weighting_state(weighting: Any, model: torch.nn.Module) -> dict[str, Any]:
+    """A weighting's state: its own ``state_dict()`` when it has one, else every attribute
+    that is not wiring — tensors, optimizers and generators by value, plain data copied;
+    attributes that are model parameters (e.g. GradNorm's layer) are wiring too."""
+    own = getattr(weighting, "state_dict", None)
+    if callable(own):
+        return {"state_dict": own()}
+    params = {id(p) for p in model.parameters()}
+    found: dict[str, Any] = {}
+    for name, value in vars(weighting).items():
+        if name in _WEIGHTING_WIRING or id(value) in params:
+            continue
+        if isinstance(value, torch.Tensor):
+            found[name] = ("tensor", value.detach().to("cpu", copy=True))
+        elif isinstance(value, torch.optim.Optimizer):
+            found[name] = ("optimizer", _to_cpu(value.state_dict()))
+        elif isinstance(value, torch.Generator):
+            found[name] = ("generator", value.get_state())
+        elif isinstance(value, (type(None), bool, int, float, str, list, dict, tuple)):
+            found[name] = ("value", copy.deepcopy(value))
+    return {"attributes": found}
+
+
+def _load_weighting_state(weighting: Any, state: dict[str, Any]) -> None:
+    """Restore what ``_weighting_state`` saved; tensors are written in place, so that the
+    optimizer's references to learnable weights stay valid."""
+    if "state_dict" in state:
+        weighting.load_state_dict(state["state_dict"])
+        return
+    for name, (kind, value) in state["attributes"].items():
+        current = getattr(weighting, name, None)
+        if kind == "tensor":
+            if isinstance(current, torch.Tensor) and current.shape == value.shape:
+                with torch.no_grad():
+                    current.copy_(value)
+            else:
+                setattr(weighting, name, value.to(weighting.device))
+        elif kind == "optimizer":
+            current.load_state_dict(value)
+        elif kind == "generator":
+            current.set_state(value)
+        else:
+            setattr(weighting, name, copy.deepcopy(value))
+
+
 def run_trial(
     policy: Policy,
     dataset: MultiTaskDataset,
@@ -137,97 +440,14 @@ def run_trial(
     CPU threads of this process so that parallel trials do not fight over cores. The policy's
     weighting (policysearch.weighting) owns each step's backward pass, sees the encoder's
     parameters as the shared ones and each epoch's mean loss per task; the weights it ends with
-    are ``TrialResult.weights``.
+    are ``TrialResult.weights``. A policy with a schedule trains each epoch under
+    ``policy.at_epoch(epoch)``. (One ``Trainer`` does the work.)
     """
-    started = time.perf_counter()
-    if threads is not None:
-        torch.set_num_threads(max(1, threads))
-    dev = resolve_device(device)
-    train = dataset.split("train")
-    evaluation = dataset.split(eval_split)
-    tasks = [make_task(spec) for spec in dataset.tasks]
-    task_names = [t.name for t in tasks]
-    missing = set(policy.tasks) - set(task_names)
-    if missing:
-        raise UserError(f"the policy names tasks the dataset lacks: {', '.join(sorted(missing))}",
-                        field="tasks")
-
-    torch.manual_seed(seed)
-    model = build_network(tasks, budget.encoder, weights=budget.encoder_weights).to(dev)
-    if budget.optimizer == "adamw":
-        optimizer = torch.optim.AdamW(model.parameters(), lr=budget.lr,
-                                      weight_decay=budget.weight_decay)
-    else:
-        optimizer = torch.optim.SGD(model.parameters(), lr=budget.lr, momentum=0.9,
-                                    weight_decay=budget.weight_decay, nesterov=True)
-    weighting = make_weighting(policy.weighting.method, task_names, policy.weighting.weights,
-                               policy.weighting.params, shared=model.encoder.parameters(),
-                               seed=seed, device=dev)
-    if weighting.parameters():
-        # Before the scheduler is made, so that it schedules these too; no weight decay, which
-        # would pull e.g. uncertainty's log-variances towards 0.
-        optimizer.add_param_group({"params": weighting.parameters(), "weight_decay": 0.0})
-    steps_per_epoch = len(_batches(np.arange(len(train)), budget.batch_size))
-    total_steps = max(1, steps_per_epoch * budget.epochs)
-    warmup = min(steps_per_epoch, total_steps // 10)
-
-    def lr_factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total_steps - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
-    augment = policy.transform(seed=seed)
-    views = {t.name: policy.view_of(t.name) for t in tasks}
-
-    history: list[Metrics] = []
-    weight_history: list[dict[str, float]] = []
-    images_seen = 0
-    for epoch in range(budget.epochs):
-        model.train()
-        loss_sums = torch.zeros(len(tasks), device=dev)
-        steps = 0
-        augment.set_seed(_epoch_seed(seed, epoch, 0))
-        order = np.random.default_rng(_epoch_seed(seed, epoch, 1)).permutation(len(train))
-        for batch in _batches(order, budget.batch_size):
-            drawn = [augment(train[int(i)]) for i in batch]
-            features = {}
-            for view in sorted(set(views.values())):
-                images = images_to_tensor([d[view] for d in drawn]).to(dev, non_blocking=True)
-                with _autocast(dev, budget.amp):
-                    features[view] = model.features(images)
-            losses = {}
-            for task in tasks:
-                view = views[task.name]
-                targets = task.to_device(task.collate([d[view] for d in drawn]), dev)
-                with _autocast(dev, budget.amp):
-                    output = model.head_forward(task.name, features[view])
-                losses[task.name] = task.loss(_to_float(output), targets)
-            optimizer.zero_grad(set_to_none=True)
-            total = weighting.backward(losses)
-            if not torch.isfinite(total):
-                bad = [n for n, v in losses.items() if not torch.isfinite(v)]
-                raise TrialFailed(f"non-finite loss at epoch {epoch} (tasks: {', '.join(bad)})")
-            optimizer.step()
-            scheduler.step()
-            images_seen += len(batch)
-            loss_sums += torch.stack([losses[n].detach() for n in task_names])
-            steps += 1
-        mean_losses = (loss_sums / max(1, steps)).tolist()
-        weighting.end_epoch(epoch, dict(zip(task_names, mean_losses, strict=True)))
-        weight_history.append(weighting.weights())
-        metrics = evaluate(model, tasks, evaluation, dev, amp=budget.amp)
-        history.append(metrics)
+    trainer = Trainer(policy, dataset, budget, seed=seed, device=device, threads=threads,
+                      eval_split=eval_split)
+    while not trainer.done:
+        trainer.train_epoch()
+        metrics = trainer.evaluate()
         if reporter is not None:
-            reporter.report(epoch, metrics)
-    return TrialResult(
-        metrics=history[-1],
-        history=history,
-        epochs=budget.epochs,
-        seconds=time.perf_counter() - started,
-        train_images=images_seen,
-        device=str(dev),
-        weights=weighting.weights(),
-        weight_history=weight_history,
-    )
+            reporter.report(trainer.epoch - 1, metrics)
+    return trainer.result()

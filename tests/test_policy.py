@@ -421,17 +421,17 @@ BAD = {
     "shared_task_name": (_policy_text(tasks={"shared": "classification"}, per_task={},
                                       weighting={"method": "static", "weights": {}}),
                          "tasks.shared", "reserved"),
-    "schedule": (_policy_text(schedule=[]), "schedule", "not supported"),
+    "schedule": (_policy_text(schedule=[]), "schedule", "at least one phase"),
     "bad_yaml": ("schema: [unclosed\n  tasks: {", None, "invalid YAML at line"),
     "not_mapping": ("- just\n- a list\n", None, "must be a mapping"),
     "empty_file": ("", None, "must be a mapping"),
 }
 
 
-@pytest.mark.parametrize("case", sorted(BAD))
-def test_invalid_policy_files(tmp_path: Path, case: str) -> None:
-    text, field, message = BAD[case]
-    path = tmp_path / f"{case}.yaml"
+def check_bad_policy_file(folder: Path, case: str, text: str, field: str | None,
+                          message: str) -> None:
+    """Loading ``text`` fails with one line naming the file and ``field``, saying ``message``."""
+    path = folder / f"{case}.yaml"
     path.write_text(text)
     with pytest.raises(UserError) as err:
         load_policy(path)
@@ -441,6 +441,11 @@ def test_invalid_policy_files(tmp_path: Path, case: str) -> None:
     if field:
         assert f": {field}: " in line
     assert message in line
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_invalid_policy_files(tmp_path: Path, case: str) -> None:
+    check_bad_policy_file(tmp_path, case, *BAD[case])
 
 
 def test_non_utf8_and_missing_files(tmp_path: Path) -> None:

@@ -70,6 +70,7 @@ from policysearch.augment.policy import (  # noqa: E402
     SCHEMA,
     STRUCTURES,
     MultiTaskAugment,
+    Phase,
     Policy,
     RandAugmentSpec,
     Slot,
@@ -105,6 +106,7 @@ def ops_table() -> list[dict[str, Any]]:
 
 
 __all__ = [
+    "Phase",
     "AUTOAUGMENT_IMAGENET",
     "BASELINES",
     "OPS",

@@ -21,6 +21,22 @@ Per-task slots are always a plain sequence (a task's extra view). Every structur
 stock albumentations blocks (``OneOf``, ``Sequential``, ``RandomOrder``), so exported files load
 with plain ``A.load``.
 
+**Schedules** (population-based searches, PBA): a policy may carry a ``schedule``, a list
+of phases (``Phase``), each the shared and per-task slots in force from its ``from_epoch``
+(epochs count from 0) until the next phase's. Phases have the policy's structure and give
+slots to the same tasks (so the views never change); the weighting stays one per policy. The
+policy's own ``shared`` / ``per_task`` are the last phase's (what training ends with). YAML::
+
+    shared: [...]                # = the last phase's
+    per_task: {...}
+    schedule:
+    - {from_epoch: 0, shared: [...], per_task: {...}}
+    - {from_epoch: 4, shared: [...], per_task: {...}}
+
+Replaying: ``policy.at_epoch(e)`` is the plain policy in force at epoch ``e``;
+``policy.transform()`` follows the schedule (``aug.set_epoch(e)`` at the start of each epoch);
+``policy.transform(epoch=e)`` starts at epoch ``e``.
+
 Imports neither torch, optuna nor ray: ``load_policy`` must work in plain training code.
 """
 
@@ -60,7 +76,9 @@ from policysearch.errors import UserError
 SCHEMA = "policysearch.policy/v1"
 STRUCTURES = ("sequence", "subpolicies", "randaugment", "trivialaugment")
 SHARED = "shared"
-_TOP_KEYS = ("schema", "tasks", "structure", "shared", "per_task", "weighting", "provenance")
+_TOP_KEYS = ("schema", "tasks", "structure", "shared", "per_task", "weighting", "provenance",
+             "schedule")
+_PHASE_KEYS = ("from_epoch", "shared", "per_task")
 _SLOT_KEYS = ("op", "p", "magnitude")
 _RANDAUGMENT_KEYS = ("n", "magnitude", "mstd", "ops", "scale")
 _TRIVIALAUGMENT_KEYS = ("ops", "scale")
@@ -157,12 +175,33 @@ class Weighting:
 
 
 @dataclass
+class Phase:
+    """One phase of a schedule: the shared and per-task slots in force from epoch
+    ``from_epoch`` (counted from 0) until the next phase's. ``shared`` has the structure of the
+    policy that holds the phase; YAML ``{from_epoch: 4, shared: [...], per_task: {...}}``."""
+
+    from_epoch: int
+    shared: Shared = ()
+    per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared, list):
+            self.shared = tuple(self.shared)
+        self.per_task = _tuple_slots(self.per_task)
+
+
+@dataclass
 class Policy:
     """An augmentation policy for a set of tasks (see design.md, "Vocabulary").
 
     ``shared`` is a tuple of slots (``structure`` sequence), ``SubPolicies``,
     ``RandAugmentSpec`` or ``TrivialAugmentSpec``; ``structure`` follows from its type when
     left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
+
+    ``schedule`` (PBT results): phases (``Phase``) by epoch, the first from epoch 0, their
+    ``from_epoch`` increasing; ``shared`` and ``per_task`` left empty are then taken from the
+    last phase (given, they must equal it). ``at_epoch(e)`` resolves it; see the module
+    docstring.
     """
 
     tasks: dict[str, str]
@@ -172,8 +211,25 @@ class Policy:
     structure: str | None = None
     weighting: Weighting = field(default_factory=Weighting)
     provenance: dict[str, Any] = field(default_factory=dict)
+    schedule: tuple[Phase, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.schedule, list):
+            self.schedule = tuple(self.schedule)
+        if isinstance(self.schedule, tuple):
+            for phase in self.schedule:
+                if isinstance(phase, Phase) and self.structure == "subpolicies" \
+                        and isinstance(phase.shared, tuple):
+                    phase.shared = SubPolicies(phase.shared)
+            last = self.schedule[-1] if self.schedule else None
+            if isinstance(last, Phase):
+                # Left empty: the last phase's (given, they must equal it; see _validate).
+                if self.shared in ((), []):
+                    self.shared = last.shared
+                if not self.per_task:
+                    self.per_task = dict(last.per_task)
+                if self.structure is None:
+                    self.structure = _STRUCTURE_OF.get(type(last.shared), "sequence")
         if isinstance(self.shared, (list, tuple)):
             if self.structure == "subpolicies":
                 self.shared = SubPolicies(tuple(self.shared))
@@ -182,11 +238,63 @@ class Policy:
         if self.structure is None:
             self.structure = _STRUCTURE_OF.get(type(self.shared), "sequence")
         if isinstance(self.per_task, Mapping):
-            self.per_task = {
-                name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
-                for name, slots in self.per_task.items()
-            }
+            self.per_task = _tuple_slots(self.per_task)
         _validate(self, "<policy>")
+
+    # --- schedules ---------------------------------------------------------------------------
+
+    def at_epoch(self, epoch: int) -> Policy:
+        """The plain policy (no schedule) in force at ``epoch`` (counted from 0): that of the
+        last phase whose ``from_epoch`` is at most ``epoch``. A policy without a schedule
+        returns itself. Tasks, structure, weighting and provenance are this policy's."""
+        if not self.schedule:
+            return self
+        phase = self.schedule[self.phase_index(epoch)]
+        return Policy(tasks=dict(self.tasks), shared=phase.shared, per_task=dict(phase.per_task),
+                      structure=self.structure, weighting=self.weighting,
+                      provenance=dict(self.provenance))
+
+    def phase_index(self, epoch: int) -> int:
+        """The index in ``schedule`` of the phase in force at ``epoch`` (0 without one)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise UserError(f"an epoch is a whole number >= 0, got {epoch!r}", field="epoch")
+        index = 0
+        for i, phase in enumerate(self.schedule):
+            if phase.from_epoch <= epoch:
+                index = i
+        return index
+
+    @classmethod
+    def from_phases(cls, phases: Sequence[tuple[int, Policy]], *,
+                    weighting: Weighting | None = None,
+                    provenance: Mapping[str, Any] | None = None) -> Policy:
+        """The policy that applies each plain policy of ``(from_epoch, policy)`` from its
+        epoch on (the first from epoch 0). Consecutive phases with the same slots are merged;
+        one phase left gives a plain policy without a schedule. Tasks and structure come from
+        the policies (which must agree), weighting and provenance from the last unless given."""
+        if not phases:
+            raise ValueError("from_phases needs at least one (from_epoch, policy)")
+        merged: list[tuple[int, Policy]] = []
+        for start, policy in phases:
+            if policy.schedule:
+                raise ValueError("from_phases takes plain policies (without a schedule)")
+            if merged and _slots_key(merged[-1][1]) == _slots_key(policy):
+                continue
+            merged.append((int(start), policy))
+        last = phases[-1][1]
+        weighting = last.weighting if weighting is None else weighting
+        provenance = dict(last.provenance if provenance is None else provenance)
+        if len(merged) == 1:
+            only = merged[0][1]
+            return cls(tasks=dict(only.tasks), shared=only.shared, per_task=dict(only.per_task),
+                       structure=only.structure, weighting=weighting, provenance=provenance)
+        for _, policy in merged:
+            if policy.tasks != last.tasks or policy.structure != last.structure:
+                raise UserError("every phase must have the same tasks and structure "
+                                f"({last.structure}, {', '.join(last.tasks)})", field="schedule")
+        return cls(tasks=dict(last.tasks), structure=last.structure, weighting=weighting,
+                   provenance=provenance,
+                   schedule=tuple(Phase(start, p.shared, dict(p.per_task)) for start, p in merged))
 
     # --- views -------------------------------------------------------------------------------
 
@@ -199,15 +307,32 @@ class Policy:
         """Every view ``transform()`` produces: ``shared``, then each task with its own slots."""
         return (SHARED, *(t for t in self.tasks if self.per_task.get(t)))
 
-    def transform(self, task: str | None = None, seed: int | None = None) -> MultiTaskAugment:
+    def transform(self, task: str | None = None, seed: int | None = None, *,
+                  epoch: int | None = None) -> MultiTaskAugment:
         """The per-sample callable: ``sample -> {view: sample}``, or with ``task`` that task's
-        single view sample."""
-        return MultiTaskAugment(self, task=task, seed=seed)
+        single view sample.
+
+        With a schedule it follows the schedule: it starts at ``epoch`` (default 0) and
+        ``set_epoch(e)`` at the start of each epoch switches to the phase in force::
+
+            aug = policy.transform()
+            for epoch in range(epochs):
+                aug.set_epoch(epoch)      # a no-op for a policy without a schedule
+                ...                       # views = aug(sample)
+
+        ``policy.at_epoch(e).transform()`` is the same augmentation as ``transform(epoch=e)``,
+        fixed to that phase.
+        """
+        return MultiTaskAugment(self, task=task, seed=seed, epoch=epoch)
 
     def to_albumentations(
-        self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None
+        self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None,
+        epoch: int | None = None,
     ) -> A.Compose:
         """A plain ``A.Compose``: the shared structure, then ``task``'s slots, albumentations keys.
+
+        A policy with a schedule needs ``epoch``: the Compose of the phase in force then (a
+        Compose cannot switch phases by itself); without a schedule ``epoch`` is ignored.
 
         Keys: ``image``; ``mask``; ``bboxes`` (pascal_voc pixels) with label field ``labels``
         for detection; ``depth`` as an additional mask-type target for depth (outside pixels
@@ -216,6 +341,12 @@ class Policy:
         ``seed`` seeds one random stream shared by every transform (albumentations' own
         ``seed=`` gives each transform the same stream, so equal-p slots would fire together).
         """
+        if self.schedule:
+            if epoch is None:
+                starts = ", ".join(str(p.from_epoch) for p in self.schedule)
+                raise UserError(f"the policy has a schedule (phases from epochs {starts}); pass "
+                                "epoch=E for the phase in force at epoch E", field="epoch")
+            return self.at_epoch(epoch).to_albumentations(task, size=size, seed=seed)
         self._check_task(task)
         kind = self.tasks[task]
         if kind == "normals":
@@ -251,16 +382,23 @@ class Policy:
     # --- serialization -----------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """The YAML mapping of design.md ("Public interface")."""
-        return {
+        """The YAML mapping of design.md ("Public interface"); ``schedule`` only when set."""
+        data = {
             "schema": SCHEMA,
             "tasks": dict(self.tasks),
             "structure": self.structure,
             "shared": _shared_dict(self.shared),
-            "per_task": {t: [_slot_dict(s) for s in slots] for t, slots in self.per_task.items()},
+            "per_task": _per_task_dict(self.per_task),
             "weighting": _weighting_dict(self.weighting),
             "provenance": _plain(self.provenance),
         }
+        if self.schedule:
+            data["schedule"] = [
+                {"from_epoch": int(p.from_epoch), "shared": _shared_dict(p.shared),
+                 "per_task": _per_task_dict(p.per_task)}
+                for p in self.schedule
+            ]
+        return data
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
@@ -270,9 +408,6 @@ class Policy:
                 f"a policy must be a mapping, got {type(data).__name__}", source=source
             )
         for key in data:
-            if key == "schedule":
-                raise UserError("policy schedules (PBT) are not supported by this version",
-                                source=source, field="schedule")
             if key not in _TOP_KEYS:
                 raise UserError(f"unknown key; expected one of {', '.join(_TOP_KEYS)}",
                                 source=source, field=str(key))
@@ -284,11 +419,16 @@ class Policy:
                             field="tasks")
         tasks = _mapping(data["tasks"], source, "tasks")
         structure = _structure(data.get("structure", "sequence"), source)
-        shared = _parse_shared(data.get("shared"), structure, source)
-        per_task = {
-            str(name): _slots(slots or [], source, f"per_task.{name}")
-            for name, slots in _mapping(data.get("per_task") or {}, source, "per_task").items()
-        }
+        schedule = _parse_schedule(data["schedule"], structure, source) \
+            if "schedule" in data else ()
+        if schedule and "shared" not in data:
+            shared = schedule[-1].shared
+        else:
+            shared = _parse_shared(data.get("shared"), structure, source)
+        if schedule and "per_task" not in data:
+            per_task = dict(schedule[-1].per_task)
+        else:
+            per_task = _parse_per_task(data.get("per_task"), source, "per_task")
         weighting = _weighting(data.get("weighting") or {}, source)
         provenance = _mapping(data.get("provenance") or {}, source, "provenance")
         policy = cls.__new__(cls)
@@ -298,6 +438,7 @@ class Policy:
         policy.structure = structure
         policy.weighting = weighting
         policy.provenance = dict(provenance)
+        policy.schedule = schedule
         _validate(policy, source)
         return policy
 
@@ -306,30 +447,36 @@ class Policy:
         path = Path(path)
         data = self.to_dict()
         # One slot per line: slots are written in flow style, {op: rotate, p: 0.6, magnitude: 0.3};
-        # a sub-policy is one line too, and an op list is one flow list.
-        shared = data["shared"]
-        if isinstance(self.shared, SubPolicies):
-            data["shared"] = [_FlowList(_FlowMap(s) for s in sp) for sp in shared]
-        elif isinstance(shared, dict):
-            data["shared"] = {k: _FlowList(v) if k == "ops" else v for k, v in shared.items()}
-        else:
-            data["shared"] = [_FlowMap(s) for s in shared]
-        data["per_task"] = {t: [_FlowMap(s) for s in v] for t, v in data["per_task"].items()}
+        # a sub-policy is one line too, and an op list is one flow list. Phases likewise.
+        for part in (data, *data.get("schedule", ())):
+            part["shared"] = _flow_shared(part["shared"], self.structure)
+            part["per_task"] = {t: [_FlowMap(s) for s in v] for t, v in part["per_task"].items()}
         text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
         path.write_text(text, encoding="utf-8")
         return path
 
     def summary(self) -> str:
         """A short one-liner, e.g. ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)`` or
-        ``randaugment(n=2, m=.30, 14 ops)``."""
-        parts = [_shared_text(self.shared)]
-        parts += [
-            f"{t}: " + " ".join(_slot_text(s) for s in self.per_task[t])
-            for t in self.tasks
-            if self.per_task.get(t)
-        ]
+        ``randaugment(n=2, m=.30, 14 ops)``.
+
+        A schedule shows its phases by first epoch, ``e0: hflip(.5,1.0) → e4: rotate(.6,.3)``
+        (more than four phases: the first two, how many are left out, the last two)."""
+        if self.schedule:
+            texts = [f"e{p.from_epoch}: {self._slots_text(p.shared, p.per_task)}"
+                     for p in self.schedule]
+            if len(texts) > 4:
+                texts = [*texts[:2], f"… {len(texts) - 4} more …", *texts[-2:]]
+            parts = [" → ".join(texts)]
+        else:
+            parts = [self._slots_text(self.shared, self.per_task)]
         if self.weighting.method != "static":
             parts.append(f"weighting: {_weighting_text(self.weighting)}")
+        return " | ".join(parts)
+
+    def _slots_text(self, shared: Shared, per_task: Mapping[str, tuple[Slot, ...]]) -> str:
+        parts = [_shared_text(shared)]
+        parts += [f"{t}: " + " ".join(_slot_text(s) for s in per_task[t])
+                  for t in self.tasks if per_task.get(t)]
         return " | ".join(parts)
 
     def _check_task(self, task: str) -> None:
@@ -450,30 +597,50 @@ class MultiTaskAugment:
     ``instance_masks`` N×H×W, one per box (nearest, kept or dropped with their box, 0 outside).
     Other keys pass through unchanged (not copied).
     Not thread-safe; in DataLoader workers call ``set_seed`` per worker (and per epoch).
+
+    A policy with a schedule: the augmentation of the phase in force at the current ``epoch``
+    (``epoch`` at construction, default 0; then ``set_epoch``). Every phase is compiled up front
+    (a phase that cannot work fails here, not epochs later); all share one random stream.
     """
 
-    def __init__(self, policy: Policy, *, task: str | None = None, seed: int | None = None):
+    def __init__(self, policy: Policy, *, task: str | None = None, seed: int | None = None,
+                 epoch: int | None = None):
         if policy.structure not in STRUCTURES:
             raise UserError(f"structure {policy.structure!r} is not supported", field="structure")
         self.policy = policy
         self.task = task
-        shared = _View(SHARED, policy.shared)
-        if task is None:
-            names = [t for t in policy.tasks if policy.per_task.get(t)]
-        else:
-            names = [task] if policy.view_of(task) == task else []
-        self._shared = shared
-        self._task_views = [_View(t, policy.per_task[t]) for t in names]
-        self._check_normals()
+        phases = [policy.at_epoch(p.from_epoch) for p in policy.schedule] or [policy]
+        # Per phase: (shared view, task views).
+        self._phases: list[tuple[_View, list[_View]]] = []
+        for phase in phases:
+            if task is None:
+                names = [t for t in phase.tasks if phase.per_task.get(t)]
+            else:
+                names = [task] if phase.view_of(task) == task else []
+            self._phases.append((_View(SHARED, phase.shared),
+                                 [_View(t, phase.per_task[t]) for t in names]))
+        for shared, task_views in self._phases:
+            self._shared, self._task_views = shared, task_views
+            self._check_normals()
+        self.epoch = 0
+        self.set_epoch(0 if epoch is None else epoch)
         self.set_seed(seed)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Switch to the phase of the schedule in force at ``epoch`` (counted from 0); without
+        a schedule only ``epoch`` is recorded. The random stream goes on as it was."""
+        index = self.policy.phase_index(epoch)
+        self.epoch = epoch
+        self._shared, self._task_views = self._phases[index]
 
     def set_seed(self, seed: int | None) -> None:
         """Reseed every view (one stream for all): same seed + same samples -> same outputs."""
         self._rng = np.random.default_rng(seed)
         self._py_random = random.Random(seed)
-        for view in (self._shared, *self._task_views):
-            if view.compose is not None:
-                view.compose.set_random_state(self._rng, self._py_random)
+        for shared, task_views in self._phases:
+            for view in (shared, *task_views):
+                if view.compose is not None:
+                    view.compose.set_random_state(self._rng, self._py_random)
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -481,9 +648,10 @@ class MultiTaskAugment:
         return (SHARED, *(v.name for v in self._task_views))
 
     def pipeline(self, view: str = SHARED) -> A.Compose | None:
-        """The albumentations ``Compose`` behind ``view`` (None when it has no ops), for
-        inspection. It takes the internal keys: ``image``, ``mask`` (mask, depth and the
-        outside marker stacked as float32 channels), ``bboxes`` with ``box_idx``."""
+        """The albumentations ``Compose`` behind ``view`` (None when it has no ops) in the
+        current phase, for inspection. It takes the internal keys: ``image``, ``mask`` (mask,
+        depth and the outside marker stacked as float32 channels), ``bboxes`` with
+        ``box_idx``."""
         for v in (self._shared, *self._task_views):
             if v.name == view:
                 return v.compose
@@ -707,12 +875,8 @@ def _validate(policy: Policy, source: str) -> None:
                             source=source, field=f"tasks.{name}")
     _structure(policy.structure, source)
     _check_shared(policy.shared, policy.structure, source)
-    per_task = _mapping(policy.per_task, source, "per_task")
-    for name, slots in per_task.items():
-        if name not in tasks:
-            raise UserError(f"{name!r} is not one of the policy's tasks ({', '.join(tasks)})",
-                            source=source, field=f"per_task.{name}")
-        _check_slots(slots, source, f"per_task.{name}")
+    _check_per_task(policy.per_task, tasks, source, "per_task")
+    _check_schedule(policy, tasks, source)
     w = policy.weighting
     if not isinstance(w, Weighting):
         raise UserError("must be a Weighting", source=source, field="weighting")
@@ -736,6 +900,69 @@ def _validate(policy: Policy, source: str) -> None:
         if not isinstance(key, str):
             raise UserError(f"keys must be strings, got {key!r}", source=source,
                             field="provenance")
+
+
+def _check_per_task(per_task: Any, tasks: Mapping[str, Any], source: str, where: str) -> None:
+    per_task = _mapping(per_task, source, where)
+    for name, slots in per_task.items():
+        if name not in tasks:
+            raise UserError(f"{name!r} is not one of the policy's tasks ({', '.join(tasks)})",
+                            source=source, field=f"{where}.{name}")
+        _check_slots(slots, source, f"{where}.{name}")
+
+
+def _check_schedule(policy: Policy, tasks: Mapping[str, Any], source: str) -> None:
+    """Phases: the first from epoch 0, then increasing; the policy's structure; slots for the
+    same tasks in every phase; the policy's own slots equal to the last phase's."""
+    schedule = getattr(policy, "schedule", ())
+    if not isinstance(schedule, tuple):
+        raise UserError("must be a list of phases {from_epoch, shared, per_task}",
+                        source=source, field="schedule")
+    if not schedule:
+        return
+    views = _own_views(schedule[0].per_task) if isinstance(schedule[0], Phase) else set()
+    previous = -1
+    for i, phase in enumerate(schedule):
+        where = f"schedule[{i}]"
+        if not isinstance(phase, Phase):
+            raise UserError("must be a Phase(from_epoch, shared, per_task)", source=source,
+                            field=where)
+        start = phase.from_epoch
+        if not isinstance(start, int) or isinstance(start, bool):
+            raise UserError(f"must be a whole number (an epoch), got {start!r}", source=source,
+                            field=f"{where}.from_epoch")
+        if i == 0 and start != 0:
+            raise UserError(f"the first phase must start at epoch 0, got {start}", source=source,
+                            field=f"{where}.from_epoch")
+        if i > 0 and start <= previous:
+            raise UserError(f"must be greater than the previous phase's ({previous}), got "
+                            f"{start}: phases are in increasing order", source=source,
+                            field=f"{where}.from_epoch")
+        previous = start
+        _check_shared(phase.shared, policy.structure, source, f"{where}.shared")
+        _check_per_task(phase.per_task, tasks, source, f"{where}.per_task")
+        if _own_views(phase.per_task) != views:
+            have = ", ".join(sorted(_own_views(phase.per_task))) or "none"
+            want = ", ".join(sorted(views)) or "none"
+            raise UserError(f"every phase must give per-task slots to the same tasks as the "
+                            f"first ({want}), this one to: {have}", source=source,
+                            field=f"{where}.per_task")
+    last = schedule[-1]
+    if policy.shared != last.shared:
+        raise UserError("a policy with a schedule has the last phase's shared slots (or leaves "
+                        "shared out)", source=source, field="shared")
+    if _tuple_slots(_own(policy.per_task)) != _tuple_slots(_own(last.per_task)):
+        raise UserError("a policy with a schedule has the last phase's per-task slots (or "
+                        "leaves per_task out)", source=source, field="per_task")
+
+
+def _own(per_task: Mapping[str, Any]) -> dict[str, Any]:
+    """The per-task slots of the tasks that have some (an empty list gives no view)."""
+    return {t: slots for t, slots in per_task.items() if slots}
+
+
+def _own_views(per_task: Mapping[str, Any]) -> set[str]:
+    return set(_own(per_task))
 
 
 def _check_slots(slots: Any, source: str, where: str) -> None:
@@ -762,32 +989,33 @@ def _structure(value: Any, source: str) -> str:
     return value
 
 
-def _check_shared(shared: Any, structure: str, source: str) -> None:
+def _check_shared(shared: Any, structure: str, source: str,
+                  where: str = "shared") -> None:
     """``shared`` must have the type of ``structure``, with valid values."""
     if _STRUCTURE_OF.get(type(shared)) != structure:
         raise UserError(
             f"structure {structure!r} needs shared to be {_SHARED_FORM[structure]}, got "
-            f"{type(shared).__name__}", source=source, field="shared")
+            f"{type(shared).__name__}", source=source, field=where)
     if isinstance(shared, SubPolicies):
         if not isinstance(shared.policies, tuple) or not shared.policies:
-            raise UserError("must hold at least one sub-policy", source=source, field="shared")
+            raise UserError("must hold at least one sub-policy", source=source, field=where)
         for i, sp in enumerate(shared.policies):
-            _check_slots(sp, source, f"shared[{i}]")
+            _check_slots(sp, source, f"{where}[{i}]")
     elif isinstance(shared, RandAugmentSpec):
         if not isinstance(shared.n, int) or isinstance(shared.n, bool) or shared.n < 0:
             raise UserError(f"must be a whole number >= 0, got {shared.n!r}", source=source,
-                            field="shared.n")
-        _check_unit(shared.magnitude, source, "shared.magnitude")
+                            field=f"{where}.n")
+        _check_unit(shared.magnitude, source, f"{where}.magnitude")
         if not _is_number(shared.mstd) or shared.mstd < 0:
             raise UserError(f"must be a number >= 0, got {shared.mstd!r}", source=source,
-                            field="shared.mstd")
-        _check_ops(shared.ops, source, "shared.ops")
-        _check_scale(shared.scale, source)
+                            field=f"{where}.mstd")
+        _check_ops(shared.ops, source, f"{where}.ops")
+        _check_scale(shared.scale, source, f"{where}.scale")
     elif isinstance(shared, TrivialAugmentSpec):
-        _check_ops(shared.ops, source, "shared.ops")
-        _check_scale(shared.scale, source)
+        _check_ops(shared.ops, source, f"{where}.ops")
+        _check_scale(shared.scale, source, f"{where}.scale")
     else:
-        _check_slots(shared, source, "shared")
+        _check_slots(shared, source, where)
 
 
 def _check_ops(ops: Any, source: str, where: str) -> None:
@@ -799,10 +1027,10 @@ def _check_ops(ops: Any, source: str, where: str) -> None:
             raise UserError(f"{name!r} is listed twice", source=source, field=f"{where}[{i}]")
 
 
-def _check_scale(scale: Any, source: str) -> None:
+def _check_scale(scale: Any, source: str, where: str = "shared.scale") -> None:
     if scale not in SCALES:
         raise UserError(f"must be one of {', '.join(SCALES)}, got {scale!r}", source=source,
-                        field="shared.scale")
+                        field=where)
 
 
 def _check_unit(value: Any, source: str, where: str) -> None:
@@ -810,7 +1038,8 @@ def _check_unit(value: Any, source: str, where: str) -> None:
         raise UserError(f"must be a number in [0, 1], got {value!r}", source=source, field=where)
 
 
-def _parse_shared(raw: Any, structure: str, source: str) -> Shared:
+def _parse_shared(raw: Any, structure: str, source: str,
+                  where: str = "shared") -> Shared:
     """Parse the YAML ``shared`` value of ``structure``."""
     if structure == "sequence":
         if isinstance(raw, list):
@@ -818,39 +1047,39 @@ def _parse_shared(raw: Any, structure: str, source: str) -> Shared:
                 if isinstance(item, list):
                     raise UserError("a slot must be a mapping {op, p, magnitude}; a list of "
                                     "sub-policies needs structure: subpolicies", source=source,
-                                    field=f"shared[{i}]")
-        return _slots(raw or [], source, "shared")
+                                    field=f"{where}[{i}]")
+        return _slots(raw or [], source, where)
     if structure == "subpolicies":
         if not isinstance(raw, list) or not raw:
-            raise UserError(f"must be {_SHARED_FORM[structure]}", source=source, field="shared")
+            raise UserError(f"must be {_SHARED_FORM[structure]}", source=source, field=where)
         return SubPolicies(tuple(
-            _slots(sp, source, f"shared[{i}]") for i, sp in enumerate(raw)
+            _slots(sp, source, f"{where}[{i}]") for i, sp in enumerate(raw)
         ))
     if not isinstance(raw, Mapping):
         raise UserError(f"structure {structure!r} needs {_SHARED_FORM[structure]}, got "
-                        f"{type(raw).__name__}", source=source, field="shared")
+                        f"{type(raw).__name__}", source=source, field=where)
     allowed = _RANDAUGMENT_KEYS if structure == "randaugment" else _TRIVIALAUGMENT_KEYS
     for key in raw:
         if key not in allowed:
             raise UserError(f"unknown key; {structure} has {', '.join(allowed)}", source=source,
-                            field=f"shared.{key}")
+                            field=f"{where}.{key}")
     required = ("n", "magnitude", "ops") if structure == "randaugment" else ("ops",)
     for key in required:
         if key not in raw:
-            raise UserError("missing", source=source, field=f"shared.{key}")
+            raise UserError("missing", source=source, field=f"{where}.{key}")
     ops = raw["ops"]
     if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
-        raise UserError("must be a list of op names", source=source, field="shared.ops")
+        raise UserError("must be a list of op names", source=source, field=f"{where}.ops")
     if structure == "trivialaugment":
         return TrivialAugmentSpec(ops=tuple(ops), scale=raw.get("scale", "wide"))
     n, magnitude, mstd = raw["n"], raw["magnitude"], raw.get("mstd", 0.0)
     if not isinstance(n, int) or isinstance(n, bool):
         raise UserError(f"must be a whole number >= 0, got {n!r}", source=source,
-                        field="shared.n")
+                        field=f"{where}.n")
     for key, value in (("magnitude", magnitude), ("mstd", mstd)):
         if not _is_number(value):
             raise UserError(f"must be a number, got {value!r}", source=source,
-                            field=f"shared.{key}")
+                            field=f"{where}.{key}")
     return RandAugmentSpec(n=n, magnitude=float(magnitude), mstd=float(mstd), ops=tuple(ops),
                            scale=raw.get("scale", "standard"))
 
@@ -885,6 +1114,44 @@ def _slots(raw: Any, source: str, where: str) -> tuple[Slot, ...]:
             values.append(float(value))
         slots.append(Slot(op, values[0], values[1]))
     return tuple(slots)
+
+
+def _parse_per_task(raw: Any, source: str, where: str) -> dict[str, tuple[Slot, ...]]:
+    """Parse a YAML ``per_task`` mapping (task -> list of slots)."""
+    return {
+        str(name): _slots(slots or [], source, f"{where}.{name}")
+        for name, slots in _mapping(raw or {}, source, where).items()
+    }
+
+
+def _parse_schedule(raw: Any, structure: str, source: str) -> tuple[Phase, ...]:
+    """Parse a YAML ``schedule``: a non-empty list of ``{from_epoch, shared, per_task}``."""
+    if not isinstance(raw, list):
+        raise UserError("must be a list of phases {from_epoch, shared, per_task}",
+                        source=source, field="schedule")
+    if not raw:
+        raise UserError("must hold at least one phase (leave schedule out for a policy without "
+                        "one)", source=source, field="schedule")
+    phases = []
+    for i, item in enumerate(raw):
+        where = f"schedule[{i}]"
+        item = _mapping(item, source, where)
+        for key in item:
+            if key not in _PHASE_KEYS:
+                raise UserError(f"unknown key; a phase has {', '.join(_PHASE_KEYS)} (the "
+                                "weighting is the policy's)", source=source,
+                                field=f"{where}.{key}")
+        if "from_epoch" not in item:
+            raise UserError("missing (the first epoch of the phase, from 0)", source=source,
+                            field=f"{where}.from_epoch")
+        start = item["from_epoch"]
+        if not isinstance(start, int) or isinstance(start, bool) or start < 0:
+            raise UserError(f"must be a whole number >= 0 (an epoch), got {start!r}",
+                            source=source, field=f"{where}.from_epoch")
+        shared = _parse_shared(item.get("shared"), structure, source, f"{where}.shared")
+        per_task = _parse_per_task(item.get("per_task"), source, f"{where}.per_task")
+        phases.append(Phase(start, shared, per_task))
+    return tuple(phases)
 
 
 def _weighting(raw: Any, source: str) -> Weighting:
@@ -961,6 +1228,33 @@ _Dumper.add_representer(
 
 def _slot_dict(slot: Slot) -> dict[str, Any]:
     return {"op": slot.op, "p": float(slot.p), "magnitude": float(slot.magnitude)}
+
+
+def _tuple_slots(per_task: Any) -> Any:
+    """``per_task`` with lists of slots made tuples (other values left for validation)."""
+    if not isinstance(per_task, Mapping):
+        return per_task
+    return {name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
+            for name, slots in per_task.items()}
+
+
+def _slots_key(policy: Policy) -> tuple[Any, ...]:
+    """What a plain policy's augmentation is: equal keys, equal augmentation."""
+    return (policy.structure, policy.shared,
+            tuple(sorted((t, tuple(s)) for t, s in _own(policy.per_task).items())))
+
+
+def _per_task_dict(per_task: Mapping[str, Sequence[Slot]]) -> dict[str, Any]:
+    return {t: [_slot_dict(s) for s in slots] for t, slots in per_task.items()}
+
+
+def _flow_shared(shared: Any, structure: str | None) -> Any:
+    """The YAML value of ``shared`` with slots (and op lists) in flow style, one per line."""
+    if structure == "subpolicies":
+        return [_FlowList(_FlowMap(s) for s in sp) for sp in shared]
+    if isinstance(shared, dict):
+        return {k: _FlowList(v) if k == "ops" else v for k, v in shared.items()}
+    return [_FlowMap(s) for s in shared]
 
 
 def _shared_dict(shared: Shared) -> Any:
