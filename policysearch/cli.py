@@ -124,6 +124,9 @@ class ProgressPrinter:
                                f"{data.get('from_trial')} at epoch {data.get('epoch')}: "
                                f"{data.get('policy') or '(no ops)'}", highlight=False,
                                style="dim")
+        elif event == "trial_retry":
+            self.console.print(f"  trial {data['trial']}: {data.get('error', 'failed')}; "
+                               f"retry {data.get('retries', 1)}", highlight=False)
         elif event == "waiting_reference":
             self.console.print("waiting for the reference trial, which another worker runs",
                                highlight=False)
@@ -390,6 +393,12 @@ def results(
     weights = parse_task_weights(task_weight, records.metrics_info)
     if reeval is not None or reference is not None:
         from policysearch.reeval import reevaluate
+        from policysearch.search.ray_results import is_ray_experiment
+
+        if storage is None and out is not None and is_ray_experiment(out):
+            raise UserError("re-evaluation and other references need an Optuna study; this "
+                            "folder holds a Ray experiment (--engine ray)",
+                            source=str(out), field="--reeval" if reeval else "--reference")
 
         records = reevaluate(out_dir=out, storage=storage, study_name=study, top=reeval,
                              seeds=2 if seeds is None else seeds, reference=reference,

@@ -26,7 +26,7 @@ from policysearch.results_table import (
     task_deltas,
     to_markdown,
 )
-from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, _sampler, optimize
+from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, make_sampler, optimize
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
 
@@ -273,7 +273,7 @@ def test_nsga2_sampler_from_the_space() -> None:
     space = SearchSpace.model_validate(
         {**TINY_SPACE, "objective": "pareto",
          "sampler": {"name": "nsga2", "population_size": 6}})
-    sampler = _sampler(space, seed=0, n_existing=0)
+    sampler = make_sampler(space, seed=0, n_existing=0)
     assert isinstance(sampler, optuna.samplers.NSGAIISampler)
     assert sampler._population_size == 6
     with pytest.raises(Exception, match="population_size"):

@@ -176,13 +176,20 @@ def search(options: SearchOptions,
                         ".journal file (the default) or a PostgreSQL URL", field="--storage")
     if options.trials < 1:
         raise UserError("must be at least 1", field="--trials")
-    resolve_device(options.device)  # a missing GPU is a user error before any trial
+    if options.engine == "optuna":  # (Ray trials run on the cluster's GPUs, not this host's)
+        resolve_device(options.device)  # a missing GPU is a user error before any trial
     threads = options.threads or max(1, (os.cpu_count() or 1) // options.workers)
     space = resolve_space(options)
     # A bad encoder name or weights file is a user error before any trial, not inside one.
     make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
     study_name = options.study or space.name
     out_dir = options.out or Path("runs") / study_name
+    if options.engine == "optuna" and options.storage is None:
+        from policysearch.search.ray_results import is_ray_experiment
+
+        if is_ray_experiment(out_dir):
+            raise UserError("this folder holds a Ray experiment: resume it with --engine ray, "
+                            "or give another --out", source=str(out_dir), field="--out")
     dataset = load_dataset(space)
     notes = dataset_notes(dataset)
     if progress is not None:

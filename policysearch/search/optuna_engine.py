@@ -13,10 +13,7 @@ not trials, so they change neither trial counts nor the study's definition.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import math
-import os
-import socket
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -40,6 +37,7 @@ from policysearch.results_table import (
     delta_m,
     task_deltas,
 )
+from policysearch.search.locks import exclusive
 from policysearch.search.space import Param, parameters, policy_from_params
 from policysearch.training import TrialFailed, TrialPruned, TrialResult
 
@@ -115,32 +113,18 @@ def journal_lock(storage: str | None, out_dir: Path) -> Iterator[None]:
         yield
         return
     journal = Path(storage_location(storage, out_dir))
-    journal.parent.mkdir(parents=True, exist_ok=True)
     # (not ``<journal>.lock``: Optuna's journal backend locks that file for each write)
-    with open(journal.with_name(journal.name + ".owner"), "a+") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            raise UserError(f"another search is running on this study ({holder}); wait for "
-                            "it to end, or run one search with --workers K",
-                            source=str(journal)) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()}")
-        handle.flush()
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with exclusive(journal.with_name(journal.name + ".owner"), what="study",
+                   source=str(journal), hint="wait for it to end, or run one search with "
+                   "--workers K"):
+        yield
 
 
-def _first_difference(old: Any, new: Any, path: str = "") -> str:
+def first_difference(old: Any, new: Any, path: str = "") -> str:
     if isinstance(old, dict) and isinstance(new, dict):
         for key in sorted(set(old) | set(new)):
             if old.get(key) != new.get(key):
-                return _first_difference(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
+                return first_difference(old.get(key), new.get(key), f"{path}.{key}".lstrip("."))
     return f"{path}: {old!r} → {new!r}"
 
 
@@ -170,7 +154,7 @@ def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_
     elif stored != wanted:
         raise UserError(
             "refusing to resume: the search space differs from the study's "
-            f"({_first_difference(stored, wanted)}); use another --study or --out",
+            f"({first_difference(stored, wanted)}); use another --study or --out",
             source=storage_location(storage, out_dir), field=f"study {study_name}")
     if study.user_attrs.get("dataset_notes") != list(dataset_notes):
         study.set_user_attr("dataset_notes", list(dataset_notes))
@@ -289,7 +273,7 @@ class _Heartbeat:
             self._thread.join()
 
 
-def _sampler(space: SearchSpace, seed: int, n_existing: int,
+def make_sampler(space: SearchSpace, seed: int, n_existing: int,
              salt: int = 0) -> optuna.samplers.BaseSampler:
     # Offsetting the seed by the trials already present keeps a resumed search from replaying
     # the random start-up suggestions it already tried; ``salt`` keeps concurrent workers that
@@ -528,7 +512,7 @@ def optimize(
             warnings.simplefilter("ignore")
             optuna.storages.fail_stale_trials(study)  # database storages: dead hosts' trials
         reference = reference_metrics()
-        study.sampler = _sampler(space, seed, len(study.get_trials(deepcopy=False)),
+        study.sampler = make_sampler(space, seed, len(study.get_trials(deepcopy=False)),
                                  sampler_salt)
         study.pruner = optuna.pruners.NopPruner() if pareto else _pruner(space)
         if reference is None:

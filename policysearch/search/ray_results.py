@@ -1,18 +1,226 @@
-"""Read a Ray Tune experiment folder (``--engine ray``) into the same records as an Optuna
-study, without importing ray. (Filled in with the Ray engine.)"""
+"""A Ray engine experiment folder, read and written without importing ray.
+
+The Ray engines (``search/ray_engine.py``, and the PBT scheduler) keep their own records beside
+Ray Tune's files, so that the results table, export and resume never depend on Ray's internal
+experiment state (which a killed driver may leave behind the last finished trials):
+
+``<experiment>/policysearch.json``
+    what the Optuna engine keeps in study user attributes: ``definition`` ({"space":
+    space.canonical(), "seed": seed}: a resume must match it), ``metrics_info``, ``tasks``,
+    ``reference``, ``dataset``, ``dataset_notes``, ``scheduler``, ``study``.
+``<experiment>/trials/trial-<number>.json``
+    one file per trial (``write_trial_record``): number, role, state ("complete" | "pruned" |
+    "failed" | "running"), policy (``Policy.to_dict()``), metrics, epochs, error,
+    final_weights, duration_s, reference_task, plus Ray's trial id and the worker it ran on.
+    Files are replaced atomically (temporary file + ``os.replace``), so a reader or a killed
+    writer never sees half a record.
+``<experiment>/optuna.journal``, ``<experiment>/tune-NNN/``
+    the suggestions' Optuna study (TPE's memory across resumes) and Ray Tune's own folder of
+    each run of the command; neither is needed to read the results.
+
+The experiment folder is ``--out`` itself, or ``--ray-storage``/``<study>`` with a pointer file
+``ray_experiment.json`` in ``--out``; ``policysearch results/export --out DIR`` accept both.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from policysearch.errors import UserError
-from policysearch.results_table import StudyRecords
+from policysearch.results_table import MetricsInfo, StudyRecords, TrialRecord
+
+EXPERIMENT_FILE = "policysearch.json"
+POINTER_FILE = "ray_experiment.json"
+TRIALS_DIR = "trials"
+EXPERIMENT_SCHEMA = "policysearch.ray_experiment/v1"
+TRIAL_SCHEMA = "policysearch.ray_trial/v1"
+STATES = ("complete", "pruned", "failed", "running")
+FINISHED_STATES = ("complete", "pruned")
+STALE_ERROR = "left running by an interrupted search"
+_RECORD_FIELDS = ("number", "state", "role", "metrics", "policy", "duration_s", "epochs",
+                  "error", "reference_task", "final_weights")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON so that readers see the old file or the new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f, indent=1, allow_nan=True)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read this file: {err}".splitlines()[0], source=str(path)) from None
+
+
+# --- where things are -------------------------------------------------------------------------
+
+
+def experiment_dir(out_dir: Path, ray_storage: str | None, study_name: str) -> Path:
+    """The experiment folder: ``--out`` itself, or ``<--ray-storage>/<study>`` (absolute)."""
+    if ray_storage:
+        return (Path(ray_storage).expanduser() / study_name).resolve()
+    return Path(out_dir).resolve()
+
+
+def trial_path(experiment: Path, number: int) -> Path:
+    """The record file of trial ``number``."""
+    return experiment / TRIALS_DIR / f"trial-{number:05d}.json"
+
+
+def write_pointer(out_dir: Path, experiment: Path) -> None:
+    """Let ``--out`` find an experiment kept elsewhere (``--ray-storage``)."""
+    if Path(out_dir).resolve() != experiment:
+        write_json_atomic(Path(out_dir) / POINTER_FILE, {"experiment": str(experiment)})
+
+
+def resolve_experiment(path: Path) -> Path | None:
+    """The experiment folder ``path`` is or points to; None when it is neither."""
+    path = Path(path)
+    if (path / EXPERIMENT_FILE).is_file():
+        return path
+    pointer = path / POINTER_FILE
+    if pointer.is_file():
+        target = Path(_read_json(pointer).get("experiment", ""))
+        if not (target / EXPERIMENT_FILE).is_file():
+            raise UserError(f"the Ray experiment it points to is missing ({target})",
+                            source=str(pointer))
+        return target
+    return None
 
 
 def is_ray_experiment(path: Path) -> bool:
-    """Whether ``path`` holds a search run by the Ray engine."""
-    return False
+    """Whether ``path`` holds (or points to) a search run by a Ray engine."""
+    path = Path(path)
+    return (path / EXPERIMENT_FILE).is_file() or (path / POINTER_FILE).is_file()
+
+
+# --- the experiment file ----------------------------------------------------------------------
+
+
+def experiment_info(*, study: str, space_canonical: Mapping[str, Any], seed: int,
+                    metrics_info: MetricsInfo, tasks: Mapping[str, str], reference: str,
+                    dataset: str, dataset_notes: Sequence[str], scheduler: str
+                    ) -> dict[str, Any]:
+    """The content of ``policysearch.json`` for a new experiment."""
+    return {
+        "schema": EXPERIMENT_SCHEMA,
+        "study": study,
+        "definition": {"space": dict(space_canonical), "seed": seed},
+        "metrics_info": metrics_info,
+        "tasks": dict(tasks),
+        "reference": reference,
+        "dataset": dataset,
+        "dataset_notes": list(dataset_notes),
+        "scheduler": scheduler,
+        "engine": "ray",
+    }
+
+
+def read_experiment(experiment: Path) -> dict[str, Any] | None:
+    """``policysearch.json`` of ``experiment``, or None for a new one."""
+    path = Path(experiment) / EXPERIMENT_FILE
+    return _read_json(path) if path.is_file() else None
+
+
+def write_experiment(experiment: Path, info: Mapping[str, Any]) -> None:
+    write_json_atomic(Path(experiment) / EXPERIMENT_FILE, dict(info))
+
+
+# --- trial records ----------------------------------------------------------------------------
+
+
+def write_trial_record(experiment: Path, record: TrialRecord, **extra: Any) -> Path:
+    """Write (or replace) one trial's record; ``extra``: engine details such as
+    ``ray_trial_id``, ``worker`` or ``retries`` (kept in the file, not in TrialRecord)."""
+    if record.state not in STATES:
+        raise ValueError(f"unknown trial state {record.state!r}")
+    data = {"schema": TRIAL_SCHEMA, **{f: getattr(record, f) for f in _RECORD_FIELDS},
+            "written_at": time.time(), **extra}
+    path = trial_path(Path(experiment), record.number)
+    write_json_atomic(path, data)
+    return path
+
+
+def record_from_dict(data: Mapping[str, Any]) -> TrialRecord:
+    """A ``TrialRecord`` from a record file's content (engine extras dropped)."""
+    return TrialRecord(**{f: data.get(f) for f in _RECORD_FIELDS if f in data})
+
+
+def read_trial_files(experiment: Path) -> list[dict[str, Any]]:
+    """Every trial record file's content, by trial number."""
+    folder = Path(experiment) / TRIALS_DIR
+    if not folder.is_dir():
+        return []
+    found = [_read_json(p) for p in folder.glob("trial-*.json")]
+    return sorted(found, key=lambda d: int(d["number"]))
+
+
+def read_trial_records(experiment: Path) -> list[TrialRecord]:
+    """Every trial of the experiment, by number."""
+    return [record_from_dict(d) for d in read_trial_files(experiment)]
+
+
+def mark_stale(experiment: Path) -> list[int]:
+    """Mark failed the trials a killed driver left "running" (only one driver runs an
+    experiment at a time); returns their numbers."""
+    stale = []
+    for data in read_trial_files(experiment):
+        if data.get("state") == "running":
+            record = record_from_dict(data)
+            record.state, record.error = "failed", STALE_ERROR
+            extra = {k: v for k, v in data.items()
+                     if k not in _RECORD_FIELDS and k not in ("schema", "written_at")}
+            write_trial_record(experiment, record, **extra)
+            stale.append(record.number)
+    return stale
+
+
+# --- the study as the results table sees it ---------------------------------------------------
+
+
+def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord]) -> StudyRecords:
+    """StudyRecords from an experiment file's content and its trials (as the Optuna engine's
+    ``study_records`` builds them from a study)."""
+    definition = info.get("definition") or {}
+    space = definition.get("space") or {}
+    return StudyRecords(
+        name=str(info.get("study", "")),
+        metrics_info=info["metrics_info"],
+        records=sorted(records, key=lambda r: r.number),
+        reference_name=info.get("reference", "flipcrop"),
+        dataset=info.get("dataset", ""),
+        dataset_notes=list(info.get("dataset_notes", [])),
+        image_size=space.get("budget", {}).get("image_size"),
+        single_task_reference=bool(space.get("single_task_reference", False)),
+        task_weights=dict(space.get("task_weights") or {}),
+        objective=space.get("objective", "delta_m"),
+        seed=int(definition.get("seed", 0)),
+    )
 
 
 def load_ray_records(path: Path) -> StudyRecords:
-    raise UserError("reading Ray experiments is not available yet", source=str(path))
+    """Read a Ray experiment (the folder, or an ``--out`` pointing to it) into StudyRecords."""
+    experiment = resolve_experiment(Path(path))
+    if experiment is None:
+        raise UserError(f"no Ray experiment here ({EXPERIMENT_FILE} not found)",
+                        source=str(path), field="--out")
+    info = read_experiment(experiment) or {}
+    if "metrics_info" not in info:
+        raise UserError("not a policysearch experiment (no metrics recorded)",
+                        source=str(experiment / EXPERIMENT_FILE))
+    return study_records_from(info, read_trial_records(experiment))

@@ -1,0 +1,146 @@
+"""Population-based augmentation (--engine ray --scheduler pbt): the ray-free pieces, and a tiny
+PBT search on a local Ray instance whose exploited members carry a schedule that the export
+writes and that replays, from scratch, to the very numbers the member reached; a re-run makes
+the same choices."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from policysearch.config import load_space
+from policysearch.errors import UserError
+from policysearch.search import ray_pbt
+from tests.conftest import TINY_SPACE
+
+
+@pytest.fixture
+def space(tmp_path: Path):  # noqa: ANN201
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPACE, "budget": {**TINY_SPACE["budget"],
+                                                              "epochs": 4}}))
+    return load_space(path)
+
+
+TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
+         "depth": "depth"}
+
+
+def test_perturbation_interval_and_population() -> None:
+    assert [ray_pbt.perturbation_interval(e) for e in (1, 4, 8, 24, 200)] == [1, 1, 1, 3, 25]
+    assert ray_pbt.population_size(8, 1) == 7
+    assert ray_pbt.population_size(8, 7) == 2  # a resumed search may overshoot by one
+    ray_pbt.check_trials(3, 1)
+    with pytest.raises(UserError, match=r"at least 2: --trials 3 or more") as err:
+        ray_pbt.check_trials(2, 1)
+    assert err.value.field == "--trials"
+    with pytest.raises(UserError, match=r"--trials 6 or more \(4 reference runs"):
+        ray_pbt.check_trials(5, 4)
+
+
+def test_only_augmentation_parameters_are_mutated(space) -> None:  # noqa: ANN001
+    names = [p.name for p in ray_pbt.mutated_parameters(space, list(TASKS))]
+    assert names == ["shared.0.op", "shared.0.p", "shared.0.magnitude",
+                     "task.shape.0.op", "task.shape.0.p", "task.shape.0.magnitude"]
+
+
+def test_initial_values_are_seeded_and_in_range(space) -> None:  # noqa: ANN001
+    a = ray_pbt.initial_values(space, list(TASKS), 5, seed=3)
+    assert a == ray_pbt.initial_values(space, list(TASKS), 5, seed=3)
+    assert a != ray_pbt.initial_values(space, list(TASKS), 5, seed=4)
+    for values in a:
+        assert values["shared.0.op"] in TINY_SPACE["shared"]["ops"]
+        assert 0.0 <= values["shared.0.p"] <= 1.0
+        assert all(0.5 <= values[f"weight.{t}"] <= 2.0 for t in TASKS)
+
+
+def test_perturbed_values_are_clipped_to_their_ranges(space) -> None:  # noqa: ANN001
+    params = ray_pbt.mutated_parameters(space, list(TASKS))
+    clipped = ray_pbt.clip_values({"shared.0.p": 1.2, "shared.0.magnitude": -0.1,
+                                   "shared.0.op": "rotate", "weight.seg": 7.0}, params)
+    assert clipped == {"shared.0.p": 1.0, "shared.0.magnitude": 0.0, "shared.0.op": "rotate",
+                       "weight.seg": 7.0}
+
+
+def test_too_few_trials_are_refused_before_anything_runs(space, tmp_path: Path) -> None:  # noqa: ANN001
+    from policysearch.search.driver import SearchOptions
+
+    out = tmp_path / "out"
+    options = SearchOptions(engine="ray", scheduler="pbt", trials=2, out=out)
+    with pytest.raises(UserError, match="population of at least 2"):
+        ray_pbt.optimize_pbt(space, options=options, dataset=None, tasks=TASKS,  # type: ignore[arg-type]
+                             metrics_info={}, out_dir=out, study_name="tiny", threads=1)
+    assert not out.exists()
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_tiny_pbt_search_exports_a_replayable_schedule(tmp_path: Path, space,  # noqa: ANN001
+                                                         monkeypatch) -> None:
+    from policysearch.augment import load_policy
+    from policysearch.export import export_policy, pick_trial
+    from policysearch.search import ray_results as rr
+    from policysearch.search.driver import SearchOptions, load_dataset, search, train_policy
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance, never a shared one
+    space_file = tmp_path / "tiny.yaml"
+    space_file.write_text(yaml.safe_dump({**TINY_SPACE, "budget": {**TINY_SPACE["budget"],
+                                                                   "epochs": 4}}))
+    options = SearchOptions(space=space_file, engine="ray", scheduler="pbt", trials=3,
+                            workers=2, seed=0, device="cpu", threads=1, cpus_per_trial=1.0,
+                            out=tmp_path / "out")
+    events: list[tuple[str, dict]] = []
+    outcome = search(options, progress=lambda event, data: events.append((event, data)))
+    records = outcome.study
+
+    assert [r.role for r in records.records] == ["reference", "search", "search"]
+    assert all(r.state == "complete" and r.epochs == 4 for r in records.records)
+    kinds = [e for e, _ in events]
+    assert kinds.count("trial_start") == 3 and kinds.count("trial_end") == 3
+    exploits = [d for e, d in events if e == "exploit"]
+    # Two members, perturbed after epochs 1, 2 and 3: the worse one copies the better each time.
+    assert len(exploits) == 3
+    # The records on disk read back (without ray) as the same study; the table ranks them.
+    assert rr.load_ray_records(options.out) == records
+    assert outcome.table["rank"].notna().sum() == 3
+    assert (options.out / "best_policy.yaml").exists() and outcome.export is not None
+
+    # Each member's policy records what it trained under; an exploited one has a schedule
+    # with a phase from where it last took another's checkpoint (earlier phases may come
+    # from the donor's own lineage).
+    scheduled = []
+    for rec in records.records[1:]:
+        data = json.loads(rr.trial_path(options.out.resolve(), rec.number).read_text())
+        starts = [p["from_epoch"] for p in rec.policy.get("schedule", [])]
+        if data["exploits"]:
+            assert starts[0] == 0 and data["exploits"][-1]["epoch"] in starts
+            scheduled.append(rec)
+    assert scheduled
+
+    # Export the best member with a schedule; load_policy + at_epoch replay it, and training
+    # under it from scratch reaches exactly the member's metrics (same seed, CPU).
+    table = outcome.table
+    rank = int(table.loc[table["trial"] == scheduled[0].number, "rank"].iloc[0])
+    policy, _ = pick_trial(records, rank)
+    result = export_policy(policy, tmp_path / "best.yaml")
+    assert result.phases and result.notes
+    loaded = load_policy(result.yaml_path)
+    assert loaded.schedule and loaded == policy
+    assert "schedule" in yaml.safe_load(result.yaml_path.read_text())
+    for phase in loaded.schedule:
+        assert loaded.at_epoch(phase.from_epoch).shared == phase.shared
+    dataset = load_dataset(space)
+    replay = train_policy(loaded, dataset, space.budget, seed=0, device="cpu", threads=1)
+    assert replay.metrics == scheduled[0].metrics
+
+    # Running the same command again trains nothing more.
+    assert search(options).study == records
+
+    # The same search elsewhere makes the same choices and reaches the same numbers (CPU).
+    rerun = search(dataclasses.replace(options, out=tmp_path / "other")).study
+    assert [(r.metrics, r.policy) for r in rerun.records] == \
+        [(r.metrics, r.policy) for r in records.records]
