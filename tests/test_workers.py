@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from policysearch.search.optuna_engine import JOURNAL_NAME, journal_lock
+from policysearch.search.workers import gpu_for, visible_gpus
 from tests.conftest import TINY_SPACE
 from tests.postgres_server import postgres_url  # noqa: F401 — a fixture
 
@@ -181,6 +182,15 @@ def test_a_second_search_on_the_same_journal_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.strip().startswith(f"error: {out / JOURNAL_NAME}: another search is "
                                           f"running on this study (pid {os.getpid()}")
+
+
+def test_workers_spread_over_the_visible_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5")
+    gpus = visible_gpus("auto")
+    assert gpus == ["2", "5"] and visible_gpus("cuda") == gpus
+    assert [gpu_for(i, gpus) for i in range(4)] == ["2", "5", "2", "5"]
+    assert visible_gpus("cpu") == [] and visible_gpus("cuda:1") == []
+    assert gpu_for(0, []) is None
 
 
 def test_sqlite_with_workers_is_refused(tmp_path: Path) -> None:

@@ -53,6 +53,25 @@ class WorkerJob:
     study_name: str
     out_dir: str
     parent_pid: int
+    gpu: str | None = None  # this worker's CUDA device id (CUDA_VISIBLE_DEVICES), if any
+
+
+def visible_gpus(device: str) -> list[str]:
+    """The CUDA device ids that workers spread over: those in CUDA_VISIBLE_DEVICES (or all of
+    this host's), none for ``--device cpu`` or a pinned ``cuda:N``."""
+    if device not in ("auto", "cuda"):
+        return []
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [d.strip() for d in listed.split(",") if d.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def gpu_for(index: int, gpus: list[str]) -> str | None:
+    """Worker ``index`` trains on GPU ``index mod N``, so K workers spread over N GPUs."""
+    return gpus[index % len(gpus)] if gpus else None
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -83,6 +102,8 @@ def worker_main(job: WorkerJob, events: Any) -> None:
     )
     from policysearch.search.optuna_engine import optimize
 
+    if job.gpu is not None:  # before this process first touches CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
     _watch_parent(job.parent_pid)
     # Ctrl-C reaches the whole process group; the driver decides and sends SIGTERM.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -125,10 +146,12 @@ def run_workers(options: SearchOptions, *, n_workers: int, threads: int, study_n
     procs: dict[int, Any] = {}
     restarts = dict.fromkeys(range(n_workers), 0)
     said: set[str] = set()
+    gpus = visible_gpus(options.device)
 
     def start(index: int) -> None:
         job = WorkerJob(options=options, index=index, threads=threads, study_name=study_name,
-                        out_dir=str(out_dir), parent_pid=os.getpid())
+                        out_dir=str(out_dir), parent_pid=os.getpid(),
+                        gpu=gpu_for(index, gpus))
         proc = ctx.Process(target=worker_main, args=(job, events), daemon=False,
                            name=f"policysearch-worker-{index}")
         proc.start()
