@@ -49,6 +49,34 @@ class TrialRecord:
     final_weights: dict[str, float] | None = None  # loss weights at the end of training
 
 
+@dataclass(frozen=True)
+class SearchCost:
+    """What a study's trials spent: every trained epoch (the reference's, pruned and failed
+    trials' included) and the trials' own run time. ``full_trainings``: trial-epochs over one
+    full training's epochs, the unit that compares search methods."""
+
+    trials: int
+    trial_epochs: int
+    trial_seconds: float
+    full_trainings: float | None
+
+    def line(self, budget_epochs: int | None) -> str:
+        units = (f" = {self.full_trainings:.1f} full trainings of {budget_epochs} epochs"
+                 if self.full_trainings is not None else "")
+        return (f"search cost: {self.trial_epochs} trial-epochs over {self.trials} trials"
+                f"{units}; {self.trial_seconds / 60:.1f} min of trial time")
+
+
+def search_cost(study: StudyRecords) -> SearchCost:
+    """The compute a study's trials spent (re-evaluations beside the study not included)."""
+    trained = [r for r in study.records if r.epochs]
+    epochs = sum(int(r.epochs or 0) for r in trained)
+    seconds = sum(float(r.duration_s or 0.0) for r in trained)
+    full = epochs / study.budget_epochs if study.budget_epochs else None
+    return SearchCost(trials=len(trained), trial_epochs=epochs, trial_seconds=seconds,
+                      full_trainings=full)
+
+
 def trial_subject(number: int) -> str:
     """The key under which re-runs of trial ``number`` are stored."""
     return f"trial:{number}"
@@ -81,6 +109,7 @@ class StudyRecords:
     reruns: dict[str, dict[int, Metrics]] = field(default_factory=dict)
     # Rank against this baseline (trained beside the study) instead of the study's reference.
     reference_baseline: str | None = None
+    budget_epochs: int | None = None  # epochs of one full training under the study's budget
 
     def with_reference(self, baseline: str | None) -> StudyRecords:
         """A copy ranked against ``baseline`` (None or the study's own: its reference trial)."""
@@ -329,6 +358,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     frame.attrs["dataset"] = study.dataset
     frame.attrs["dataset_notes"] = list(study.dataset_notes)
     frame.attrs["objective"] = study.objective
+    cost = search_cost(study)
+    frame.attrs["search_cost"] = cost.line(study.budget_epochs) if cost.trials else ""
     if rerun_trials:
         seeds = ", ".join(str(s) for s in refs)
         frame.attrs["reeval"] = (
@@ -424,7 +455,7 @@ def footer_lines(frame: pd.DataFrame) -> list[str]:
         lines.append("Multi-objective study: one objective per task, its Δ% (delta.<task>, "
                      "higher is better); `pareto` marks the Pareto-optimal trials (the reference "
                      "is not a candidate); rank is by Δm%.")
-    for key in ("reeval", "seed_noise"):
+    for key in ("search_cost", "reeval", "seed_noise"):
         if frame.attrs.get(key):
             lines.append(frame.attrs[key])
     return lines

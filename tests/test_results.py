@@ -12,6 +12,7 @@ from policysearch.results_table import (
     TrialRecord,
     delta_m,
     results_frame,
+    search_cost,
     to_markdown,
 )
 
@@ -136,3 +137,19 @@ def test_single_task_reference_combines_one_run_per_task() -> None:
     assert set(frame.loc[frame["trial"] < 2, "note"]) == {
         "reference (flipcrop, single task cls)", "reference (flipcrop, single task depth)"}
     assert "single-task runs of flipcrop, one network per task" in to_markdown(frame)
+
+
+def test_search_cost_counts_every_trained_epoch() -> None:
+    study = _study()
+    study.records[4].epochs = 1  # the failed trial trained one epoch before it failed
+    study.budget_epochs = 4
+    cost = search_cost(study)
+    # five trials of 2 epochs (the reference and the pruned one included) + 1 failed epoch
+    assert (cost.trials, cost.trial_epochs) == (6, 11)
+    assert cost.full_trainings == pytest.approx(11 / 4)
+    assert cost.trial_seconds == pytest.approx(5.0)  # the failed trial recorded no duration
+    line = "search cost: 11 trial-epochs over 6 trials = 2.8 full trainings of 4 epochs"
+    assert line in to_markdown(results_frame(study))
+    study.budget_epochs = None  # a study that did not record its budget: no unit
+    assert search_cost(study).full_trainings is None
+    assert "full trainings" not in to_markdown(results_frame(study))

@@ -403,6 +403,7 @@ def study_records(study: optuna.Study) -> StudyRecords:
         dataset=attrs.get("dataset", ""),
         dataset_notes=list(attrs.get("dataset_notes", [])),
         image_size=space.get("budget", {}).get("image_size"),
+        budget_epochs=space.get("budget", {}).get("epochs"),
         single_task_reference=bool(space.get("single_task_reference", False)),
         task_weights=dict(space.get("task_weights") or {}),
         objective=space.get("objective", "delta_m"),
@@ -559,6 +560,7 @@ def optimize(
             study.tell(trial, state=TrialState.PRUNED)
             emit("trial_end", {"trial": trial.number, "state": "pruned", "role": role})
         except TrialFailed as failed:
+            trial.set_user_attr("epochs", reporter.epochs)  # spent, for the search cost
             trial.set_user_attr("error", str(failed))
             study.tell(trial, state=TrialState.FAIL)
             emit("trial_end", {"trial": trial.number, "state": "failed", "error": str(failed)})
@@ -570,6 +572,7 @@ def optimize(
         except Exception as err:  # a bug or an environment problem inside one trial
             consecutive_errors += 1
             message = f"{type(err).__name__}: {err}".splitlines()[0]
+            trial.set_user_attr("epochs", reporter.epochs)
             trial.set_user_attr("error", message)
             study.tell(trial, state=TrialState.FAIL)
             emit("trial_end", {"trial": trial.number, "state": "failed", "error": message})

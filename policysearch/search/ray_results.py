@@ -206,6 +206,7 @@ def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord]) 
         dataset=info.get("dataset", ""),
         dataset_notes=list(info.get("dataset_notes", [])),
         image_size=space.get("budget", {}).get("image_size"),
+        budget_epochs=space.get("budget", {}).get("epochs"),
         single_task_reference=bool(space.get("single_task_reference", False)),
         task_weights=dict(space.get("task_weights") or {}),
         objective=space.get("objective", "delta_m"),
