@@ -15,6 +15,7 @@ from policysearch.augment import Policy, Slot, Weighting, get_baseline, load_pol
 from policysearch.errors import DataError, UserError  # noqa: E402
 
 if TYPE_CHECKING:
+    from policysearch.benchmark import BenchmarkOutcome
     from policysearch.search.driver import SearchOutcome
 
 
@@ -39,6 +40,19 @@ def results(out: str | None = None, *, storage: str | None = None,
     return results_frame(records)
 
 
+def benchmark(policy: str, **options: Any) -> BenchmarkOutcome:
+    """Benchmark a searched policy against the baselines on the test split; keyword arguments
+    are those of ``policysearch.benchmark.BenchmarkOptions``."""
+    from pathlib import Path
+
+    from policysearch.benchmark import BenchmarkOptions, run_benchmark
+
+    for key in ("search", "out"):
+        if isinstance(options.get(key), str):
+            options[key] = Path(options[key])
+    return run_benchmark(BenchmarkOptions(policy=Path(policy), **options))
+
+
 __all__ = [
     "DataError",
     "Policy",
@@ -46,6 +60,7 @@ __all__ = [
     "UserError",
     "Weighting",
     "__version__",
+    "benchmark",
     "get_baseline",
     "load_policy",
     "results",

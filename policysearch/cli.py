@@ -348,14 +348,9 @@ TaskWeightOption = Annotated[list[str] | None, typer.Option(
 
 
 def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
-    from policysearch.search.optuna_engine import load_records
-    from policysearch.search.ray_results import is_ray_experiment, load_ray_records
+    from policysearch.search.driver import load_study_records
 
-    if storage is None and out is None:
-        raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
-    if storage is None and out is not None and is_ray_experiment(out):
-        return load_ray_records(out)
-    return load_records(out_dir=out, storage=storage, study_name=study)
+    return load_study_records(out, storage, study)
 
 
 @app.command()
@@ -452,6 +447,69 @@ def export(
         out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
     for note in getattr(result, "notes", ()):
         out_console.print(note, highlight=False)
+
+
+class Significance(StrEnum):
+    ttest = "ttest"
+    wilcoxon = "wilcoxon"
+
+
+@app.command()
+@_handles_errors
+def benchmark(
+    policy: Annotated[Path, typer.Option(help="The searched policy (best_policy.yaml).")],
+    baselines: Annotated[str, typer.Option(
+        help="Comma-separated baselines to compare with (names or timm-style strings).")
+    ] = "none,flipcrop,randaugment,trivialaugment,autoaugment",
+    reference: Annotated[str, typer.Option(help="Baseline that Δm% is measured against.")
+                         ] = "flipcrop",
+    search: Annotated[Path | None, typer.Option(
+        help="The search's --out folder: its dataset and budget, and its search cost "
+             "(default: the policy file's folder when a search wrote it).")] = None,
+    storage: Annotated[str | None, typer.Option(help="The search's storage URL.")] = None,
+    study: Annotated[str | None, typer.Option(help="The search's study name.")] = None,
+    space: Annotated[str | None, typer.Option(
+        help="Take dataset and budget from this space instead (name or YAML path).")] = None,
+    dataset: Annotated[str | None, typer.Option(help="Dataset (default: the search's).")
+                       ] = None,
+    seeds: Annotated[int, typer.Option(help="Training seeds per contender.")] = 3,
+    seed: Annotated[int, typer.Option(help="First seed (seeds SEED … SEED+S−1).")] = 1,
+    epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
+    image_size: Annotated[str | None, typer.Option(help="S or HxW.")] = None,
+    encoder: Annotated[str | None, typer.Option(help="Shared encoder.")] = None,
+    weights: Annotated[str | None, typer.Option(help="Local encoder state-dict file.")] = None,
+    amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
+                                             help="bf16 mixed precision (CUDA only).")] = None,
+    significance: Annotated[Significance, typer.Option(
+        help="Paired test of searched vs each baseline, paired by seed.")
+    ] = Significance.ttest,
+    device: Annotated[Device, typer.Option(help="Where runs train.")] = Device.auto,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
+    out: Annotated[Path, typer.Option(help="Output folder; stored runs there are reused.")
+                   ] = Path("runs/benchmark"),
+) -> None:
+    """Train the searched policy and the baselines under one budget for several seeds,
+    evaluate on the test split, and write benchmark.md/.csv/.json/.png and runs.csv.
+
+    Running the same command again reuses the stored runs and trains only what is missing.
+    """
+    from policysearch.benchmark import BenchmarkOptions, run_benchmark
+
+    options = BenchmarkOptions(
+        policy=policy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+        reference=reference, search=search, storage=storage, study=study, space=space,
+        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
+        image_size=parse_image_size(image_size), amp=amp, encoder=encoder, weights=weights,
+        seeds=seeds, seed=seed, device=device.value, threads=threads,
+        significance=significance.value, out=out)
+    with warnings.catch_warnings(record=True):
+        outcome = run_benchmark(options, progress=lambda line: out_console.print(
+            line, highlight=False))
+    out_console.print((outcome.files[0]).read_text().split("\n## Every run")[0],
+                      highlight=False, markup=False)
+    out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
 
 
 @app.command()

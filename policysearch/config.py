@@ -6,10 +6,18 @@ import hashlib
 import json
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
 from policysearch.errors import UserError
 
@@ -219,10 +227,85 @@ class SamplerConfig(_Strict):
     population_size: int = Field(50, ge=2)
 
 
+# The keys each pruner takes besides ``name``. ``none`` keeps the median's two keys, as it always
+# has, so the stored definitions of existing studies still validate.
+_PRUNER_KEYS: dict[str, tuple[str, ...]] = {
+    "median": ("n_startup_trials", "n_warmup_steps"),
+    "none": ("n_startup_trials", "n_warmup_steps"),
+    "successive_halving": ("min_resource", "reduction_factor", "min_early_stopping_rate"),
+    "hyperband": ("min_resource", "max_resource", "reduction_factor"),
+}
+_RUNG_DEFAULTS: dict[str, Any] = {"min_resource": 1, "max_resource": "auto",
+                                  "reduction_factor": 3, "min_early_stopping_rate": 0}
+
+
 class PrunerConfig(_Strict):
-    name: Literal["median", "none"] = "median"
+    """Optuna's pruner, in epochs: a trial reports its Δm% once per epoch, at step = the epoch
+    counted from 0, so a decision "at step s" comes after s + 1 trained epochs.
+
+    median: no pruning before ``n_startup_trials`` trials have finished, nor before step
+    ``n_warmup_steps``. none: no pruning. successive_halving: rung k is decided at step
+    ``min_resource * reduction_factor ** (min_early_stopping_rate + k)``; a trial goes on
+    when its Δm% is in the top 1/``reduction_factor`` of those recorded at that rung so far
+    (the best, while fewer than ``reduction_factor`` are). hyperband: successive halving in
+    brackets (``min_early_stopping_rate`` 0, 1, …; each trial lands in one) between
+    ``min_resource`` and ``max_resource`` epochs; ``auto`` (the default) means the trial
+    budget's ``epochs`` (resolved when the pruner is built), what Optuna's own ``auto`` would
+    find only after a search trial had finished. A key of another pruner is refused; the
+    keys a pruner does not take are left out of ``model_dump`` (and so of a study's stored
+    definition: median and none spaces dump exactly as before these pruners existed).
+    """
+
+    name: Literal["median", "none", "successive_halving", "hyperband"] = "median"
     n_startup_trials: int = Field(2, ge=0)
     n_warmup_steps: int = Field(3, ge=0)
+    min_resource: Annotated[int, Field(ge=1)] | None = None
+    max_resource: Annotated[int, Field(ge=1)] | Literal["auto"] | None = None
+    reduction_factor: Annotated[int, Field(ge=2)] | None = None
+    min_early_stopping_rate: Annotated[int, Field(ge=0)] | None = None
+
+    @field_validator("max_resource", mode="before")
+    @classmethod
+    def _auto_or_epochs(cls, value: Any) -> Any:
+        if value is None or value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int | float) \
+                or not float(value).is_integer() or value < 1:
+            raise ValueError(f"must be auto or a whole number of epochs >= 1, got {value!r}")
+        return int(value)
+
+    @field_validator("n_startup_trials", "n_warmup_steps", "min_resource", "max_resource",
+                     "reduction_factor", "min_early_stopping_rate")
+    @classmethod
+    def _key_of_this_pruner(cls, value: Any, info: Any) -> Any:
+        # Runs only for keys given in the file (never on defaults): ``name`` comes first.
+        name = info.data.get("name")
+        if name is None:  # the name itself is wrong: that error is the one to show
+            return value
+        if info.field_name not in _PRUNER_KEYS[name]:
+            owners = [p for p, keys in _PRUNER_KEYS.items() if info.field_name in keys]
+            raise ValueError(f"not a key of pruner {name!r} (it takes "
+                             f"{', '.join(_PRUNER_KEYS[name])}); {info.field_name} belongs to "
+                             f"{' and '.join(owners)}")
+        if value is None:
+            raise ValueError("needs a value (leave the key out for its default)")
+        if info.field_name == "max_resource" and isinstance(value, int):
+            low = info.data.get("min_resource") or _RUNG_DEFAULTS["min_resource"]
+            if value < low:
+                raise ValueError(f"must be >= min_resource ({low}), got {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _rung_defaults(self) -> PrunerConfig:
+        for key in _PRUNER_KEYS[self.name]:
+            if getattr(self, key) is None:
+                object.__setattr__(self, key, _RUNG_DEFAULTS[key])
+        return self
+
+    @model_serializer(mode="wrap")
+    def _only_own_keys(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {k: v for k, v in data.items() if k == "name" or k in _PRUNER_KEYS[self.name]}
 
 
 class SearchSpace(_Strict):

@@ -46,16 +46,24 @@ class Run:
 def study_space(study: optuna.Study) -> SearchSpace:
     """The study's search space, rebuilt from its stored canonical form."""
     definition = study.user_attrs.get("definition") or {}
+    return stored_space(definition.get("space"), f"study {study.study_name}")
+
+
+def stored_space(data: Mapping | None, where: str) -> SearchSpace:
+    """A search space from its stored canonical form (``StudyRecords.space``); ``where``
+    names the study in the error."""
     try:
-        return SearchSpace.model_validate(definition["space"])
+        if not data:
+            raise KeyError("space")
+        return SearchSpace.model_validate(dict(data))
     except (KeyError, TypeError) as err:
         problem = f"no stored space ({err})"
     except ValidationError as err:
         first = err.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        problem = f"{where}: {first['msg']}"
+        loc = ".".join(str(p) for p in first["loc"])
+        problem = f"{loc}: {first['msg']}"
     raise UserError(f"cannot rebuild the study's search space from its stored definition: "
-                    f"{problem}", field=f"study {study.study_name}")
+                    f"{problem}", field=where)
 
 
 def _policy(data: Mapping | None, what: str, study: StudyRecords) -> Policy:
@@ -217,4 +225,4 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
     return study_records(study).with_reference(reference)
 
 
-__all__ = ["Run", "reevaluate", "reference_runs", "study_space"]
+__all__ = ["Run", "reevaluate", "reference_runs", "stored_space", "study_space"]

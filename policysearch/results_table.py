@@ -47,24 +47,50 @@ class TrialRecord:
     error: str | None = None
     reference_task: str | None = None  # the task of a single-task reference run
     final_weights: dict[str, float] | None = None  # loss weights at the end of training
+    started_at: float | None = None  # POSIX time the trial started (for the study's wall time)
+    device: str | None = None  # where it trained: cpu, cuda, cuda:1 …
 
 
 @dataclass(frozen=True)
 class SearchCost:
     """What a study's trials spent: every trained epoch (the reference's, pruned and failed
-    trials' included) and the trials' own run time. ``full_trainings``: trial-epochs over one
-    full training's epochs, the unit that compares search methods."""
+    trials' included), the trials' own run time, the wall time during which at least one
+    trial ran (the union of the trials' intervals: idle time between resumed sessions is not
+    counted) and device-seconds by device kind (each trial holds one device; trials sharing
+    a GPU each count their own time). ``full_trainings``: trial-epochs over one full
+    training's epochs, the unit that compares search methods."""
 
     trials: int
     trial_epochs: int
     trial_seconds: float
     full_trainings: float | None
+    wall_seconds: float | None = None
+    device_seconds: dict[str, float] = field(default_factory=dict)
 
     def line(self, budget_epochs: int | None) -> str:
         units = (f" = {self.full_trainings:.1f} full trainings of {budget_epochs} epochs"
                  if self.full_trainings is not None else "")
+        wall = (f", {self.wall_seconds / 60:.1f} min wall time"
+                if self.wall_seconds is not None else "")
+        devices = "".join(f", {s / 3600:.2f} {d}-hours" for d, s in self.device_seconds.items())
         return (f"search cost: {self.trial_epochs} trial-epochs over {self.trials} trials"
-                f"{units}; {self.trial_seconds / 60:.1f} min of trial time")
+                f"{units}; {self.trial_seconds / 60:.1f} min of trial time{wall}{devices}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"trials": self.trials, "trial_epochs": self.trial_epochs,
+                "trial_seconds": round(self.trial_seconds, 3),
+                "full_trainings": self.full_trainings,
+                "wall_seconds": None if self.wall_seconds is None else round(self.wall_seconds, 3),
+                "device_seconds": {d: round(s, 3) for d, s in self.device_seconds.items()}}
+
+
+def _union_seconds(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, -math.inf
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
 
 
 def search_cost(study: StudyRecords) -> SearchCost:
@@ -73,8 +99,16 @@ def search_cost(study: StudyRecords) -> SearchCost:
     epochs = sum(int(r.epochs or 0) for r in trained)
     seconds = sum(float(r.duration_s or 0.0) for r in trained)
     full = epochs / study.budget_epochs if study.budget_epochs else None
+    timed = [r for r in study.records if r.started_at is not None and r.duration_s is not None]
+    wall = (_union_seconds([(r.started_at, r.started_at + r.duration_s) for r in timed])
+            if timed else None)
+    devices: dict[str, float] = {}
+    for r in trained:
+        if r.device:
+            kind = r.device.split(":")[0]
+            devices[kind] = devices.get(kind, 0.0) + float(r.duration_s or 0.0)
     return SearchCost(trials=len(trained), trial_epochs=epochs, trial_seconds=seconds,
-                      full_trainings=full)
+                      full_trainings=full, wall_seconds=wall, device_seconds=devices)
 
 
 def trial_subject(number: int) -> str:
@@ -110,6 +144,7 @@ class StudyRecords:
     # Rank against this baseline (trained beside the study) instead of the study's reference.
     reference_baseline: str | None = None
     budget_epochs: int | None = None  # epochs of one full training under the study's budget
+    space: dict[str, Any] = field(default_factory=dict)  # the stored search space (canonical)
 
     def with_reference(self, baseline: str | None) -> StudyRecords:
         """A copy ranked against ``baseline`` (None or the study's own: its reference trial)."""

@@ -153,3 +153,20 @@ def test_search_cost_counts_every_trained_epoch() -> None:
     study.budget_epochs = None  # a study that did not record its budget: no unit
     assert search_cost(study).full_trainings is None
     assert "full trainings" not in to_markdown(results_frame(study))
+
+
+def test_search_cost_wall_time_is_the_union_of_trial_intervals() -> None:
+    study = _study()
+    for r in study.records:
+        r.started_at, r.duration_s, r.device = None, None, None
+    timed = [(100.0, 10.0, "cpu"), (105.0, 10.0, "cpu"), (200.0, 5.0, "cuda:1")]
+    for r, (start, seconds, device) in zip(study.records, timed, strict=False):
+        r.started_at, r.duration_s, r.device = start, seconds, device
+    cost = search_cost(study)
+    # 100-115 (two overlapping trials) and 200-205; the idle gap between them is not counted
+    assert cost.wall_seconds == pytest.approx(20.0)
+    assert cost.device_seconds == pytest.approx({"cpu": 20.0, "cuda": 5.0})
+    assert "0.3 min wall time" in cost.line(None)
+    for r in study.records:
+        r.started_at = None
+    assert search_cost(study).wall_seconds is None

@@ -114,9 +114,23 @@ def load_dataset(space: SearchSpace) -> MultiTaskDataset:
     return dataset
 
 
+def load_study_records(out: Path | None, storage: str | None,
+                       study: str | None) -> StudyRecords:
+    """A study's records from a search's ``--out`` folder (Optuna journal or Ray
+    experiment) or from ``--storage URL --study NAME``."""
+    from policysearch.search.optuna_engine import load_records
+    from policysearch.search.ray_results import is_ray_experiment, load_ray_records
+
+    if storage is None and out is None:
+        raise UserError("give --out DIR or --storage URL --study NAME", field="--out")
+    if storage is None and out is not None and is_ray_experiment(out):
+        return load_ray_records(out)
+    return load_records(out_dir=out, storage=storage, study_name=study)
+
+
 def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, seed: int,
-                 device: str, threads: int | None, reporter: Reporter | None = None
-                 ) -> TrialResult:
+                 device: str, threads: int | None, reporter: Reporter | None = None,
+                 eval_split: str = "val") -> TrialResult:
     """Train and evaluate one policy; a policy for fewer tasks than the dataset has (a
     single-task reference run) trains a network for its tasks only."""
     from policysearch.training import run_trial
@@ -124,7 +138,7 @@ def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, s
     names = {t.name for t in dataset.tasks}
     data = dataset if set(policy.tasks) == names else TaskSubset(dataset, list(policy.tasks))
     return run_trial(policy, data, budget, seed=seed, device=device, reporter=reporter,
-                     threads=threads)
+                     threads=threads, eval_split=eval_split)
 
 
 def make_runner(dataset: MultiTaskDataset, space: SearchSpace, options: SearchOptions,
@@ -226,7 +240,8 @@ def search(options: SearchOptions,
                                n_trials=options.trials, out_dir=out_dir, storage=options.storage,
                                study_name=study_name, seed=options.seed, timeout=options.timeout,
                                progress=progress, on_trial_end=checkpoint,
-                               worker=worker_label(), sampler_salt=os.getpid() if shared_db else 0)
+                               worker=worker_label(), sampler_salt=os.getpid() if shared_db else 0,
+                               device=resolve_device(options.device).type)
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)

@@ -289,10 +289,26 @@ def make_sampler(space: SearchSpace, seed: int, n_existing: int,
 
 
 def _pruner(space: SearchSpace) -> optuna.pruners.BasePruner:
-    if space.pruner.name == "none":
+    """The space's pruner. Its steps are the epochs that ``OptunaReporter`` reports (from 0);
+    Hyperband's ``max_resource: auto`` is the budget's epochs, the number of steps a full
+    trial reports (Optuna's own ``auto`` counts the same, but only once a search trial has
+    finished: the reference trial reports no steps)."""
+    pruner = space.pruner
+    if pruner.name == "none":
         return optuna.pruners.NopPruner()
-    return optuna.pruners.MedianPruner(n_startup_trials=space.pruner.n_startup_trials,
-                                       n_warmup_steps=space.pruner.n_warmup_steps)
+    if pruner.name == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=pruner.min_resource, reduction_factor=pruner.reduction_factor,
+            min_early_stopping_rate=pruner.min_early_stopping_rate)
+    if pruner.name == "hyperband":
+        max_resource = (space.budget.epochs if pruner.max_resource == "auto"
+                        else pruner.max_resource)
+        return optuna.pruners.HyperbandPruner(
+            min_resource=pruner.min_resource,
+            max_resource=max(max_resource, pruner.min_resource),
+            reduction_factor=pruner.reduction_factor)
+    return optuna.pruners.MedianPruner(n_startup_trials=pruner.n_startup_trials,
+                                       n_warmup_steps=pruner.n_warmup_steps)
 
 
 def suggest(trial: Trial, params: Sequence[Param]) -> dict[str, Any]:
@@ -341,6 +357,7 @@ class OptunaReporter:
 def to_record(trial: FrozenTrial) -> TrialRecord:
     attrs = trial.user_attrs
     duration = trial.duration.total_seconds() if trial.duration is not None else None
+    started = trial.datetime_start.timestamp() if trial.datetime_start is not None else None
     return TrialRecord(
         number=trial.number,
         state=_STATES.get(trial.state, trial.state.name.lower()),
@@ -352,6 +369,8 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         error=attrs.get("error"),
         reference_task=attrs.get("reference_task"),
         final_weights=attrs.get("final_weights"),
+        started_at=started,
+        device=attrs.get("device"),
     )
 
 
@@ -404,6 +423,7 @@ def study_records(study: optuna.Study) -> StudyRecords:
         dataset_notes=list(attrs.get("dataset_notes", [])),
         image_size=space.get("budget", {}).get("image_size"),
         budget_epochs=space.get("budget", {}).get("epochs"),
+        space=dict(space),
         single_task_reference=bool(space.get("single_task_reference", False)),
         task_weights=dict(space.get("task_weights") or {}),
         objective=space.get("objective", "delta_m"),
@@ -469,6 +489,7 @@ def optimize(
     fail_stale: bool = True,
     worker: str | None = None,
     sampler_salt: int = 0,
+    device: str | None = None,
 ) -> StudyRecords:
     """Run trials until ``n_trials`` are finished (complete or pruned, reference included).
 
@@ -478,7 +499,8 @@ def optimize(
     labels the trials this process runs (``host:pid``), so a driver can fail the trials of a
     worker that died; ``fail_stale`` (a local journal only): first fail the trials that a
     dead search left running and enqueue their parameters again; leave it to the driver when
-    it owns several workers.
+    it owns several workers. ``device`` (cpu, cuda) is stored with each trial for the
+    study's device-seconds.
     """
     study_name = study_name or space.name
     study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
@@ -540,6 +562,8 @@ def optimize(
             policy = policy_from_params(space, tasks, suggest(trial, params))
         if worker is not None:
             trial.set_user_attr("worker", worker)
+        if device is not None:
+            trial.set_user_attr("device", device)
         trial.set_user_attr("policy", policy.to_dict())
         role = trial.user_attrs["role"]
         emit("trial_start", {"trial": trial.number, "role": role, "policy": policy.summary(),

@@ -681,9 +681,10 @@ class RecordsCallback(Callback):
         started = ledger.started.get(number)
         record.duration_s = result.get("duration_s") or (
             round(time.time() - started, 3) if started else None)
+        record.started_at = started
+        record.device = result.get("device")
         worker = f"{result['hostname']}:{result['pid']}" if "pid" in result else None
-        ledger.write(record, worker=worker, device=result.get("device"),
-                     ray_trial_id=trial.trial_id, ended_at=time.time())
+        ledger.write(record, worker=worker, ray_trial_id=trial.trial_id, ended_at=time.time())
         self._count_errors(result, state, counts_as_error, error)
         self.emit("trial_end", self._end_event(record, result))
         if self.on_trial_end is not None:
@@ -735,16 +736,29 @@ class RecordsCallback(Callback):
 
 
 def asha_grace(space: SearchSpace) -> int:
-    """ASHA's first rung, in epochs: after the space pruner's warm-up (``n_warmup_steps``
-    epochs, as Optuna's median pruner counts them)."""
-    return max(1, min(space.pruner.n_warmup_steps + 1, space.budget.epochs))
+    """ASHA's first rung, in epochs: where the space's pruner decides first — after
+    ``n_warmup_steps`` epochs for the median pruner (as Optuna counts them), at step
+    ``min_resource × reduction_factor ** min_early_stopping_rate`` (that many epochs + 1)
+    for successive halving and Hyperband."""
+    pruner = space.pruner
+    if pruner.name in ("successive_halving", "hyperband"):
+        first = (pruner.min_resource or 1) * asha_reduction(space) ** (
+            pruner.min_early_stopping_rate or 0)
+    else:
+        first = pruner.n_warmup_steps
+    return max(1, min(first + 1, space.budget.epochs))
+
+
+def asha_reduction(space: SearchSpace) -> int:
+    """ASHA keeps the best 1/this at each rung: the space pruner's ``reduction_factor`` when
+    it has one, else 3."""
+    return space.pruner.reduction_factor or ASHA_REDUCTION
 
 
 def asha_rungs(space: SearchSpace) -> list[int]:
-    """The epochs after which ASHA compares trials (and keeps the best third)."""
-    grace, epochs = asha_grace(space), space.budget.epochs
-    return [grace * ASHA_REDUCTION ** k for k in range(epochs)
-            if grace * ASHA_REDUCTION ** k < epochs]
+    """The epochs after which ASHA compares trials (and keeps the best 1/reduction)."""
+    grace, epochs, eta = asha_grace(space), space.budget.epochs, asha_reduction(space)
+    return [grace * eta ** k for k in range(epochs) if grace * eta ** k < epochs]
 
 
 class SearchTrialsASHA(ASHAScheduler):
@@ -772,7 +786,7 @@ def asha_scheduler(space: SearchSpace) -> ASHAScheduler:
     """ASHA in epochs (``asha_rungs``), on Δm% against the reference, for search trials."""
     return SearchTrialsASHA(time_attr=TIME_ATTR, metric=METRIC, mode="max",
                             max_t=space.budget.epochs, grace_period=asha_grace(space),
-                            reduction_factor=ASHA_REDUCTION)
+                            reduction_factor=asha_reduction(space))
 
 
 def _pbt(space: SearchSpace, **kwargs: Any) -> StudyRecords:

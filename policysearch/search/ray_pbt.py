@@ -226,6 +226,7 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
             "metrics": metrics,
             "final_weights": {t: float(w) for t, w in trainer.weighting.weights().items()},
             "duration_s": round(trainer.seconds, 3),
+            "device": trainer.device.type,
             "policy": json.dumps(trainer.trained_policy().to_dict()),
             **exploited,
         }
@@ -290,7 +291,7 @@ class MembersCallback(Callback):
         policy = policy_from_params(self.ledger.space, self.ledger.tasks,
                                     trial.config["member"]["values"])
         record = TrialRecord(number=number, state="running", role="search",
-                             policy=policy.to_dict())
+                             policy=policy.to_dict(), started_at=time.time())
         self.ledger.write(record, ray_trial_id=trial.trial_id, run=self.run_name,
                           scheduler=SCHEDULER)
         self.emit("trial_start", {"trial": number, "role": "search", "policy": policy.summary(),
@@ -308,6 +309,7 @@ class MembersCallback(Callback):
         record.epochs = int(result[TIME_ATTR])
         record.final_weights = result.get("final_weights")
         record.duration_s = result.get("duration_s")
+        record.device = result.get("device", record.device)
         if "exploited_from" in result:
             donor = self.numbers.get(str(result["exploited_from"]), -1)
             step = {"epoch": int(result["exploited_at"]), "from_trial": donor}

@@ -44,7 +44,7 @@ STATES = ("complete", "pruned", "failed", "running")
 FINISHED_STATES = ("complete", "pruned")
 STALE_ERROR = "left running by an interrupted search"
 _RECORD_FIELDS = ("number", "state", "role", "metrics", "policy", "duration_s", "epochs",
-                  "error", "reference_task", "final_weights")
+                  "error", "reference_task", "final_weights", "started_at", "device")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -207,6 +207,7 @@ def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord]) 
         dataset_notes=list(info.get("dataset_notes", [])),
         image_size=space.get("budget", {}).get("image_size"),
         budget_epochs=space.get("budget", {}).get("epochs"),
+        space=dict(space),
         single_task_reference=bool(space.get("single_task_reference", False)),
         task_weights=dict(space.get("task_weights") or {}),
         objective=space.get("objective", "delta_m"),

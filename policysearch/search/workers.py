@@ -101,6 +101,7 @@ def worker_main(job: WorkerJob, events: Any) -> None:
         task_setup,
     )
     from policysearch.search.optuna_engine import optimize
+    from policysearch.training import resolve_device
 
     if job.gpu is not None:  # before this process first touches CUDA
         os.environ["CUDA_VISIBLE_DEVICES"] = job.gpu
@@ -123,7 +124,8 @@ def worker_main(job: WorkerJob, events: Any) -> None:
                  n_trials=options.trials, out_dir=Path(job.out_dir), storage=options.storage,
                  study_name=job.study_name, seed=options.seed, timeout=options.timeout,
                  progress=send, fail_stale=False, worker=worker_label(),
-                 sampler_salt=job.index + 1)
+                 sampler_salt=job.index + 1,
+                 device=resolve_device(options.device).type)
     except UserError as err:
         events.put(("user_error", job.index, err.message, err.source, err.field))
         sys.exit(2)

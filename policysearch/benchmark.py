@@ -1,0 +1,547 @@
+"""The benchmark: a searched policy against the standard augmentations, every contender trained
+under one budget for several seeds and evaluated on the **test** split (data the search never
+saw).
+
+Contenders: ``searched`` (the policy file, its loss weighting included) and named baselines
+(each with every task's loss weighing 1, as the search's reference trial). Each seed's Δm% is
+measured against the reference contender trained with that same seed; differences between the
+searched policy and a baseline are paired by seed (paired t-test by default, or Wilcoxon's
+signed-rank test). Every run is stored in ``<out>/runs/`` with a fingerprint of what it
+trained, so running the same command again trains only what is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from policysearch.augment import Policy, is_baseline, load_policy
+from policysearch.config import SearchSpace, load_space
+from policysearch.errors import UserError
+from policysearch.results_table import (
+    MetricsInfo,
+    StudyRecords,
+    delta_m,
+    metrics_info_from_tasks,
+    search_cost,
+)
+
+if TYPE_CHECKING:
+    from policysearch.data.base import MultiTaskDataset
+
+ALL_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugment")
+SEARCHED = "searched"
+SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
+ALPHA = 0.05
+RUN_SCHEMA = "policysearch.benchmark-run/v1"
+Say = Callable[[str], None]
+
+
+@dataclass
+class BenchmarkOptions:
+    """What ``policysearch benchmark`` takes; None means "the search's (or space's) value"."""
+
+    policy: Path
+    baselines: Sequence[str] = ALL_BASELINES
+    reference: str = "flipcrop"
+    search: Path | None = None  # a search's --out: its stored space and its search cost
+    storage: str | None = None  # … or its database and study name
+    study: str | None = None
+    space: str | Path | None = None  # default: the search's stored space, else "default"
+    dataset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    image_size: int | tuple[int, int] | None = None
+    amp: bool | None = None
+    encoder: str | None = None
+    weights: str | None = None
+    seeds: int = 3
+    seed: int = 1  # seeds seed … seed + seeds − 1; the search trains with seed 0 by default
+    device: str = "auto"
+    threads: int | None = None
+    significance: str = "ttest"
+    out: Path = Path("runs/benchmark")
+
+
+@dataclass
+class Contender:
+    name: str
+    policy: Policy
+
+
+@dataclass
+class BenchmarkOutcome:
+    runs: pd.DataFrame  # one row per contender and seed
+    summary: pd.DataFrame  # one row per contender: means, stds, the paired comparison
+    metrics_info: MetricsInfo
+    cost: dict[str, Any] | None
+    files: list[Path] = field(default_factory=list)
+    verdicts: list[str] = field(default_factory=list)
+    trained: int = 0
+    reused: int = 0
+
+
+# --- set-up ------------------------------------------------------------------------------------
+
+
+def _search_records(options: BenchmarkOptions, say: Say) -> StudyRecords | None:
+    from policysearch.search.driver import load_study_records
+    from policysearch.search.optuna_engine import JOURNAL_NAME
+    from policysearch.search.ray_results import is_ray_experiment
+
+    if options.storage is not None:
+        if options.study is None:
+            raise UserError("--storage needs --study NAME", field="--study")
+        return load_study_records(None, options.storage, options.study)
+    folder = options.search
+    if folder is None:  # a best_policy.yaml written by a search sits in its --out folder
+        beside = options.policy.resolve().parent
+        if (beside / JOURNAL_NAME).is_file() or is_ray_experiment(beside):
+            folder = beside
+            say(f"search: {folder} (the policy file's folder)")
+    if folder is None:
+        return None
+    if not folder.is_dir():
+        raise UserError("no such folder", source=str(folder), field="--search")
+    return load_study_records(folder, None, options.study)
+
+
+def resolve_benchmark_space(options: BenchmarkOptions,
+                            records: StudyRecords | None) -> SearchSpace:
+    """The dataset and budget: ``--space`` if given, else the search's stored space, else the
+    default space; CLI flags override its budget."""
+    from policysearch.reeval import stored_space
+
+    if options.space is not None or records is None or not records.space:
+        space = load_space(options.space or "default")
+    else:
+        space = stored_space(records.space, f"study {records.name}")
+    space = space.with_budget(epochs=options.epochs, batch_size=options.batch_size,
+                              lr=options.lr, image_size=options.image_size, amp=options.amp,
+                              encoder=options.encoder, encoder_weights=options.weights)
+    if options.dataset is not None:
+        space = space.model_copy(update={"dataset": options.dataset})
+    return space
+
+
+def _contenders(options: BenchmarkOptions, policy: Policy,
+                tasks: dict[str, str]) -> list[Contender]:
+    from policysearch.search.optuna_engine import reference_policy
+
+    names = list(dict.fromkeys(options.baselines))
+    for name in names:
+        if not is_baseline(name):
+            raise UserError(f"unknown baseline {name!r}; known: {', '.join(ALL_BASELINES)} "
+                            "or a timm-style string such as rand-m9-n2", field="--baselines")
+        if name == SEARCHED or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
+            raise UserError(f"cannot name a contender {name!r}", field="--baselines")
+    if not is_baseline(options.reference):
+        raise UserError(f"unknown baseline {options.reference!r}", field="--reference")
+    if options.reference not in names:
+        names.append(options.reference)
+    return [Contender(SEARCHED, policy)] + [Contender(n, reference_policy(n, tasks))
+                                             for n in names]
+
+
+def _check_options(options: BenchmarkOptions) -> None:
+    if options.seeds < 1:
+        raise UserError("must be at least 1", field="--seeds")
+    if options.significance not in SIGNIFICANCE_TESTS:
+        raise UserError(f"expected one of {', '.join(SIGNIFICANCE_TESTS)}, got "
+                        f"{options.significance!r}", field="--significance")
+
+
+# --- runs ----------------------------------------------------------------------------------------
+
+
+def _fingerprint(policy: Policy, space: SearchSpace, seed: int) -> str:
+    data = policy.to_dict()
+    data.pop("provenance", None)
+    what = {"policy": data, "dataset": space.dataset,
+            "dataset_options": space.dataset_options.model_dump(mode="json"),
+            "budget": space.budget.model_dump(mode="json"), "seed": seed, "split": "test"}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_path(out: Path, contender: str, seed: int) -> Path:
+    """Where one run's result is stored."""
+    return out / "runs" / contender / f"seed-{seed}.json"
+
+
+def _load_run(path: Path, fingerprint: str) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if data.get("schema") != RUN_SCHEMA or data.get("fingerprint") != fingerprint:
+        return None
+    return data
+
+
+def _write_run(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpace,
+                dataset: MultiTaskDataset, options: BenchmarkOptions, say: Say
+                ) -> tuple[dict[tuple[str, int], dict[str, Any]], int, int]:
+    from policysearch.search.driver import train_policy
+
+    runs: dict[tuple[str, int], dict[str, Any]] = {}
+    todo = []
+    for seed in seeds:
+        for c in sorted(contenders, key=lambda c: c.name != options.reference):
+            path = run_path(options.out, c.name, seed)
+            fingerprint = _fingerprint(c.policy, space, seed)
+            stored = _load_run(path, fingerprint)
+            if stored is not None:
+                runs[(c.name, seed)] = stored
+            else:
+                todo.append((c, seed, path, fingerprint))
+    reused = len(runs)
+    if reused:
+        say(f"reusing {reused} stored runs from {options.out / 'runs'}")
+    threads = options.threads or max(1, os.cpu_count() or 1)
+    for i, (c, seed, path, fingerprint) in enumerate(todo, 1):
+        result = train_policy(c.policy, dataset, space.budget, seed=seed, device=options.device,
+                              threads=threads, eval_split="test")
+        data = {"schema": RUN_SCHEMA, "fingerprint": fingerprint, "contender": c.name,
+                "seed": seed, "metrics": result.metrics, "epochs": result.epochs,
+                "seconds": round(result.seconds, 3), "device": result.device,
+                "train_images": result.train_images}
+        _write_run(path, data)
+        runs[(c.name, seed)] = data
+        say(f"run {i}/{len(todo)}: {c.name}, seed {seed} ({result.seconds:.1f} s)")
+    return runs, len(todo), reused
+
+
+# --- statistics ----------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return math.nan, math.nan
+    std = statistics.stdev(finite) if len(finite) > 1 else math.nan
+    return statistics.fmean(finite), std
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], method: str = "ttest"
+                ) -> dict[str, float]:
+    """Compare ``a`` with ``b`` paired by position: mean difference a − b, its 95% confidence
+    interval (t distribution; paired t-test only) and the two-sided p-value. Differences that
+    are all equal give p = 0 when they are not zero and 1 when they are (the tests are
+    undefined there). Fewer than two pairs: p and the interval are NaN."""
+    from scipy import stats
+
+    diffs = [x - y for x, y in zip(a, b, strict=True) if math.isfinite(x - y)]
+    out = {"diff": statistics.fmean(diffs) if diffs else math.nan, "ci_low": math.nan,
+           "ci_high": math.nan, "p": math.nan}
+    if len(diffs) < 2:
+        return out
+    mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
+    if sd == 0.0:
+        out.update(ci_low=mean, ci_high=mean, p=0.0 if mean != 0.0 else 1.0)
+        return out
+    if method == "ttest":
+        half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+        out.update(ci_low=mean - half, ci_high=mean + half,
+                   p=float(stats.ttest_1samp(diffs, 0.0).pvalue))
+    else:
+        out.update(p=float(stats.wilcoxon(diffs).pvalue))
+    return out
+
+
+def _primary(info: MetricsInfo) -> list[tuple[str, str]]:
+    return [(t, m) for t, metrics in info.items() for m, meta in metrics.items()
+            if meta.get("primary")]
+
+
+def runs_frame(runs: dict[tuple[str, int], dict[str, Any]], contenders: list[str],
+               seeds: list[int], info: MetricsInfo, reference: str,
+               task_weights: dict[str, float] | None) -> pd.DataFrame:
+    """One row per contender and seed: every metric (``task.metric``), Δm% against the
+    reference of that seed, seconds."""
+    rows = []
+    for name in contenders:
+        for seed in seeds:
+            run = runs[(name, seed)]
+            value, _ = delta_m(run["metrics"], runs[(reference, seed)]["metrics"], info,
+                               task_weights)
+            row: dict[str, Any] = {"contender": name, "seed": seed, "delta_m": value}
+            for task, metrics in info.items():
+                for metric in metrics:
+                    row[f"{task}.{metric}"] = run["metrics"].get(task, {}).get(metric, math.nan)
+            row.update(seconds=run["seconds"], epochs=run["epochs"], device=run.get("device"))
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_frame(runs: pd.DataFrame, info: MetricsInfo, method: str) -> pd.DataFrame:
+    """One row per contender: mean and std (over seeds) of Δm% and every metric, and the
+    searched policy's paired difference in Δm% to it (``diff`` = searched − contender),
+    its interval, p-value and whether it is larger than the seed noise (the larger of the
+    two contenders' Δm% std)."""
+    metric_cols = [f"{t}.{m}" for t, metrics in info.items() for m in metrics]
+    searched = runs[runs["contender"] == SEARCHED].set_index("seed")["delta_m"]
+    rows = []
+    for name, group in runs.groupby("contender", sort=False):
+        row: dict[str, Any] = {"contender": name, "seeds": len(group)}
+        for col in ["delta_m", *metric_cols, "seconds"]:
+            row[col], row[f"{col}_std"] = _mean_std(group[col].tolist())
+        if name != SEARCHED:
+            own = group.set_index("seed")["delta_m"]
+            common = [s for s in own.index if s in searched.index]
+            test = paired_test([searched[s] for s in common], [own[s] for s in common], method)
+            noise = max(_nan0(row["delta_m_std"]),
+                        _nan0(statistics.stdev(searched) if len(searched) > 1 else math.nan))
+            row.update(diff=test["diff"], ci_low=test["ci_low"], ci_high=test["ci_high"],
+                       p_value=test["p"], seed_std=noise,
+                       beyond_noise=bool(len(common) > 1 and abs(test["diff"]) > noise))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _nan0(value: float) -> float:
+    return 0.0 if not math.isfinite(value) else value
+
+
+def verdicts(summary: pd.DataFrame, method: str) -> list[str]:
+    """One plain sentence per baseline: does the searched policy beat it?"""
+    lines = []
+    for _, row in summary[summary["contender"] != SEARCHED].iterrows():
+        diff, p = row["diff"], row["p_value"]
+        if not math.isfinite(diff):
+            lines.append(f"searched vs {row['contender']}: no paired runs")
+            continue
+        side = "better" if diff > 0 else "worse"
+        if not math.isfinite(p):
+            lines.append(f"searched vs {row['contender']}: {diff:+.2f} Δm% (one seed: no test)")
+            continue
+        sig = (f"significant (p = {p:.3f} < {ALPHA})" if p < ALPHA
+               else f"not significant (p = {p:.3f})")
+        noise = ("beyond" if row["beyond_noise"] else "within") + \
+            f" the seed std ({row['seed_std']:.2f})"
+        lines.append(f"searched vs {row['contender']}: {diff:+.2f} Δm% ({side}), {sig} by "
+                     f"{_test_name(method)}, {noise}")
+    return lines
+
+
+def _test_name(method: str) -> str:
+    return "a paired t-test" if method == "ttest" else "Wilcoxon's signed-rank test"
+
+
+# --- cost ----------------------------------------------------------------------------------------
+
+
+def cost_summary(records: StudyRecords | None, full_epochs: int,
+                 full_seconds: float) -> dict[str, Any] | None:
+    """The search's compute as a multiple of one full training of the final model (this
+    benchmark's budget): by epochs and by time (the searched runs' mean seconds)."""
+    if records is None:
+        return None
+    cost = search_cost(records)
+    data = cost.to_dict()
+    data.update(study=records.name, full_training_epochs=full_epochs,
+                full_training_seconds=round(full_seconds, 3),
+                full_trainings_by_epochs=cost.trial_epochs / full_epochs if full_epochs else None,
+                full_trainings_by_time=(cost.trial_seconds / full_seconds
+                                        if full_seconds > 0 else None))
+    return data
+
+
+def cost_line(cost: dict[str, Any]) -> str:
+    wall = cost.get("wall_seconds")
+    devices = ", ".join(f"{s / 3600:.2f} {d}-hours" for d, s in
+                        (cost.get("device_seconds") or {}).items())
+    by_time = cost.get("full_trainings_by_time")
+    return (f"search cost of study {cost['study']}: {cost['trial_epochs']} trial-epochs over "
+            f"{cost['trials']} trials = {cost['full_trainings_by_epochs']:.1f} full trainings "
+            f"of {cost['full_training_epochs']} epochs"
+            + (f" ({by_time:.1f} by time: {cost['trial_seconds'] / 60:.1f} min of trials, "
+               f"one full training {cost['full_training_seconds']:.0f} s)"
+               if by_time is not None else "")
+            + (f"; wall time {wall / 60:.1f} min" if wall is not None else "")
+            + (f"; {devices}" if devices else ""))
+
+
+# --- output --------------------------------------------------------------------------------------
+
+
+def _pm(mean: float, std: float, digits: int) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    text = f"{mean:+.{digits}f}" if digits == 2 else f"{mean:.{digits}f}"
+    return text + (f" ± {std:.{digits}f}" if math.isfinite(std) else "")
+
+
+def to_markdown(outcome: BenchmarkOutcome, header: list[str], method: str) -> str:
+    """The benchmark as Markdown: context lines, the summary table (primary metrics), the
+    verdicts, the search cost and the per-seed table."""
+    info, summary, runs = outcome.metrics_info, outcome.summary, outcome.runs
+    primary = _primary(info)
+    lines = ["# Benchmark: searched policy vs standard augmentations", "", *header, ""]
+    head = ["contender", "Δm% (test)", *(f"{t} {m}" for t, m in primary),
+            f"searched − contender ({'paired t-test' if method == 'ttest' else 'Wilcoxon'})",
+            "s / run"]
+    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    for _, row in summary.iterrows():
+        cells = [str(row["contender"]), _pm(row["delta_m"], row["delta_m_std"], 2)]
+        cells += [_pm(row[f"{t}.{m}"], row[f"{t}.{m}_std"], 3) for t, m in primary]
+        if row["contender"] == SEARCHED:
+            cells.append("")
+        else:
+            diff, p = row["diff"], row["p_value"]
+            ci = (f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+                  if math.isfinite(row["ci_low"]) else "")
+            cells.append(f"{diff:+.2f}{ci}, p = {p:.3f}" + (" *" if p < ALPHA else "")
+                         if math.isfinite(p) else f"{diff:+.2f}")
+        cells.append(f"{row['seconds']:.0f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "Mean ± std over seeds. `*`: p < 0.05. Brackets: 95% confidence interval of "
+              "the paired difference in Δm%.", ""]
+    lines += [f"- {v}" for v in outcome.verdicts]
+    if outcome.cost is not None:
+        lines += ["", cost_line(outcome.cost) + "."]
+    lines += ["", "## Every run", ""]
+    cols = ["contender", "seed", "delta_m", *(f"{t}.{m}" for t, m in primary), "seconds"]
+    lines += ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    for _, row in runs.iterrows():
+        cells = [str(row["contender"]), str(int(row["seed"])),
+                 f"{row['delta_m']:+.2f}" if math.isfinite(row["delta_m"]) else "–"]
+        cells += [f"{row[c]:.4f}" for c in cols[3:-1]]
+        cells.append(f"{row['seconds']:.1f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> Path:
+    """Bar plot of Δm% (mean ± std over seeds, every seed as a dot), the searched policy
+    highlighted."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = summary["contender"].tolist()
+    means = summary["delta_m"].fillna(0.0).to_numpy()
+    stds = summary["delta_m_std"].fillna(0.0).to_numpy()
+    colors = ["#d95f02" if n == SEARCHED else "#7570b3" for n in names]
+    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.0, 4.0), dpi=120)
+    xs = range(len(names))
+    ax.bar(xs, means, yerr=stds, capsize=5, color=colors, alpha=0.85)
+    for x, name in zip(xs, names, strict=True):
+        values = runs.loc[runs["contender"] == name, "delta_m"].to_numpy()
+        ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
+    ax.axhline(0.0, color="grey", linewidth=0.8)
+    ax.set_xticks(list(xs), names, rotation=20)
+    ax.set_ylabel("Δm% on the test split")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+# --- the command ---------------------------------------------------------------------------------
+
+
+def run_benchmark(options: BenchmarkOptions, progress: Say | None = None) -> BenchmarkOutcome:
+    """Train every contender for every seed (reusing stored runs), evaluate on the test split
+    and write ``benchmark.md``, ``benchmark.csv`` (one row per contender), ``runs.csv`` (one
+    row per run), ``benchmark.json`` and ``benchmark.png`` into ``options.out``."""
+    from policysearch.search.driver import load_dataset
+    from policysearch.training import resolve_device
+
+    say = progress or (lambda line: None)
+    _check_options(options)
+    policy = load_policy(options.policy)
+    records = _search_records(options, say)
+    space = resolve_benchmark_space(options, records)
+    resolve_device(options.device)
+    dataset = load_dataset(space)
+    if len(dataset.split("test")) == 0:
+        raise UserError("the test split is empty: the benchmark evaluates on it",
+                        source=space.dataset, field="dataset")
+    tasks = {t.name: t.kind for t in dataset.tasks}
+    if set(policy.tasks) != set(tasks):
+        raise UserError(f"the policy's tasks ({', '.join(policy.tasks)}) are not the "
+                        f"dataset's ({', '.join(tasks)})", source=str(options.policy),
+                        field="tasks")
+    from policysearch.tasks import make_task
+
+    info = metrics_info_from_tasks([make_task(spec) for spec in dataset.tasks])
+    contenders = _contenders(options, policy, tasks)
+    seeds = list(range(options.seed, options.seed + options.seeds))
+    budget = space.budget
+    say(f"benchmark: {len(contenders)} contenders × {len(seeds)} seeds on {space.dataset} "
+        f"(test split: {len(dataset.split('test'))} samples), {budget.epochs} epochs each")
+    runs, trained, reused = _train_runs(contenders, seeds, space, dataset, options, say)
+    names = [c.name for c in contenders]
+    weights = dict(space.task_weights or {}) or None
+    frame = runs_frame(runs, names, seeds, info, options.reference, weights)
+    summary = summary_frame(frame, info, options.significance)
+    searched_seconds = float(frame.loc[frame["contender"] == SEARCHED, "seconds"].mean())
+    outcome = BenchmarkOutcome(runs=frame, summary=summary, metrics_info=info,
+                               cost=cost_summary(records, budget.epochs, searched_seconds),
+                               verdicts=verdicts(summary, options.significance),
+                               trained=trained, reused=reused)
+    outcome.files = _write(outcome, options, space, policy, seeds, len(dataset.split("test")))
+    return outcome
+
+
+def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSpace,
+           policy: Policy, seeds: list[int], n_test: int) -> list[Path]:
+    out = options.out
+    out.mkdir(parents=True, exist_ok=True)
+    budget = space.budget
+    prov = policy.provenance or {}
+    origin = (f" (study {prov['study']}, trial {prov.get('trial')})" if prov.get("study")
+              else "")
+    device = ", ".join(sorted({str(d) for d in outcome.runs["device"]}))
+    header = [
+        f"Policy `{options.policy}`{origin} against {', '.join(outcome.summary['contender'][1:])}"
+        f"; dataset `{space.dataset}`, test split ({n_test} samples), never seen by the search.",
+        f"Budget per run: {budget.epochs} epochs, batch {budget.batch_size}, lr {budget.lr:g}, "
+        f"{budget.optimizer}, encoder `{budget.encoder}`, image size {budget.image_size}; "
+        f"seeds {seeds[0]}–{seeds[-1]}; device `{device}`.",
+        f"Δm%: against `{options.reference}` trained with the same seed (primary metrics; "
+        f"mean over tasks). Baselines weigh every task's loss 1; `searched` uses its own "
+        f"loss weighting ({policy.weighting.method}).",
+    ]
+    md = out / "benchmark.md"
+    md.write_text(to_markdown(outcome, header, options.significance))
+    csv, runs_csv = out / "benchmark.csv", out / "runs.csv"
+    outcome.summary.to_csv(csv, index=False)
+    outcome.runs.to_csv(runs_csv, index=False)
+    js = out / "benchmark.json"
+    js.write_text(json.dumps({
+        "policy": str(options.policy), "reference": options.reference,
+        "significance": options.significance, "seeds": seeds, "dataset": space.dataset,
+        "budget": budget.model_dump(mode="json"), "cost": outcome.cost,
+        "verdicts": outcome.verdicts,
+        "summary": json.loads(outcome.summary.to_json(orient="records")),
+        "runs": json.loads(outcome.runs.to_json(orient="records")),
+    }, indent=1, ensure_ascii=False) + "\n")
+    png = plot(outcome.summary, outcome.runs, out / "benchmark.png",
+               f"{space.dataset}: Δm% vs {options.reference} on the test split "
+               f"({len(seeds)} seeds, {budget.epochs} epochs)")
+    return [md, csv, runs_csv, js, png]
+
+
+__all__ = ["ALL_BASELINES", "BenchmarkOptions", "BenchmarkOutcome", "paired_test",
+           "run_benchmark", "summary_frame"]
