@@ -213,16 +213,24 @@ def _claim_reference(study: optuna.Study, space: SearchSpace,
             if key is not None:
                 attrs["reference_task"] = key
             study.enqueue_trial({}, user_attrs=attrs)
-            waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                       if t.user_attrs.get("role") == "reference"
-                       and t.user_attrs.get("reference_task") == key]
-        for candidate in sorted(waiting, key=lambda t: t.number):
-            try:
-                if study._storage.set_trial_state_values(candidate._trial_id,
-                                                         state=TrialState.RUNNING):
-                    return Trial(study, candidate._trial_id)
-            except optuna.exceptions.UpdateFinishedTrialError:
-                continue  # another worker claimed it first
+            # Read again: another worker may have enqueued and claimed its own meanwhile.
+            mine = [t for t in study.get_trials(deepcopy=False)
+                    if t.user_attrs.get("role") == "reference"
+                    and t.user_attrs.get("reference_task") == key]
+            if any(t.state == TrialState.RUNNING for t in mine):
+                continue
+            waiting = [t for t in mine if t.state == TrialState.WAITING]
+        # Only the lowest-numbered one: when two workers enqueue at the same moment, the one
+        # that loses the claim must not go on to claim the other's copy (the reference would
+        # run twice); the copy is failed once the reference completes.
+        if not waiting:
+            continue
+        first = min(waiting, key=lambda t: t.number)
+        try:
+            if study._storage.set_trial_state_values(first._trial_id, state=TrialState.RUNNING):
+                return Trial(study, first._trial_id)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # another worker claimed it first
     return None
 
 
