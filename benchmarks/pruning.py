@@ -1,13 +1,14 @@
 """Pruning: the same search with and without successive halving — trial-epochs spent against the
 best validation Δm% found.
 
-Search A is benchmarks/quality.py's search on shapes (successive halving; reused when
-runs/quality-shapes/search exists, else run here). Search B is the same space with
-`pruner: {name: none}` and as many full-length trials as fit in A's trial-epochs. Both studies
-share the reference trial's definition (flipcrop, seed 0, same budget), so their Δm% compare.
-Writes benchmarks/results/pruning.md (or --out). Both searches resume.
+Search A is benchmarks/quality.py's search on shapes (successive halving, first rung at a third
+of the budget; reused when runs/quality-shapes/search exists, else run here). Search B is the
+same space with the first rung at epoch 2 and more trials; search C has `pruner: {name: none}`
+and as many full-length trials as fit in A's trial-epochs. All share the reference trial's
+definition (flipcrop, seed 0, same budget), so their Δm% compare. Writes
+benchmarks/results/pruning.md (or --out). The searches resume.
 
-    .venv/bin/python benchmarks/pruning.py            # ~15 min when search A exists
+    .venv/bin/python benchmarks/pruning.py            # ~25 min when search A exists
     .venv/bin/python benchmarks/pruning.py --smoke-test
 """
 
@@ -24,13 +25,16 @@ from pathlib import Path
 import torch
 import yaml
 from _machine import cpu_model  # benchmarks/_machine.py, beside this script
+from quality import TRIALS as QUALITY_TRIALS_BY_DATASET  # benchmarks/quality.py
 
 from policysearch.results_table import StudyRecords, results_frame, search_cost
 from policysearch.search.driver import load_study_records
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-QUALITY_TRIALS = 31  # as benchmarks/quality.py on shapes
+QUALITY_TRIALS = QUALITY_TRIALS_BY_DATASET["shapes"]
+# Trials of the early-rung search: sized, like the first, to about 10 full trainings.
+EARLY_TRIALS = 31
 
 
 def _write_space(source: Path, folder: Path, name: str, pruner: dict, smoke: bool) -> Path:
@@ -87,27 +91,42 @@ def main() -> None:
     args = parser.parse_args()
 
     source = HERE / "spaces" / "quality_shapes.yaml"
+    configured = yaml.safe_load(source.read_text())["pruner"]
     if args.smoke_test:
         work = Path(tempfile.mkdtemp(prefix="pruning-smoke-"))
-        pruned_space = _write_space(source, work, "quality_shapes", {
-            "name": "successive_halving", "min_resource": 1, "reduction_factor": 2}, True)
+        configured = {"name": "successive_halving", "min_resource": 2, "reduction_factor": 2}
+        pruned_space = _write_space(source, work, "quality_shapes", configured, True)
         pruned_out, trials = work / "search", 6
     else:
         work = ROOT / "runs" / "pruning"
         work.mkdir(parents=True, exist_ok=True)
         pruned_space = source.relative_to(ROOT)
         pruned_out, trials = Path("runs/quality-shapes/search"), QUALITY_TRIALS
-    seconds_a = _search(pruned_space, pruned_out, trials)
+    seconds = [_search(pruned_space, pruned_out, trials)]
     pruned = load_study_records(ROOT / pruned_out, None, None)
     epochs = pruned.budget_epochs or 1
     spent = search_cost(pruned).trial_epochs
+
+    # The same pruner with its first rung at epoch 1 (smoke) or 2: many more, shorter trials
+    # for about the same trial-epochs.
+    early = {**configured, "min_resource": 1 if args.smoke_test else 2}
+    early_trials = EARLY_TRIALS if not args.smoke_test else 8
+    early_space = _write_space(source, work, "quality_shapes_early", early, args.smoke_test)
+    early_out = work / "search-early"
+    seconds.append(_search(early_space, early_out, early_trials))
+    early_records = load_study_records(early_out, None, None)
+
     full = max(2, round(spent / epochs))  # the reference and at least one search trial
     plain_space = _write_space(source, work, "quality_shapes_nopruner", {"name": "none"},
                                args.smoke_test)
     plain_out = work / "search-nopruner"
-    seconds_b = _search(plain_space, plain_out, full)
+    seconds.append(_search(plain_space, plain_out, full))
     plain = load_study_records(plain_out, None, None)
 
+    # Optuna counts steps from 0: min_resource r prunes after epoch r + 1.
+    studies = [(f"successive halving, min_resource {configured['min_resource']}", pruned),
+               (f"successive halving, min_resource {early['min_resource']}", early_records),
+               ("no pruner", plain)]
     marks = sorted({max(epochs, round(spent * f)) for f in (0.25, 0.5, 0.75, 1.0)})
     head = "| search | trials | complete | pruned | trial-epochs | full trainings | " \
            "best validation Δm% | trial time (min) |"
@@ -116,22 +135,25 @@ def main() -> None:
         "",
         f"Produced by `python benchmarks/pruning.py{' --smoke-test' if args.smoke_test else ''}`"
         f" on {cpu_model()}, 2 CPU threads, torch {torch.__version__}, no GPU. Space "
-        f"`benchmarks/spaces/quality_shapes.yaml` ({epochs} epochs per full trial): once with "
-        f"its successive-halving pruner ({trials} finished trials), once with `pruner: none` "
-        f"and {full} trials, about the same trial-epochs. Δm% on the validation split against "
-        f"the reference trial (flipcrop, seed 0), which both studies train identically. "
-        f"This run: {seconds_a / 60:.1f} + {seconds_b / 60:.1f} min (finished trials reused).",
+        f"`benchmarks/spaces/quality_shapes.yaml` ({epochs} epochs per full trial), searched "
+        f"three ways: with its successive-halving pruner ({trials} finished trials, the search "
+        f"of benchmarks/quality.py), with the same pruner's min_resource "
+        f"{early['min_resource']} ({early_trials} trials; a trial reaching rung `min_resource` "
+        f"r has trained r + 1 epochs), and with `pruner: none` ({full} "
+        f"trials, about the trial-epochs of the first). Δm% on the validation split against "
+        f"the reference trial (flipcrop, seed 0), which every study trains identically. "
+        f"This run: {' + '.join(f'{s / 60:.1f}' for s in seconds)} min (finished trials "
+        f"reused).",
         "",
         head, "|---|" + "---:|" * 7,
-        _row("successive halving", pruned),
-        _row("no pruner", plain),
+        *(_row(name, records) for name, records in studies),
         "",
         "## Best validation Δm% found after a given number of trial-epochs",
         "",
         "| trial-epochs spent | " + " | ".join(map(str, marks)) + " |",
         "|---|" + "---:|" * len(marks),
     ]
-    for name, records in (("successive halving", pruned), ("no pruner", plain)):
+    for name, records in studies:
         values = _curve(records, marks)
         lines.append(f"| {name} | " + " | ".join(
             f"{v:+.2f}" if math.isfinite(v) else "–" for v in values) + " |")

@@ -6,6 +6,7 @@ Exit status: 0 done; 2 bad input (one line naming the file and field); 1 an inte
 
 from __future__ import annotations
 
+import errno
 import functools
 import sys
 import time
@@ -20,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from policysearch import __version__
-from policysearch.errors import UserError
+from policysearch.errors import SearchAborted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Search augmentation policies and loss weights for multi-task vision.")
@@ -29,7 +30,14 @@ out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+# I/O errors the user fixes (space, permissions, paths): exit 2; any other OSError: exit 1.
+_FIXABLE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                   errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG}
+
+
 def _handles_errors(func: F) -> F:
+    """User errors and fixable I/O errors: one line, exit 2; a search that keeps failing:
+    one line, exit 1; Ctrl-C: exit 130. Finished trials are in the study in every case."""
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
@@ -37,6 +45,15 @@ def _handles_errors(func: F) -> F:
         except UserError as err:
             typer.echo(f"error: {err}", err=True)
             raise typer.Exit(2) from None
+        except OSError as err:  # a full disk, a read-only folder, …: not a bug of ours
+            where = f"{err.filename}: " if err.filename else ""
+            fixable = err.errno in _FIXABLE_ERRNOS
+            typer.echo(f"error: {where}{err.strerror or err}"
+                       + ("" if fixable else " (an unexpected I/O error)"), err=True)
+            raise typer.Exit(2 if fixable else 1) from None
+        except SearchAborted as err:
+            typer.echo(f"error: {err} (finished trials are kept)", err=True)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted: finished trials are kept; run the same command again "
                        "to resume", err=True)
@@ -149,6 +166,13 @@ class ProgressPrinter:
                                highlight=False, style="dim")
         elif event == "trial_end":
             self._trial_end(data)
+        elif event == "interrupted":
+            states = data["states"]
+            counts = ", ".join(f"{states.get(s, 0)} {s}" for s in ("complete", "pruned", "failed"))
+            best = (f"; best Δm% {data['best'][0]:+.2f} (trial {data['best'][1]})"
+                    if data.get("best") else "")
+            self.console.print(f"interrupted: {counts}{best}; results so far in {data['out']}",
+                               highlight=False)
         elif event == "timeout":
             self.console.print(f"timeout reached: stopping with {data['finished']} of "
                                f"{data['target']} trials finished; run the same command to "
@@ -536,6 +560,34 @@ def preview(
     image = preview_grid_for(policy, data, n=n, draws=draws, seed=seed)
     write_png(image, to)
     out_console.print(f"wrote {to} ({image.width}×{image.height})", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def check(
+    space: Annotated[list[str] | None, typer.Option(
+        help="Search-space YAML file (or shipped name) to validate; repeatable.")] = None,
+    policy: Annotated[list[Path] | None, typer.Option(
+        help="Policy YAML file to validate; repeatable.")] = None,
+) -> None:
+    """Validate search-space and policy files without training: prints what each holds, or
+    the first problem as one line naming the file and field (exit status 2)."""
+    from policysearch.augment import load_policy
+    from policysearch.config import load_space
+
+    if not space and not policy:
+        raise UserError("give --space FILE and/or --policy FILE", field="--space")
+    for name in space or []:
+        found = load_space(name)
+        ops = sorted({*found.shared.ops, *(found.per_task.ops if found.per_task else ())})
+        out_console.print(f"ok: {name}: space {found.name} on {found.dataset}, "
+                          f"{found.shared.slots} shared slot(s), {len(ops)} ops, weights "
+                          f"{found.weights.method}, {found.budget.epochs} epochs",
+                          highlight=False, markup=False)
+    for path in policy or []:
+        loaded = load_policy(path)
+        out_console.print(f"ok: {path}: policy for {', '.join(loaded.tasks)}: "
+                          f"{loaded.summary() or '(no ops)'}", highlight=False, markup=False)
 
 
 @app.command()

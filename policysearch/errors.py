@@ -1,4 +1,5 @@
-"""Errors a user can cause and fix: the CLI prints them as one line and exits with status 2."""
+"""Errors a user can cause and fix: the CLI prints them as one line and exits with status 2;
+and ``SearchAborted``, a search that stops for another reason (one line, exit status 1)."""
 
 from __future__ import annotations
 
@@ -23,3 +24,8 @@ class UserError(Exception):
 
 class DataError(UserError):
     """A dataset file that cannot be read or does not match its targets."""
+
+
+class SearchAborted(Exception):
+    """The search stopped because trials keep failing (a bug or an environment problem); the
+    finished trials are kept. ``str(err)`` is the one line the CLI prints."""

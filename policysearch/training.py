@@ -8,10 +8,12 @@ forwards each epoch's validation metrics (and may stop the trial by raising ``Tr
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import gc
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -39,7 +41,33 @@ class TrialPruned(Exception):
 
 
 class TrialFailed(Exception):
-    """The trial cannot go on (non-finite loss, …); the message is recorded in the study."""
+    """The trial cannot go on (non-finite loss or metric, out of memory, a policy that leaves a
+    task no target); the message is recorded in the study and the search goes on."""
+
+
+def non_finite(metrics: Metrics) -> list[str]:
+    """``task.metric`` of every NaN or infinite value in ``metrics``."""
+    return [f"{task}.{name}" for task, values in metrics.items()
+            for name, value in values.items() if not math.isfinite(float(value))]
+
+
+def release_memory() -> None:
+    """Give back what a failed trial held: Python garbage, and the CUDA cache when present."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@contextlib.contextmanager
+def _out_of_memory_fails(epoch: int, stage: str) -> Iterator[None]:
+    """An out-of-memory error fails the trial with advice instead of ending the search."""
+    try:
+        yield
+    except torch.OutOfMemoryError as err:
+        first = (str(err).splitlines() or ["out of memory"])[0]
+        raise TrialFailed(f"out of memory in {stage} at epoch {epoch}: {first} — lower the "
+                          "budget's batch_size or image_size, or share the GPU among fewer "
+                          "trials") from None
 
 
 class Reporter(Protocol):
@@ -219,34 +247,35 @@ class Trainer:
         views = {t.name: phase.view_of(t.name) for t in tasks}
         self.model.train()
         loss_sums = torch.zeros(len(tasks), device=dev)
+        # Whether each task's loss was ever non-zero: a task loss is exactly 0 only when the
+        # batch holds no valid target (the Task contract), e.g. every box cropped away.
+        signal = torch.zeros(len(tasks), dtype=torch.bool, device=dev)
         steps = 0
         augment.set_seed(_epoch_seed(self.seed, epoch, 0))
         order = np.random.default_rng(_epoch_seed(self.seed, epoch, 1)).permutation(
             len(self.train))
-        for batch in _batches(order, budget.batch_size):
-            drawn = [augment(self.train[int(i)]) for i in batch]
-            features = {}
-            for view in sorted(set(views.values())):
-                images = images_to_tensor([d[view] for d in drawn]).to(dev, non_blocking=True)
-                with _autocast(dev, budget.amp):
-                    features[view] = self.model.features(images)
-            losses = {}
-            for task in tasks:
-                view = views[task.name]
-                targets = task.to_device(task.collate([d[view] for d in drawn]), dev)
-                with _autocast(dev, budget.amp):
-                    output = self.model.head_forward(task.name, features[view])
-                losses[task.name] = task.loss(_to_float(output), targets)
-            self.optimizer.zero_grad(set_to_none=True)
-            total = self.weighting.backward(losses)
-            if not torch.isfinite(total):
-                bad = [n for n, v in losses.items() if not torch.isfinite(v)]
-                raise TrialFailed(f"non-finite loss at epoch {epoch} (tasks: {', '.join(bad)})")
-            self.optimizer.step()
-            self.scheduler.step()
-            self.images_seen += len(batch)
-            loss_sums += torch.stack([losses[n].detach() for n in self.task_names])
-            steps += 1
+        with _out_of_memory_fails(epoch, "training"):
+            for batch in _batches(order, budget.batch_size):
+                drawn = [augment(self.train[int(i)]) for i in batch]
+                losses = self._step_losses(drawn, views)
+                self.optimizer.zero_grad(set_to_none=True)
+                total = self.weighting.backward(losses)
+                if not torch.isfinite(total):
+                    bad = [n for n, v in losses.items() if not torch.isfinite(v)]
+                    raise TrialFailed(f"non-finite loss at epoch {epoch} "
+                                      f"(tasks: {', '.join(bad) or 'the weighted total'})")
+                self.optimizer.step()
+                self.scheduler.step()
+                self.images_seen += len(batch)
+                step_losses = torch.stack([losses[n].detach() for n in self.task_names])
+                loss_sums += step_losses
+                signal |= step_losses != 0
+                steps += 1
+        empty = [n for n, s in zip(self.task_names, signal.tolist(), strict=True) if not s]
+        if steps and empty:
+            raise TrialFailed(f"the policy leaves no target for task {', '.join(empty)} in "
+                              f"epoch {epoch}: its loss was 0 in every step (every target "
+                              "erased or cropped away)")
         mean_losses = dict(zip(self.task_names, (loss_sums / max(1, steps)).tolist(),
                                strict=True))
         self.weighting.end_epoch(epoch, mean_losses)
@@ -255,11 +284,35 @@ class Trainer:
         self.epoch += 1
         return mean_losses
 
+    def _step_losses(self, drawn: list[dict[str, Any]], views: dict[str, str]
+                     ) -> dict[str, torch.Tensor]:
+        """Each task's loss on one batch of augmented samples (one encoder pass per view)."""
+        dev, amp = self.device, self.budget.amp
+        features = {}
+        for view in sorted(set(views.values())):
+            images = images_to_tensor([d[view] for d in drawn]).to(dev, non_blocking=True)
+            with _autocast(dev, amp):
+                features[view] = self.model.features(images)
+        losses = {}
+        for task in self.tasks:
+            view = views[task.name]
+            targets = task.to_device(task.collate([d[view] for d in drawn]), dev)
+            with _autocast(dev, amp):
+                output = self.model.head_forward(task.name, features[view])
+            losses[task.name] = task.loss(_to_float(output), targets)
+        return losses
+
     def evaluate(self) -> Metrics:
         """Metrics of every task on the evaluation split; after a trained epoch they are also
-        that epoch's entry of ``history``."""
-        metrics = evaluate(self.model, self.tasks, self.evaluation, self.device,
-                           amp=self.budget.amp)
+        that epoch's entry of ``history``. A NaN or infinite metric fails the trial: it is
+        never recorded."""
+        with _out_of_memory_fails(self.epoch, "evaluation"):
+            metrics = evaluate(self.model, self.tasks, self.evaluation, self.device,
+                               amp=self.budget.amp)
+        bad = non_finite(metrics)
+        if bad:
+            raise TrialFailed(f"non-finite metric after epoch {self.epoch}: {', '.join(bad)} "
+                              "(the network diverged)")
         if self.epoch > 0:
             del self.history[self.epoch - 1:]
             self.history.append(metrics)

@@ -206,3 +206,11 @@ def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path) -> N
     after = {t.number: t.value for t in _finished(out)}
     assert len(after) == 6
     assert all(after[n] == v for n, v in before.items())
+    # Nothing counted twice: besides the 6 finished trials, only the one the kill cut short,
+    # failed as stale (its parameters ran again as a new trial).
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / JOURNAL_NAME)))
+    trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
+    assert len(failed) <= 1 and len(trials) == 6 + len(failed)
+    assert all("interrupted search" in t.user_attrs["error"] for t in failed)

@@ -215,33 +215,39 @@ def search(options: SearchOptions,
     def checkpoint(study: StudyRecords) -> None:
         write_results(results_frame(study, warn=False), out_dir)
 
-    with contextlib.ExitStack() as stack:
-        if options.engine == "optuna":
-            stack.enter_context(journal_lock(options.storage, out_dir))
-        if options.engine == "ray":
-            from policysearch.search.ray_engine import optimize_ray
+    try:
+        with contextlib.ExitStack() as stack:
+            if options.engine == "optuna":
+                stack.enter_context(journal_lock(options.storage, out_dir))
+            if options.engine == "ray":
+                from policysearch.search.ray_engine import optimize_ray
 
-            records = optimize_ray(space, options=options, dataset=dataset, tasks=task_kinds,
-                                   metrics_info=info, dataset_notes=notes, out_dir=out_dir,
-                                   study_name=study_name, threads=threads, progress=progress,
-                                   on_trial_end=checkpoint)
-        elif options.workers > 1:
-            records = _search_with_workers(options, space, task_kinds, info, dataset.name, notes,
-                                           out_dir, study_name, threads, progress, checkpoint)
-        else:
-            from policysearch.search.workers import worker_label
+                records = optimize_ray(space, options=options, dataset=dataset, tasks=task_kinds,
+                                       metrics_info=info, dataset_notes=notes, out_dir=out_dir,
+                                       study_name=study_name, threads=threads, progress=progress,
+                                       on_trial_end=checkpoint)
+            elif options.workers > 1:
+                records = _search_with_workers(options, space, task_kinds, info, dataset.name,
+                                               notes, out_dir, study_name, threads, progress,
+                                               checkpoint)
+            else:
+                from policysearch.search.workers import worker_label
 
-            # On a shared database other hosts may sample from the same history at the same
-            # moment: a per-process salt keeps their suggestions apart.
-            shared_db = options.storage is not None and not options.storage.endswith(".journal")
-            records = optimize(space, tasks=task_kinds, metrics_info=info,
-                               dataset_name=dataset.name, dataset_notes=notes,
-                               runner=make_runner(dataset, space, options, threads),
-                               n_trials=options.trials, out_dir=out_dir, storage=options.storage,
-                               study_name=study_name, seed=options.seed, timeout=options.timeout,
-                               progress=progress, on_trial_end=checkpoint,
-                               worker=worker_label(), sampler_salt=os.getpid() if shared_db else 0,
-                               device=resolve_device(options.device).type)
+                # On a shared database other hosts may sample from the same history at the
+                # same moment: a per-process salt keeps their suggestions apart.
+                shared_db = (options.storage is not None
+                             and not options.storage.endswith(".journal"))
+                records = optimize(
+                    space, tasks=task_kinds, metrics_info=info, dataset_name=dataset.name,
+                    dataset_notes=notes, runner=make_runner(dataset, space, options, threads),
+                    n_trials=options.trials, out_dir=out_dir, storage=options.storage,
+                    study_name=study_name, seed=options.seed, timeout=options.timeout,
+                    progress=progress, on_trial_end=checkpoint, worker=worker_label(),
+                    sampler_salt=os.getpid() if shared_db else 0,
+                    device=resolve_device(options.device).type)
+    except KeyboardInterrupt:
+        _report_interrupt(options, out_dir, study_name, checkpoint, progress)
+        raise
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
@@ -253,6 +259,29 @@ def search(options: SearchOptions,
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())
     return outcome
+
+
+def _report_interrupt(options: SearchOptions, out_dir: Path, study_name: str,
+                      checkpoint: Callable[[StudyRecords], None],
+                      progress: Callable[[str, dict[str, Any]], None] | None) -> None:
+    """After Ctrl-C: write the results table of what finished and emit an ``interrupted``
+    summary (counts by state, best Δm%). Best effort: the interrupt itself goes on."""
+    try:
+        records = (load_study_records(out_dir, None, None) if options.storage is None
+                   else load_study_records(None, options.storage, study_name))
+        checkpoint(records)
+    except Exception:  # noqa: BLE001 - nothing readable yet (no study): nothing to summarise
+        return
+    if progress is None:
+        return
+    states: dict[str, int] = {}
+    for record in records.records:
+        states[record.state] = states.get(record.state, 0) + 1
+    frame = results_frame(records, warn=False)
+    ranked = frame[frame["rank"].notna()].sort_values("rank")
+    best = (None if ranked.empty
+            else (float(ranked["delta_m"].iloc[0]), int(ranked["trial"].iloc[0])))
+    progress("interrupted", {"states": states, "best": best, "out": str(out_dir)})
 
 
 def _search_with_workers(options: SearchOptions, space: SearchSpace, tasks: dict[str, str],

@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 
 from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import SearchSpace
-from policysearch.errors import UserError
+from policysearch.errors import SearchAborted, UserError
 from policysearch.results_table import (
     Metrics,
     MetricsInfo,
@@ -39,7 +39,13 @@ from policysearch.results_table import (
 )
 from policysearch.search.locks import exclusive
 from policysearch.search.space import Param, parameters, policy_from_params
-from policysearch.training import TrialFailed, TrialPruned, TrialResult
+from policysearch.training import (
+    TrialFailed,
+    TrialPruned,
+    TrialResult,
+    non_finite,
+    release_memory,
+)
 
 JOURNAL_NAME = "study.journal"
 _STATES = {
@@ -50,8 +56,11 @@ _STATES = {
     TrialState.WAITING: "waiting",
 }
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Consecutive trials failing with an unexpected exception before the search gives up.
+# Consecutive trials failing with an unexpected exception before the search gives up, and
+# consecutive failed trials of any kind (NaN, out of memory, …): failed trials do not count
+# towards --trials, so a search whose every trial fails would otherwise never end.
 MAX_CONSECUTIVE_ERRORS = 3
+MAX_CONSECUTIVE_FAILURES = 10
 RERUN_PREFIX = "rerun:"
 # Database storages: how often a running trial's process beats, after how long without a
 # beat its trial counts as dead, and how often one trial's parameters are retried.
@@ -525,7 +534,7 @@ def optimize(
     if pareto and space.pruner.name != "none":
         emit("pruning_off", {"message": PRUNING_OFF})
     deadline = time.monotonic() + timeout if timeout else None
-    consecutive_errors = 0
+    consecutive_errors = consecutive_failures = 0
 
     def finished() -> int:
         return len(study.get_trials(deepcopy=False, states=FINISHED))
@@ -585,7 +594,8 @@ def optimize(
             with _Heartbeat(study, trial):
                 result = runner(policy, reporter)
         except TrialPruned as pruned:
-            if reporter.last is not None:
+            consecutive_failures = 0
+            if reporter.last is not None and not non_finite(reporter.last):
                 trial.set_user_attr("metrics", reporter.last)
             trial.set_user_attr("epochs", reporter.epochs)
             trial.set_user_attr("error", str(pruned))
@@ -596,6 +606,7 @@ def optimize(
             trial.set_user_attr("error", str(failed))
             study.tell(trial, state=TrialState.FAIL)
             emit("trial_end", {"trial": trial.number, "state": "failed", "error": str(failed)})
+            consecutive_failures += 1
         except (KeyboardInterrupt, UserError) as stop:
             trial.set_user_attr("error", "interrupted" if isinstance(stop, KeyboardInterrupt)
                                 else str(stop))
@@ -603,31 +614,37 @@ def optimize(
             raise
         except Exception as err:  # a bug or an environment problem inside one trial
             consecutive_errors += 1
+            consecutive_failures += 1
             message = f"{type(err).__name__}: {err}".splitlines()[0]
             trial.set_user_attr("epochs", reporter.epochs)
             trial.set_user_attr("error", message)
             study.tell(trial, state=TrialState.FAIL)
             emit("trial_end", {"trial": trial.number, "state": "failed", "error": message})
             if consecutive_errors >= MAX_CONSECUTIVE_ERRORS:
-                raise RuntimeError(f"{consecutive_errors} trials in a row failed; last: "
-                                   f"{message}") from err
+                raise SearchAborted(f"{consecutive_errors} trials in a row failed with an "
+                                    f"unexpected error; last: {message}") from err
         else:
             consecutive_errors = 0
-            trial.set_user_attr("metrics", result.metrics)
-            trial.set_user_attr("epochs", result.epochs)
-            final_weights = getattr(result, "weights", None)
-            if final_weights:
-                trial.set_user_attr("final_weights",
-                                    {t: float(w) for t, w in final_weights.items()})
             value, per_task = 0.0, {t: 0.0 for t in tasks}
-            if reference is not None:
+            bad = non_finite(result.metrics)
+            if not bad and reference is not None:
                 value, _ = delta_m(result.metrics, reference, metrics_info, space.task_weights)
                 per_task, _ = task_deltas(result.metrics, reference, metrics_info)
-            if not math.isfinite(value):
-                trial.set_user_attr("error", "Δm% is undefined: every reference metric is ~0")
+            trial.set_user_attr("epochs", result.epochs)
+            if bad or not math.isfinite(value):
+                error = (f"non-finite metric: {', '.join(bad)}" if bad
+                         else "Δm% is undefined: every reference metric is ~0")
+                trial.set_user_attr("error", error)
                 study.tell(trial, state=TrialState.FAIL)
-                emit("trial_end", {"trial": trial.number, "state": "failed"})
+                emit("trial_end", {"trial": trial.number, "state": "failed", "error": error})
+                consecutive_failures += 1
             else:
+                consecutive_failures = 0
+                trial.set_user_attr("metrics", result.metrics)
+                final_weights = getattr(result, "weights", None)
+                if final_weights:
+                    trial.set_user_attr("final_weights",
+                                        {t: float(w) for t, w in final_weights.items()})
                 # A task whose Δ% is undefined (every reference metric ~0) is 0 for every
                 # trial, as Δm% leaves it out.
                 values = [per_task.get(t, 0.0) for t in tasks]
@@ -638,6 +655,11 @@ def optimize(
                                    "delta_m": value, "seconds": result.seconds,
                                    **({"task_deltas": dict(zip(tasks, values, strict=True))}
                                       if pareto else {})})
+        if consecutive_failures:
+            release_memory()  # after the except blocks: their tracebacks held the tensors
+        if consecutive_failures >= MAX_CONSECUTIVE_FAILURES:
+            raise SearchAborted(f"{consecutive_failures} trials in a row failed; the last "
+                                f"said: {trial.user_attrs.get('error')}")
         if on_trial_end is not None:
             on_trial_end(study_records(study))
     return study_records(study)

@@ -589,23 +589,16 @@ class AbortStopper(Stopper):
 
 
 def error_line(trial: Any) -> str:
-    """One line saying why a Ray trial errored (its worker died, …), from the error files Ray
-    keeps beside the trial on the driver."""
-    err = None
+    """One line saying why a Ray trial errored (its worker died, …), from the error text Ray
+    keeps beside the trial on the driver (error.txt: read as text; Ray's pickled copy of the
+    exception is never unpickled)."""
     with contextlib.suppress(Exception):
-        from ray import cloudpickle
-
-        with open(trial.pickled_error_file, "rb") as f:
-            err = cloudpickle.load(f)
-    if isinstance(err, ray.exceptions.RayActorError):
-        return f"its worker process died ({RETRIES + 1} times)"
-    if err is not None:
-        cause = getattr(err, "cause", None) or err
-        return f"{type(cause).__name__}: {cause}".splitlines()[0]
-    with contextlib.suppress(Exception):
-        lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
+        text = Path(trial.error_file).read_text()
+        if "ActorDiedError" in text or "RayActorError" in text:
+            return f"its worker process died ({RETRIES + 1} times)"
+        lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if lines:
-            return lines[-1].strip()
+            return lines[-1]
     return "the trial failed in Ray"
 
 

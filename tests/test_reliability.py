@@ -1,0 +1,343 @@
+"""Reliability: faults injected into real searches (in-process CLI, tiny shapes space).
+
+Trial faults go into the real training loop, chosen by trial number: a bug in the training
+step, a NaN loss (the network's weights set to NaN), a CUDA out-of-memory error (torch's own
+error type, raised on the CPU) and a policy that leaves a task no target. Storage faults are
+injected write errors (CI runs as root, for whom chmod changes nothing). docs/reliability.md
+lists each fault with the test here that proves what the user sees and what is kept.
+"""
+
+from __future__ import annotations
+
+import builtins
+import errno
+import io
+import math
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+import policysearch.training as training
+from policysearch.cli import app
+from policysearch.search.driver import load_study_records
+from policysearch.search.optuna_engine import JOURNAL_NAME, MAX_CONSECUTIVE_FAILURES
+from tests.conftest import TINY_SPACE
+
+runner = CliRunner()
+
+FAULT_EPOCH = 1  # faults strike in the second epoch: the trial has spent one already
+EXPECTED_ERRORS = {
+    "error": "RuntimeError: injected bug in the training step",
+    "nan": "non-finite loss at epoch 1",
+    "oom": "out of memory in training at epoch 1",
+    "erase": "the policy leaves no target for task seg in epoch 0",
+}
+
+
+def inject_faults(monkeypatch: pytest.MonkeyPatch, schedule: dict[int, str]) -> None:
+    """Make the trials numbered in ``schedule`` fail the way named there, inside the real
+    training step (``Trainer._step_losses``); every other trial trains normally."""
+    real_run_trial = training.run_trial
+    real_step = training.Trainer._step_losses
+    current: dict[str, str | None] = {"kind": None}
+
+    def run_trial(*args: Any, reporter: Any = None, **kwargs: Any) -> training.TrialResult:
+        current["kind"] = schedule.get(reporter.trial.number) if reporter is not None else None
+        try:
+            return real_run_trial(*args, reporter=reporter, **kwargs)
+        finally:
+            current["kind"] = None
+
+    def step(trainer: training.Trainer, drawn: list, views: dict) -> dict:
+        kind = current["kind"]
+        if kind == "error" and trainer.epoch == FAULT_EPOCH:
+            raise RuntimeError("injected bug in the training step")
+        if kind == "oom" and trainer.epoch == FAULT_EPOCH:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        if kind == "nan" and trainer.epoch == FAULT_EPOCH:
+            with torch.no_grad():
+                for param in trainer.model.parameters():
+                    param.fill_(math.nan)
+        if kind == "erase":  # what a policy that erases every mask leaves: no seg target
+            drawn = [{view: {k: v for k, v in sample.items() if k != "mask"}
+                      for view, sample in d.items()} for d in drawn]
+        return real_step(trainer, drawn, views)
+
+    monkeypatch.setattr(training, "run_trial", run_trial)
+    monkeypatch.setattr(training.Trainer, "_step_losses", step)
+
+
+def _space(tmp_path: Path, **changes: Any) -> Path:
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPACE, **changes}, sort_keys=False))
+    return path
+
+
+def _search(space: Path, out: Path, trials: int, *extra: str):
+    return runner.invoke(app, ["search", "--space", str(space), "--out", str(out),
+                               "--trials", str(trials), "--device", "cpu", "--threads", "1",
+                               *extra])
+
+
+def _study(out: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(out / JOURNAL_NAME)))
+    return optuna.load_study(study_name="tiny", storage=storage)
+
+
+def _all_metric_values(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
+    return [float(v) for t in trials for per_task in (t.user_attrs.get("metrics") or {}).values()
+            for v in per_task.values()]
+
+
+# --- 1. failures inside a trial -----------------------------------------------------------------
+
+@pytest.mark.slow
+def test_each_trial_fault_fails_its_trial_with_the_reason_and_the_search_goes_on(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    schedule = {1: "error", 2: "nan", 3: "oom", 4: "erase"}
+    inject_faults(monkeypatch, schedule)
+    out = tmp_path / "faults"
+    result = _search(_space(tmp_path), out, 4)
+    assert result.exit_code == 0, result.output
+
+    trials = {t.number: t for t in _study(out).trials}
+    for number, kind in schedule.items():
+        assert trials[number].state == optuna.trial.TrialState.FAIL, kind
+        assert EXPECTED_ERRORS[kind] in trials[number].user_attrs["error"], kind
+    expected_epochs = {"error": FAULT_EPOCH, "nan": FAULT_EPOCH, "oom": FAULT_EPOCH, "erase": 0}
+    assert {n: trials[n].user_attrs["epochs"] for n in schedule} == {
+        n: expected_epochs[k] for n, k in schedule.items()}
+    finished = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 4 and max(schedule) < min(t.number for t in finished[1:])
+    assert all(math.isfinite(v) for v in _all_metric_values(list(trials.values())))
+
+    table = pd.read_csv(out / "results.csv")
+    notes = dict(zip(table["trial"], table["note"].fillna(""), strict=True))
+    for number, kind in schedule.items():
+        assert EXPECTED_ERRORS[kind] in notes[number]
+        assert f"{EXPECTED_ERRORS[kind][:30]}" in result.output  # shown as it happens
+    ranked = table[table["rank"].notna()]
+    assert set(ranked["trial"]) == {t.number for t in finished}
+
+
+def test_a_non_finite_metric_fails_the_trial_and_is_never_recorded(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_evaluate = training.evaluate
+
+    def evaluate(*args: Any, **kwargs: Any) -> dict:
+        metrics = real_evaluate(*args, **kwargs)
+        metrics["depth"]["abs_err"] = math.inf
+        return metrics
+
+    monkeypatch.setattr(training, "evaluate", evaluate)
+    space = _space(tmp_path, budget={**TINY_SPACE["budget"], "epochs": 1})
+    out = tmp_path / "inf"
+    result = _search(space, out, 1)
+    assert result.exit_code == 1, result.output  # the reference cannot finish: …
+    assert f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed" in result.output
+    trials = _study(out).trials
+    assert len(trials) == MAX_CONSECUTIVE_FAILURES  # … so it stops instead of looping
+    assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
+    assert all("non-finite metric after epoch 1: depth.abs_err" in t.user_attrs["error"]
+               for t in trials)
+    assert not any("metrics" in t.user_attrs for t in trials)
+    assert "Traceback" not in result.output
+
+
+def test_repeated_unexpected_errors_stop_the_search_with_one_line_and_exit_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject_faults(monkeypatch, {n: "error" for n in range(1, 10)})
+    space = _space(tmp_path, budget={**TINY_SPACE["budget"], "epochs": 2})
+    out = tmp_path / "errors"
+    result = _search(space, out, 5)
+    assert result.exit_code == 1
+    assert "3 trials in a row failed with an unexpected error; last: RuntimeError: " \
+           "injected bug in the training step (finished trials are kept)" in result.output
+    assert "Traceback" not in result.output
+    states = [t.state for t in _study(out).trials]
+    assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 3
+    # the same command, the bug fixed, resumes: 5 finished, the failures stay failed
+    monkeypatch.undo()
+    assert _search(space, out, 5).exit_code == 0
+    finished = [t for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(finished) == 5
+
+
+# --- 2. Ctrl-C --------------------------------------------------------------------------------
+
+def test_ctrl_c_marks_the_running_trial_prints_a_summary_and_resumes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_step = training.Trainer._step_losses
+    calls = {"trials": 0}
+    real_run_trial = training.run_trial
+
+    def run_trial(*args: Any, reporter: Any = None, **kwargs: Any) -> training.TrialResult:
+        calls["trials"] += 1
+        return real_run_trial(*args, reporter=reporter, **kwargs)
+
+    def step(trainer: training.Trainer, drawn: list, views: dict) -> dict:
+        if calls["trials"] == 3 and trainer.epoch == 1:  # the third trial, mid-training
+            raise KeyboardInterrupt
+        return real_step(trainer, drawn, views)
+
+    monkeypatch.setattr(training, "run_trial", run_trial)
+    monkeypatch.setattr(training.Trainer, "_step_losses", step)
+    space, out = _space(tmp_path), tmp_path / "ctrl-c"
+    result = _search(space, out, 4)
+    assert result.exit_code == 130
+    assert "interrupted: 2 complete, 0 pruned, 1 failed; best Δm%" in result.output
+    assert "Traceback" not in result.output
+    trials = _study(out).trials
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2 + [
+        optuna.trial.TrialState.FAIL]
+    assert trials[2].user_attrs["error"] == "interrupted"
+    assert set(pd.read_csv(out / "results.csv")["trial"]) == {0, 1, 2}  # written on the way out
+
+    monkeypatch.undo()
+    assert _search(space, out, 4).exit_code == 0
+    trials = _study(out).trials
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == 4 and len(trials) == 5  # --trials respected, nothing twice
+    assert [t.number for t in complete[:2]] == [0, 1]
+
+
+# --- 3. storage faults ------------------------------------------------------------------------
+
+def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int,
+                         after: Callable[[], bool] = lambda: True) -> None:
+    """Writes (open for writing, mkdir) under ``folder`` fail with ``code`` once ``after()``."""
+    real_open, real_mkdir = builtins.open, os.mkdir
+    folder = folder.resolve()
+
+    def refused(path: Any) -> bool:
+        try:
+            inside = Path(os.fsdecode(path)).resolve().is_relative_to(folder)
+        except (TypeError, ValueError):
+            return False
+        return inside and after()
+
+    def fake_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if isinstance(file, (str, bytes, os.PathLike)) and set(mode) & set("wax+") \
+                and refused(file):
+            raise OSError(code, os.strerror(code), os.fsdecode(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    def fake_mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
+        if refused(path):
+            raise OSError(code, os.strerror(code), os.fsdecode(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(io, "open", fake_open)
+    monkeypatch.setattr(os, "mkdir", fake_mkdir)
+
+
+def test_a_read_only_output_folder_is_one_line_and_exit_2(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "read-only"
+    space = _space(tmp_path)
+    _refuse_writes_under(monkeypatch, out, errno.EROFS)
+    result = _search(space, out, 2)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "Read-only file system" in lines[0] and str(out) in lines[0]
+    assert "Traceback" not in result.output
+
+
+def test_a_full_disk_mid_search_keeps_the_finished_trials_readable(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out, space = tmp_path / "full", _space(tmp_path)
+    finished = {"n": 0}
+    real_run_trial = training.run_trial
+
+    def run_trial(*args: Any, **kwargs: Any) -> training.TrialResult:
+        result = real_run_trial(*args, **kwargs)
+        finished["n"] += 1
+        return result
+
+    monkeypatch.setattr(training, "run_trial", run_trial)
+    # The disk fills up once two trials have trained: the second trial's journal entry and
+    # everything after it fail to be written.
+    _refuse_writes_under(monkeypatch, out, errno.ENOSPC, after=lambda: finished["n"] >= 2)
+    result = _search(space, out, 4)
+    assert result.exit_code == 2, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "No space left on device" in lines[0]
+    assert "Traceback" not in result.output
+    monkeypatch.undo()
+    records = load_study_records(out, None, None)
+    complete = [r for r in records.records if r.state == "complete"]
+    assert [r.number for r in complete] == [0]  # the first trial, fully kept
+    assert all(math.isfinite(v) for r in complete for m in r.metrics.values()
+               for v in m.values())
+    # space freed: the same command resumes and reaches its target
+    assert _search(space, out, 4).exit_code == 0
+    assert len([t for t in _study(out).trials
+                if t.state == optuna.trial.TrialState.COMPLETE]) == 4
+
+
+def test_an_unreachable_storage_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+    result = _search(_space(tmp_path), tmp_path / "x", 2, "--storage",
+                     "postgresql://nobody@127.0.0.1:9/nothing")
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "--storage" in lines[0]
+    assert "Traceback" not in result.output
+
+
+# --- 6 and 7. a soak search with scheduled faults; a stored trial re-run gives its metrics ---
+
+SOAK_TRIALS = 30
+# About 20% of the trials fail, on a fixed schedule by trial number, every kind of fault.
+SOAK_FAULTS = {3: "error", 8: "nan", 12: "oom", 17: "erase", 21: "error", 26: "nan",
+               31: "oom", 35: "erase"}
+
+
+@pytest.mark.slow
+def test_soak_search_with_scheduled_faults_ends_with_the_expected_counts(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    inject_faults(monkeypatch, SOAK_FAULTS)
+    space = _space(tmp_path, dataset_options={"n_train": 32, "n_val": 16, "n_test": 16,
+                                              "seed": 0})
+    out = tmp_path / "soak"
+    result = _search(space, out, SOAK_TRIALS)
+    assert result.exit_code == 0, result.output
+    trials = _study(out).trials
+    assert len(trials) == SOAK_TRIALS + len(SOAK_FAULTS)
+    failed = {t.number for t in trials if t.state == optuna.trial.TrialState.FAIL}
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert failed == set(SOAK_FAULTS)
+    assert len(complete) == SOAK_TRIALS
+    for number, kind in SOAK_FAULTS.items():
+        assert EXPECTED_ERRORS[kind] in trials[number].user_attrs["error"]
+    assert all(math.isfinite(v) for v in _all_metric_values(trials))
+
+    # The ranking: complete trials by Δm% (the study's values), best first; failures unranked.
+    table = pd.read_csv(out / "results.csv")
+    ranked = table[table["rank"].notna()].sort_values("rank")
+    by_value = sorted(complete, key=lambda t: (-t.value, t.number))
+    assert list(ranked["trial"]) == [t.number for t in by_value]
+    assert ranked["delta_m"].tolist() == pytest.approx([t.value for t in by_value], abs=0.006)
+    assert set(table.loc[table["rank"].isna(), "trial"]) == failed
+
+    # 6. the best trial re-run from what the study stored (policy, budget, seed 0) on the CPU
+    # gives its recorded metrics exactly.
+    monkeypatch.undo()
+    from policysearch.augment import Policy
+    from policysearch.config import load_space
+    from policysearch.search.driver import load_dataset, train_policy
+
+    best = by_value[0]
+    loaded = load_space(str(space))
+    rerun = train_policy(Policy.from_dict(best.user_attrs["policy"]), load_dataset(loaded),
+                         loaded.budget, seed=0, device="cpu", threads=1)
+    assert rerun.metrics == best.user_attrs["metrics"]
