@@ -435,12 +435,20 @@ def results(
         sys.stdout.write(res.to_json(frame, top) + "\n")
 
 
+class ExportFormat(StrEnum):
+    yaml = "yaml"
+    albumentations = "albumentations"
+    python = "python"
+
+
 @app.command()
 @_handles_errors
 def export(
     out: Annotated[Path | None, typer.Option(help="A search's output folder.")] = None,
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    policy: Annotated[Path | None, typer.Option(
+        help="Convert this policy YAML instead of picking a study's trial.")] = None,
     rank: Annotated[int | None, typer.Option(
         help="Which trial ranked by Δm% (1 = best; the default); with --front, the rank "
              "within the Pareto front.")] = None,
@@ -449,28 +457,76 @@ def export(
     priority: Annotated[str | None, typer.Option(
         help="With --front (implied): rank the front by TASK's Δ%, ties by Δm%.")
     ] = None,
-    to: Annotated[Path | None, typer.Option(help="Policy YAML to write.")] = None,
+    format: Annotated[ExportFormat, typer.Option(
+        help="yaml: the policy YAML and one albumentations JSON per task; albumentations: "
+             "the JSON files only; python: print an albumentations Compose(...) per task to "
+             "paste into a training script (written to --to when given).")
+    ] = ExportFormat.yaml,
+    epoch: Annotated[int | None, typer.Option(
+        help="--format python, a policy with a schedule: the phase in force at this epoch.")
+    ] = None,
+    to: Annotated[Path | None, typer.Option(
+        help="File to write (default OUT/best_policy.yaml; python: standard output).")] = None,
     task_weight: TaskWeightOption = None,
 ) -> None:
-    """Write a ranked trial's policy as YAML plus one albumentations file per task."""
+    """Write a ranked trial's policy (or --policy FILE) as YAML plus one albumentations file
+    per task, or as Python source."""
+    from policysearch.augment import load_policy
     from policysearch.export import export_policy, pick_trial
+    from policysearch.export_python import policy_source
 
-    records = _records(out, storage, study)
-    policy, provenance = pick_trial(records, rank,
-                                    parse_task_weights(task_weight, records.metrics_info),
-                                    front=front, priority=priority)
-    target = to or (out or Path(".")) / "best_policy.yaml"
-    result = export_policy(policy, target)
-    out_console.print(f"trial {provenance['trial']} ({provenance['picked']}; rank "
-                      f"{provenance['rank']}, Δm% {provenance['delta_m']:+.2f}): "
-                      f"{policy.summary() or '(no ops)'}", highlight=False)
-    out_console.print(f"wrote {result.yaml_path}", highlight=False)
+    if policy is not None:
+        chosen, provenance = load_policy(policy), None
+    else:
+        records = _records(out, storage, study)
+        chosen, provenance = pick_trial(records, rank,
+                                        parse_task_weights(task_weight, records.metrics_info),
+                                        front=front, priority=priority)
+    if format is ExportFormat.python:
+        source = policy_source(chosen, epoch=epoch)
+        if to is None:
+            sys.stdout.write(source)
+            return
+        try:
+            to.parent.mkdir(parents=True, exist_ok=True)
+            to.write_text(source, encoding="utf-8")
+        except OSError as err:
+            raise UserError(f"cannot write: {err.strerror}", source=str(to),
+                            field="--to") from None
+        out_console.print(f"wrote {to}", highlight=False)
+        return
+    # --policy FILE without --to: the albumentations files go beside FILE, which stays as is.
+    target = to or (policy if policy is not None else (out or Path(".")) / "best_policy.yaml")
+    write_yaml = format is ExportFormat.yaml and not (policy is not None and to is None)
+    result = export_policy(chosen, target, write_yaml=write_yaml)
+    if provenance is not None:
+        out_console.print(f"trial {provenance['trial']} ({provenance['picked']}; rank "
+                          f"{provenance['rank']}, Δm% {provenance['delta_m']:+.2f}): "
+                          f"{chosen.summary() or '(no ops)'}", highlight=False)
+    if write_yaml:
+        out_console.print(f"wrote {result.yaml_path}", highlight=False)
     for path in result.albumentations.values():
         out_console.print(f"wrote {path}", highlight=False)
     for task, why in result.skipped.items():
         out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
     for note in getattr(result, "notes", ()):
         out_console.print(note, highlight=False)
+
+
+@app.command()
+@_handles_errors
+def show(
+    policy: Annotated[Path, typer.Argument(help="Policy YAML file (e.g. best_policy.yaml).")],
+) -> None:
+    """Print a policy as a table: one row per slot (by view, and by phase for a schedule),
+    then its tasks, loss weighting and provenance."""
+    from policysearch.augment import load_policy
+    from policysearch.show import policy_notes, policy_table
+
+    loaded = load_policy(policy)
+    out_console.print(policy_table(loaded, title=str(policy)))
+    for line in policy_notes(loaded):
+        out_console.print(line, highlight=False, markup=False)
 
 
 class Significance(StrEnum):

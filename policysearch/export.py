@@ -114,8 +114,9 @@ def _front_member(study: StudyRecords, ranked: pd.DataFrame,
     return ordered.iloc[rank - 1], f"{size}: {which} Δ% on {priority}, ties by Δm%"
 
 
-def export_policy(policy: Policy, to: Path) -> ExportResult:
-    """Write ``to`` (policy YAML) and, per task, ``<stem>.<task>.albumentations.json``.
+def export_policy(policy: Policy, to: Path, *, write_yaml: bool = True) -> ExportResult:
+    """Write ``to`` (policy YAML; not with ``write_yaml`` False) and, per task,
+    ``<stem>.<task>.albumentations.json``.
 
     A policy with a schedule (PBT) is written with its schedule, and each task gets one file
     per phase, ``<stem>.<task>.from<E>.albumentations.json``, the policy in force from epoch
@@ -129,7 +130,8 @@ def export_policy(policy: Policy, to: Path) -> ExportResult:
     starts = [p.from_epoch for p in policy.schedule] or [None]
     try:
         to.parent.mkdir(parents=True, exist_ok=True)
-        policy.to_yaml(to)
+        if write_yaml:
+            policy.to_yaml(to)
         for task in policy.tasks:
             for start in starts:
                 phase = policy if start is None else policy.at_epoch(start)
