@@ -253,6 +253,18 @@ def test_a_read_only_output_folder_is_one_line_and_exit_2(
     assert "Traceback" not in result.output
 
 
+def test_an_unexpected_io_error_is_one_line_and_exit_1(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "eio"
+    space = _space(tmp_path)
+    _refuse_writes_under(monkeypatch, out, errno.EIO)
+    result = _search(space, out, 2)
+    assert result.exit_code == 1, result.output
+    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and lines[0].endswith("Input/output error (an unexpected I/O error)")
+    assert "Traceback" not in result.output
+
+
 def test_a_full_disk_mid_search_keeps_the_finished_trials_readable(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out, space = tmp_path / "full", _space(tmp_path)

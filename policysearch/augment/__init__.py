@@ -79,6 +79,7 @@ from policysearch.augment.policy import (  # noqa: E402
     Weighting,
     load_policy,
 )
+from policysearch.augment.seeding import augments_of, seed_worker  # noqa: E402
 from policysearch.augment.timm_strings import (  # noqa: E402
     magnitude_scales,
     parse_timm_string,
@@ -124,6 +125,7 @@ __all__ = [
     "SubPolicies",
     "TrivialAugmentSpec",
     "Weighting",
+    "augments_of",
     "autoaugment_subpolicies",
     "build_gaussian",
     "build_sampled",
@@ -137,6 +139,7 @@ __all__ = [
     "parse_timm_string",
     "register_baseline",
     "register_op",
+    "seed_worker",
     "timm_magnitude",
     "torchvision_magnitude",
 ]

@@ -596,7 +596,8 @@ class MultiTaskAugment:
     ``policysearch.augment.normals``; zero vectors where pixels come from outside);
     ``instance_masks`` N×H×W, one per box (nearest, kept or dropped with their box, 0 outside).
     Other keys pass through unchanged (not copied).
-    Not thread-safe; in DataLoader workers call ``set_seed`` per worker (and per epoch).
+    Not thread-safe; in DataLoader workers pass ``worker_init_fn=policysearch.augment.seed_worker``
+    (a seed per worker and per epoch; see policysearch.augment.seeding).
 
     A policy with a schedule: the augmentation of the phase in force at the current ``epoch``
     (``epoch`` at construction, default 0; then ``set_epoch``). Every phase is compiled up front
