@@ -241,27 +241,20 @@ def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, code: in
     monkeypatch.setattr(os, "mkdir", fake_mkdir)
 
 
-def test_a_read_only_output_folder_is_one_line_and_exit_2(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "read-only"
+@pytest.mark.parametrize(("code", "status", "ending"), [
+    (errno.EROFS, 2, "Read-only file system"),  # the user can fix it: another --out
+    (errno.EIO, 1, "Input/output error (an unexpected I/O error)"),
+], ids=["read_only_folder_exit_2", "unexpected_io_error_exit_1"])
+def test_an_output_folder_that_cannot_be_written_is_one_line(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, status: int,
+        ending: str) -> None:
+    out = tmp_path / "cannot-write"
     space = _space(tmp_path)
-    _refuse_writes_under(monkeypatch, out, errno.EROFS)
+    _refuse_writes_under(monkeypatch, out, code)
     result = _search(space, out, 2)
-    assert result.exit_code == 2, result.output
+    assert result.exit_code == status, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and "Read-only file system" in lines[0] and str(out) in lines[0]
-    assert "Traceback" not in result.output
-
-
-def test_an_unexpected_io_error_is_one_line_and_exit_1(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    out = tmp_path / "eio"
-    space = _space(tmp_path)
-    _refuse_writes_under(monkeypatch, out, errno.EIO)
-    result = _search(space, out, 2)
-    assert result.exit_code == 1, result.output
-    lines = [line for line in result.output.splitlines() if line.startswith("error:")]
-    assert len(lines) == 1 and lines[0].endswith("Input/output error (an unexpected I/O error)")
+    assert len(lines) == 1 and lines[0].endswith(ending) and str(out) in lines[0]
     assert "Traceback" not in result.output
 
 
