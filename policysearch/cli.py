@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import errno
 import functools
+import json
 import sys
-import time
 import warnings
 from collections.abc import Callable
 from enum import StrEnum
@@ -103,104 +103,6 @@ class Format(StrEnum):
     csv = "csv"
     md = "md"
     json = "json"
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 60}:{seconds % 60:02d}"
-
-
-class ProgressPrinter:
-    """Prints one line per finished trial: k of N, Δm%, best so far, elapsed, remaining."""
-
-    def __init__(self, console: Console):
-        self.console = console
-        self.started = time.monotonic()
-        self.durations: list[float] = []
-        self.best: tuple[float, int] | None = None
-        self.finished = 0
-        self.target = 0
-        self.trial_started: dict[int, float] = {}
-        self.workers = 1
-
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "dataset":
-            sizes = ", ".join(f"{k} {v}" for k, v in data["sizes"].items())
-            self.console.print(f"dataset {data['name']}: {sizes}", highlight=False)
-            for note in data["notes"]:
-                self.console.print(f"  {note}", highlight=False)
-        elif event == "start":
-            self.finished, self.target = data["finished"], data["target"]
-            self.workers = data.get("workers", 1)
-            resumed = f", resuming with {self.finished} finished" if self.finished else ""
-            by = f", {self.workers} workers" if self.workers > 1 else ""
-            self.console.print(f"study {data['study']}: target {self.target} finished "
-                               f"trials{resumed}{by}", highlight=False)
-        elif event == "exploit":
-            self.console.print(f"  trial {data.get('trial')} continues from trial "
-                               f"{data.get('from_trial')} at epoch {data.get('epoch')}: "
-                               f"{data.get('policy') or '(no ops)'}", highlight=False,
-                               style="dim")
-        elif event == "trial_retry":
-            self.console.print(f"  trial {data['trial']}: {data.get('error', 'failed')}; "
-                               f"retry {data.get('retries', 1)}", highlight=False)
-        elif event == "waiting_reference":
-            self.console.print("waiting for the reference trial, which another worker runs",
-                               highlight=False)
-        elif event == "worker_died":
-            self.console.print(f"worker {data['worker']} died ({data['why']}); its trials "
-                               f"{data['trials'] or '-'} are marked failed and their parameters "
-                               "run again", highlight=False)
-        elif event == "pruning_off":
-            self.console.print(data["message"], highlight=False)
-        elif event == "stale":
-            self.console.print(f"trial {data['trial']} was left running by an interrupted "
-                               "search: marked failed, its parameters run again",
-                               highlight=False)
-        elif event == "trial_start":
-            self.trial_started[data["trial"]] = time.monotonic()
-            what = "reference" if data["role"] == "reference" else "trial"
-            if data.get("task"):
-                what = f"reference (single task {data['task']})"
-            self.console.print(f"  {what} {data['trial']}: {data['policy'] or '(no ops)'}",
-                               highlight=False, style="dim")
-        elif event == "trial_end":
-            self._trial_end(data)
-        elif event == "interrupted":
-            states = data["states"]
-            counts = ", ".join(f"{states.get(s, 0)} {s}" for s in ("complete", "pruned", "failed"))
-            best = (f"; best Δm% {data['best'][0]:+.2f} (trial {data['best'][1]})"
-                    if data.get("best") else "")
-            self.console.print(f"interrupted: {counts}{best}; results so far in {data['out']}",
-                               highlight=False)
-        elif event == "timeout":
-            self.console.print(f"timeout reached: stopping with {data['finished']} of "
-                               f"{data['target']} trials finished; run the same command to "
-                               "continue", highlight=False)
-
-    def _trial_end(self, data: dict[str, Any]) -> None:
-        took = time.monotonic() - self.trial_started.pop(data["trial"], time.monotonic())
-        self.durations.append(took)
-        state = data["state"]
-        if state in ("complete", "pruned"):
-            self.finished += 1
-        value = data.get("delta_m")
-        if state == "complete" and value is not None and (self.best is None
-                                                          or value > self.best[0]):
-            self.best = (value, data["trial"])
-        remaining = max(0, self.target - self.finished)
-        eta = remaining * (sum(self.durations) / len(self.durations)) / self.workers
-        delta = f"Δm% {value:+7.2f}" if value is not None else f"{'':12}"
-        best = f"best {self.best[0]:+.2f} (#{self.best[1]})" if self.best else "best -"
-        if data.get("role") == "reference":
-            delta = "Δm%    0.00 (reference)"
-        note = f"  {data['error']}" if data.get("error") else ""
-        if data.get("task_deltas") and data.get("role") != "reference":
-            note = "  Δ% " + ", ".join(f"{t} {v:+.2f}" for t, v in data["task_deltas"].items())
-        self.console.print(
-            f"[{self.finished}/{self.target}] trial {data['trial']:>3} {state:<8} {delta}  "
-            f"{best}  {took:5.1f} s  elapsed {_fmt_time(time.monotonic() - self.started)}  "
-            f"remaining ~{_fmt_time(eta)}{note}", highlight=False)
 
 
 def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> None:
@@ -301,6 +203,8 @@ def search(
     scheduler: Annotated[Scheduler, typer.Option(
         help="--engine ray: asha (early stopping), pbt (population-based augmentation: a "
              "policy schedule) or none.")] = None,
+    quiet: QuietOption = False,
+    json_logs: JsonLogsOption = False,
 ) -> None:
     """Search policies (and loss weights); resume by running the same command again.
 
@@ -320,15 +224,44 @@ def search(
                             ray_address=ray_address, ray_storage=ray_storage,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
                             scheduler=(scheduler or Scheduler.asha).value)
-    with warnings.catch_warnings(record=True):
-        outcome = run_search(options, progress=ProgressPrinter(out_console))
-    _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
+    with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
+        outcome = run_search(options, progress=printer)
+    if json_logs:
+        printer("done", {"files": [str(p) for p in outcome.files],
+                         "best": _best_row(outcome.table)})
+        return
+    if not quiet:
+        _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
     out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
     if outcome.export is not None:
         for task, why in outcome.export.skipped.items():
             out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
         for note in getattr(outcome.export, "notes", ()):
             out_console.print(note, highlight=False)
+
+
+QuietOption = Annotated[bool, typer.Option(
+    "--quiet", help="Print no progress, only the files written (and errors).")]
+JsonLogsOption = Annotated[bool, typer.Option(
+    "--json-logs", help="Print one JSON object per event on standard output instead.")]
+
+
+def _printer(quiet: bool, json_logs: bool) -> Any:
+    """The progress callable (a context manager) for ``--quiet`` / ``--json-logs`` / neither."""
+    from policysearch.progress import JsonLogPrinter, ProgressPrinter, QuietPrinter
+
+    if json_logs:
+        return JsonLogPrinter()
+    return QuietPrinter() if quiet else ProgressPrinter(out_console)
+
+
+def _best_row(table: Any) -> dict[str, Any] | None:
+    ranked = table[table["rank"].notna()].sort_values("rank")
+    if ranked.empty:
+        return None
+    row = ranked.iloc[0]
+    return {"trial": int(row["trial"]), "delta_m": float(row["delta_m"]),
+            "policy": str(row.get("policy", ""))}
 
 
 def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
@@ -569,6 +502,8 @@ def benchmark(
     threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
     out: Annotated[Path, typer.Option(help="Output folder; stored runs there are reused.")
                    ] = Path("runs/benchmark"),
+    quiet: QuietOption = False,
+    json_logs: JsonLogsOption = False,
 ) -> None:
     """Train the searched policy and the baselines under one budget for several seeds,
     evaluate on the test split, and write benchmark.md/.csv/.json/.png and runs.csv.
@@ -584,11 +519,25 @@ def benchmark(
         image_size=parse_image_size(image_size), amp=amp, encoder=encoder, weights=weights,
         seeds=seeds, seed=seed, device=device.value, threads=threads,
         significance=significance.value, out=out)
+    printer = _printer(quiet, json_logs)
+
+    def progress(line: str) -> None:
+        if json_logs:
+            printer("benchmark", {"message": line})
+        elif not quiet:
+            out_console.print(line, highlight=False)
+
     with warnings.catch_warnings(record=True):
-        outcome = run_benchmark(options, progress=lambda line: out_console.print(
-            line, highlight=False))
-    out_console.print((outcome.files[0]).read_text().split("\n## Every run")[0],
-                      highlight=False, markup=False)
+        outcome = run_benchmark(options, progress=progress)
+    if json_logs:
+        found = [p for p in outcome.files if p.name == "benchmark.json"]
+        report = json.loads(found[0].read_text()) if found else {}
+        printer("done", {"files": [str(p) for p in outcome.files],
+                         "summary": report.get("summary")})
+        return
+    if not quiet:
+        out_console.print((outcome.files[0]).read_text().split("\n## Every run")[0],
+                          highlight=False, markup=False)
     out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
 
 

@@ -542,7 +542,8 @@ def optimize(
     def reference_metrics() -> Metrics | None:
         return study_records(study).reference_metrics()
 
-    emit("start", {"study": study_name, "finished": finished(), "target": n_trials})
+    emit("start", {"study": study_name, "finished": finished(), "target": n_trials,
+                   "epochs": space.budget.epochs})
     said_waiting = False
     while finished() < n_trials:
         if deadline is not None and time.monotonic() >= deadline:
