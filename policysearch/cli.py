@@ -156,6 +156,11 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
         console.print(f"warning: {note}", style="yellow", highlight=False)
 
 
+class LogTarget(StrEnum):
+    tensorboard = "tensorboard"
+    mlflow = "mlflow"
+
+
 @app.command()
 @_handles_errors
 def search(
@@ -203,6 +208,13 @@ def search(
     scheduler: Annotated[Scheduler, typer.Option(
         help="--engine ray: asha (early stopping), pbt (population-based augmentation: a "
              "policy schedule) or none.")] = None,
+    log_to: Annotated[LogTarget | None, typer.Option(
+        help="Log every trial's metrics per epoch, Δm% and parameters to TensorBoard "
+             "(OUT/tensorboard) or MLflow (OUT/mlflow.db); local files only.")] = None,
+    report: Annotated[bool, typer.Option(
+        "--report/--no-report",
+        help="Keep OUT/report.html current (after trials, at most once a minute, and at the "
+             "end).")] = True,
     quiet: QuietOption = False,
     json_logs: JsonLogsOption = False,
 ) -> None:
@@ -223,7 +235,8 @@ def search(
                             objective=objective.value if objective else None,
                             ray_address=ray_address, ray_storage=ray_storage,
                             cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            scheduler=(scheduler or Scheduler.asha).value)
+                            scheduler=(scheduler or Scheduler.asha).value, report=report,
+                            log_to=log_to.value if log_to else None)
     with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
         outcome = run_search(options, progress=printer)
     if json_logs:
@@ -404,39 +417,26 @@ def export(
 ) -> None:
     """Write a ranked trial's policy (or --policy FILE) as YAML plus one albumentations file
     per task, or as Python source."""
-    from policysearch.augment import load_policy
-    from policysearch.export import export_policy, pick_trial
-    from policysearch.export_python import policy_source
+    from policysearch import api
 
-    if policy is not None:
-        chosen, provenance = load_policy(policy), None
-    else:
-        records = _records(out, storage, study)
-        chosen, provenance = pick_trial(records, rank,
-                                        parse_task_weights(task_weight, records.metrics_info),
-                                        front=front, priority=priority)
-    if format is ExportFormat.python:
-        source = policy_source(chosen, epoch=epoch)
+    weights = None
+    if task_weight and policy is None:
+        weights = parse_task_weights(task_weight, _records(out, storage, study).metrics_info)
+    result = api.export(out, storage=storage, study=study, policy=policy, rank=rank,
+                        front=front, priority=priority, format=format.value, to=to,
+                        epoch=epoch, task_weights=weights)
+    if isinstance(result, str):
         if to is None:
-            sys.stdout.write(source)
-            return
-        try:
-            to.parent.mkdir(parents=True, exist_ok=True)
-            to.write_text(source, encoding="utf-8")
-        except OSError as err:
-            raise UserError(f"cannot write: {err.strerror}", source=str(to),
-                            field="--to") from None
-        out_console.print(f"wrote {to}", highlight=False)
+            sys.stdout.write(result)
+        else:
+            out_console.print(f"wrote {to}", highlight=False)
         return
-    # --policy FILE without --to: the albumentations files go beside FILE, which stays as is.
-    target = to or (policy if policy is not None else (out or Path(".")) / "best_policy.yaml")
-    write_yaml = format is ExportFormat.yaml and not (policy is not None and to is None)
-    result = export_policy(chosen, target, write_yaml=write_yaml)
-    if provenance is not None:
+    provenance = result.policy.provenance if policy is None and result.policy else None
+    if provenance:
         out_console.print(f"trial {provenance['trial']} ({provenance['picked']}; rank "
                           f"{provenance['rank']}, Δm% {provenance['delta_m']:+.2f}): "
-                          f"{chosen.summary() or '(no ops)'}", highlight=False)
-    if write_yaml:
+                          f"{result.policy.summary() or '(no ops)'}", highlight=False)
+    if format is ExportFormat.yaml and not (policy is not None and to is None):
         out_console.print(f"wrote {result.yaml_path}", highlight=False)
     for path in result.albumentations.values():
         out_console.print(f"wrote {path}", highlight=False)
@@ -444,6 +444,29 @@ def export(
         out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
     for note in getattr(result, "notes", ()):
         out_console.print(note, highlight=False)
+
+
+@app.command()
+@_handles_errors
+def report(
+    out: Annotated[Path | None, typer.Option(help="A search's output folder.")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL.")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name.")] = None,
+    to: Annotated[Path | None, typer.Option(
+        help="HTML file to write (default OUT/report.html, else report-<study>.html).")] = None,
+    preview: Annotated[bool, typer.Option(
+        "--preview/--no-preview",
+        help="Draw the preview grid (builds the study's dataset again).")] = True,
+    task_weight: TaskWeightOption = None,
+) -> None:
+    """Write the HTML report of a study (one self-contained file), also while it runs."""
+    from policysearch import api
+
+    weights = (parse_task_weights(task_weight, _records(out, storage, study).metrics_info)
+               if task_weight else None)
+    path = api.report(out, storage=storage, study=study, to=to, preview=preview,
+                      task_weights=weights)
+    out_console.print(f"wrote {path}", highlight=False)
 
 
 @app.command()

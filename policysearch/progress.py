@@ -132,6 +132,9 @@ class ProgressPrinter:
                     if data.get("best") else "")
             self.console.print(f"interrupted: {counts}{best}; results so far in {data['out']}",
                                highlight=False)
+        elif event == "tracking_failed":
+            self.console.print(f"--log-to stopped logging: {data['error']}; the search goes on",
+                               highlight=False)
         elif event == "timeout":
             self.console.print(f"timeout reached: stopping with {data['finished']} of "
                                f"{data['target']} trials finished; run the same command to "

@@ -49,6 +49,9 @@ class TrialRecord:
     final_weights: dict[str, float] | None = None  # loss weights at the end of training
     started_at: float | None = None  # POSIX time the trial started (for the study's wall time)
     device: str | None = None  # where it trained: cpu, cuda, cuda:1 …
+    # The searched parameter values the policy was built from (search.space names); None for
+    # references and for runs of engines that keep none (PBT members change theirs).
+    params: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

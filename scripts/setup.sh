@@ -16,7 +16,8 @@ echo "setting up $VENV (one time, about 2 minutes) ..." >&2
 [[ -x "$VENV/bin/python" ]] || "$PYTHON" -m venv "$VENV"
 # The machine's pip configuration lists index folders that do not all exist; pip warns about
 # each one. The warnings are harmless, so they are filtered out.
-"$VENV/bin/python" -m pip install -q -c scripts/constraints.txt -e ".[ray,postgres,timm,dev]" 2>&1 \
+"$VENV/bin/python" -m pip install -q -c scripts/constraints.txt \
+    -e ".[ray,postgres,timm,tracking,dev]" 2>&1 \
     | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 "$VENV/bin/python" -c "import policysearch, torch, optuna, albumentations, ray" \
     || { echo "set-up failed: see the pip output above" >&2; exit 1; }

@@ -195,7 +195,8 @@ def test_search_on_a_running_cluster_then_results_and_export(ray_engine, ray_hea
                                                              tmp_path: Path) -> None:
     space = _space_file(tmp_path, ASHA_SPACE)
     out = tmp_path / "ray"
-    done = _run(_cli(space, out, 6, "--ray-address", "auto", "--workers", "2"), ray_head.env)
+    done = _run(_cli(space, out, 6, "--ray-address", "auto", "--workers", "2",
+                     "--log-to", "tensorboard"), ray_head.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[6/6]" in done.stdout and "policies ranked" in done.stdout
     assert not done.stderr.strip(), done.stderr[-2000:]  # Ray's own output is silenced
@@ -210,11 +211,24 @@ def test_search_on_a_running_cluster_then_results_and_export(ray_engine, ray_hea
     for r in searched:
         assert r["state"] in ("complete", "pruned") and r["policy"]["shared"]
         assert r["epochs"] == 3 if r["state"] == "complete" else 1 <= r["epochs"] < 3
+        # The searched values are kept (the report's parameter importances use them).
+        assert r["params"] and "shared.0.op" in r["params"]
     # Reused actors: some worker process trained more than one trial (torch imported once).
     workers = [r["worker"] for r in records.values()]
     assert len(set(workers)) < len(workers)
-    for name in ("results.csv", "results.md", "best_policy.yaml"):
+    for name in ("results.csv", "results.md", "best_policy.yaml", "report.html"):
         assert (out / name).exists(), name
+    # --log-to: our event files, one folder per trial, as with the Optuna engine; and Ray
+    # Tune's own loggers (CSV, JSON, TensorBoard) in the experiment's trial folders.
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == [
+        f"trial-{n:05d}" for n in sorted(records)]
+    ray_trials = [p for p in out.rglob("trial-*") if p.is_dir() and p.parent.name.startswith(
+        "tune-")]
+    assert ray_trials
+    for folder in ray_trials:
+        names = {f.name for f in folder.iterdir()}
+        assert {"progress.csv", "result.json"} <= names, names
+        assert any(n.startswith("events.out.tfevents") for n in names), names
 
     # The same table as for an Optuna study of the same space.
     optuna_out = tmp_path / "optuna"

@@ -132,6 +132,7 @@ def test_timeout_starts_no_new_trial(tiny_space: Path, tmp_path: Path) -> None:
     assert "timeout reached" in result.output
     assert len(_finished(out)) == 0
     assert not (out / "best_policy.yaml").exists()
+    assert "No trial yet." in (out / "report.html").read_text()  # a report even so
 
 
 def test_preview_cli_writes_a_png(tmp_path: Path) -> None:

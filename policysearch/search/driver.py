@@ -63,6 +63,8 @@ class SearchOptions:
     cpus_per_trial: float | None = None  # default: --threads, else all CPUs / --workers
     gpus_per_trial: float = 0.0  # fractional: several trials share one GPU
     scheduler: str = "asha"  # asha | pbt | none
+    report: bool = True  # keep OUT/report.html current (policysearch.report)
+    log_to: str | None = None  # tensorboard | mlflow (policysearch.tracking)
 
 
 @dataclass
@@ -205,6 +207,12 @@ def search(options: SearchOptions,
             raise UserError("this folder holds a Ray experiment: resume it with --engine ray, "
                             "or give another --out", source=str(out_dir), field="--out")
     dataset = load_dataset(space)
+    tracked = None
+    if options.log_to is not None:
+        from policysearch.tracking import TrackedProgress, make_tracker
+
+        tracked = TrackedProgress(make_tracker(options.log_to, out_dir, study_name), progress)
+        progress = tracked
     notes = dataset_notes(dataset)
     if progress is not None:
         progress("dataset", {"name": space.dataset, "notes": notes,
@@ -212,8 +220,17 @@ def search(options: SearchOptions,
     task_kinds, info = task_setup(dataset)
     validate_tasks(space, list(task_kinds), f"search space {space.name}")
 
-    def checkpoint(study: StudyRecords) -> None:
+    from policysearch.report import REPORT_EVERY_S, REPORT_NAME, ReportWriter
+
+    report = (ReportWriter(out_dir / REPORT_NAME, dataset=dataset, every_s=REPORT_EVERY_S)
+              if options.report else None)
+
+    def checkpoint(study: StudyRecords, final: bool = False) -> None:
         write_results(results_frame(study, warn=False), out_dir)
+        if tracked is not None:
+            tracked.record(study)
+        if report is not None:
+            report.final(study) if final else report.after_trial(study)
 
     try:
         with contextlib.ExitStack() as stack:
@@ -246,8 +263,12 @@ def search(options: SearchOptions,
                     sampler_salt=os.getpid() if shared_db else 0,
                     device=resolve_device(options.device).type)
     except KeyboardInterrupt:
-        _report_interrupt(options, out_dir, study_name, checkpoint, progress)
+        _report_interrupt(options, out_dir, study_name,
+                          lambda study: checkpoint(study, final=True), progress)
         raise
+    finally:
+        if tracked is not None:
+            tracked.close()
     table = results_frame(records)
     files = write_results(table, out_dir)
     outcome = SearchOutcome(study=records, table=table, out_dir=out_dir, files=files)
@@ -258,14 +279,17 @@ def search(options: SearchOptions,
         outcome.export = export_policy(policy, out_dir / "best_policy.yaml")
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())
+    if report is not None:
+        outcome.files.append(report.final(records))
     return outcome
 
 
 def _report_interrupt(options: SearchOptions, out_dir: Path, study_name: str,
                       checkpoint: Callable[[StudyRecords], None],
                       progress: Callable[[str, dict[str, Any]], None] | None) -> None:
-    """After Ctrl-C: write the results table of what finished and emit an ``interrupted``
-    summary (counts by state, best Δm%). Best effort: the interrupt itself goes on."""
+    """After Ctrl-C: write the results table and report of what finished and emit an
+    ``interrupted`` summary (counts by state, best Δm%). Best effort: the interrupt itself
+    goes on."""
     try:
         records = (load_study_records(out_dir, None, None) if options.storage is None
                    else load_study_records(None, options.storage, study_name))

@@ -388,6 +388,7 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         final_weights=attrs.get("final_weights"),
         started_at=started,
         device=attrs.get("device"),
+        params=dict(trial.params) or None,
     )
 
 

@@ -501,7 +501,7 @@ class Ledger:
 
 class PolicySearcher(Searcher):
     """References first, then OptunaSearch's suggestions; the Ray config of a trial is
-    ``{"number", "role", "reference_task", "policy", "reference"}``."""
+    ``{"number", "role", "reference_task", "policy", "reference", "params"}``."""
 
     def __init__(self, ledger: Ledger, optuna_search: OptunaSearch, metric: str | list[str]):
         super().__init__()
@@ -537,7 +537,7 @@ class PolicySearcher(Searcher):
         self._search_ids.add(trial_id)
         policy = policy_from_params(ledger.space, ledger.tasks, values)
         return {"number": ledger.allocate(trial_id), "role": "search", "reference_task": None,
-                "policy": policy.to_dict(), "reference": reference}
+                "policy": policy.to_dict(), "reference": reference, "params": dict(values)}
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._search_ids and result.get("state") == "running":
@@ -619,7 +619,8 @@ class RecordsCallback(Callback):
     def _policy_record(self, trial: Any, state: str) -> TrialRecord:
         config = trial.config
         return TrialRecord(number=self._number(trial), state=state, role=config["role"],
-                           policy=config["policy"], reference_task=config.get("reference_task"))
+                           policy=config["policy"], reference_task=config.get("reference_task"),
+                           params=config.get("params"))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         number = self._number(trial)

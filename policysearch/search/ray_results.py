@@ -44,7 +44,8 @@ STATES = ("complete", "pruned", "failed", "running")
 FINISHED_STATES = ("complete", "pruned")
 STALE_ERROR = "left running by an interrupted search"
 _RECORD_FIELDS = ("number", "state", "role", "metrics", "policy", "duration_s", "epochs",
-                  "error", "reference_task", "final_weights", "started_at", "device")
+                  "error", "reference_task", "final_weights", "started_at", "device",
+                  "params")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

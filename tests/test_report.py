@@ -1,0 +1,197 @@
+"""The HTML report: written by a search and by ``policysearch report``, self-contained, and
+complete when a real browser (headless Chromium) renders it."""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+import policysearch as ps
+from policysearch.cli import app
+from policysearch.importance import MIN_TRIALS, param_importances
+from policysearch.report import REPORT_NAME, ReportWriter, render_report
+from policysearch.results_table import results_frame
+from tests.browser import open_page, require_chromium
+from tests.conftest import TINY_SPACE
+
+runner = CliRunner()
+SECTIONS = ("summary", "history", "importance", "tasks", "preview", "cost", "results")
+
+
+def _search(tmp: Path, name: str, trials: int, **space_changes) -> Path:
+    space = {**copy.deepcopy(TINY_SPACE), "name": name, **space_changes}
+    path = tmp / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(space, sort_keys=False))
+    out = tmp / name
+    ps.search(space=path, trials=trials, out=out, device="cpu", threads=1)
+    return out
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished single-objective study: the reference and 6 search trials."""
+    return _search(tmp_path_factory.mktemp("report"), "single", 7)
+
+
+@pytest.fixture(scope="module")
+def pareto(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished multi-objective study (one objective per task)."""
+    return _search(tmp_path_factory.mktemp("report"), "multi", 5, objective="pareto")
+
+
+class _Refs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.refs: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.refs += [v or "" for k, v in attrs if k in ("src", "href", "srcset", "data")]
+        if tag in ("link", "iframe", "object", "embed"):
+            self.refs.append(f"<{tag}>")
+
+
+def _references(text: str) -> list[str]:
+    """Every URL an element of the page refers to (scripts' text is not parsed)."""
+    parser = _Refs()
+    parser.feed(text)
+    return parser.refs
+
+
+def _delta_m(records) -> dict[int, float]:
+    frame = results_frame(records, warn=False)
+    return dict(zip(frame["trial"], frame["delta_m"], strict=True))
+
+
+# --- content, without a browser ---------------------------------------------------------------
+
+
+def test_search_writes_a_self_contained_report(single: Path) -> None:
+    text = (single / REPORT_NAME).read_text()
+    for key in SECTIONS:
+        assert f'<section id="{key}">' in text, key
+    assert '<section id="pareto">' not in text  # single objective: no Pareto front
+    # Nothing to fetch: no element refers to anything but the page and inline data.
+    refs = _references(text)
+    assert refs and all(r.startswith(("#", "data:")) for r in refs), refs
+    assert "@import" not in text
+    assert 'src="data:image/png;base64,' in text  # the previews are inlined
+    records = ps.records(single)
+    assert f"policysearch report: {records.name}" in text
+
+
+def test_pareto_study_has_a_pareto_section(pareto: Path) -> None:
+    text = (pareto / REPORT_NAME).read_text()
+    assert '<section id="pareto">' in text and 'id="plot-pareto"' in text
+
+
+def test_report_of_a_running_study_says_so(single: Path) -> None:
+    records = ps.records(single)
+    last = records.records[-1]
+    records.records[-1] = dataclasses.replace(last, state="running", metrics=None)
+    html = render_report(records, preview=False)
+    assert "1 trial(s) running" in html
+    assert '<section id="preview">' not in html
+
+
+def test_importances_are_seeded_and_sum_to_one(single: Path) -> None:
+    records = ps.records(single)
+    first = param_importances(records, _delta_m(records))
+    again = param_importances(records, _delta_m(records))
+    assert first == again and first.trials == 6
+    assert sum(first.values.values()) == pytest.approx(1.0)
+    searched = {k for r in records.records if r.params for k in r.params}
+    assert first.values and set(first.values) <= searched
+    assert list(first.values.values()) == sorted(first.values.values(), reverse=True)
+
+
+def test_importances_need_enough_trials(single: Path) -> None:
+    records = ps.records(single)
+    keep = [r for r in records.records if r.role == "reference"]
+    keep += [r for r in records.records if r.role == "search"][:MIN_TRIALS - 1]
+    few = dataclasses.replace(records, records=keep)
+    found = param_importances(few, _delta_m(few))
+    assert not found.values and f"at least {MIN_TRIALS}" in found.note
+    assert "No importances yet" in render_report(few, preview=False)
+
+
+def test_report_writer_throttles_and_never_raises(single: Path, tmp_path: Path) -> None:
+    records = ps.records(single)
+    writer = ReportWriter(tmp_path / "r.html", every_s=3600.0)
+    writer.after_trial(records)
+    assert (tmp_path / "r.html").exists() and writer.error is None
+    (tmp_path / "r.html").write_text("stale")
+    writer.after_trial(records)  # within the hour: not rewritten
+    assert (tmp_path / "r.html").read_text() == "stale"
+    writer.final(records)  # the end of a search always writes
+    assert (tmp_path / "r.html").read_text().startswith("<!DOCTYPE html>")
+    (tmp_path / "file").write_text("")
+    broken = ReportWriter(tmp_path / "file" / "r.html", every_s=0.0)
+    broken.after_trial(records)  # a folder that is a file: kept in .error, not raised
+    assert broken.error and "cannot write the report" in broken.error
+
+
+def test_report_command_from_out_and_from_storage(single: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["report", "--out", str(single), "--to",
+                                 str(tmp_path / "a.html"), "--no-preview"])
+    assert result.exit_code == 0, result.output
+    assert "<section id=\"preview\">" not in (tmp_path / "a.html").read_text()
+    result = runner.invoke(app, ["report", "--storage", str(single / "study.journal"),
+                                 "--study", "single", "--to", str(tmp_path / "b.html")])
+    assert result.exit_code == 0, result.output
+    assert '<section id="preview">' in (tmp_path / "b.html").read_text()
+
+
+def test_report_without_a_study_is_one_line_exit_2(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "policysearch", "report", "--out",
+                           str(tmp_path / "nothing")], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and "--out" in done.stderr
+
+
+# --- in a real browser ------------------------------------------------------------------------
+
+PLOTS_JS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(el => ({
+  id: el.id,
+  traces: el.querySelectorAll('.scatterlayer .trace, .barlayer .trace').length,
+  points: el.querySelectorAll('.scatterlayer .point, .barlayer .point').length,
+  width: el.getBoundingClientRect().width,
+  height: el.getBoundingClientRect().height}))"""
+IMAGES_JS = "() => [...document.images].map(i => [i.complete, i.naturalWidth, i.naturalHeight])"
+ROWS_JS = """() => [...document.querySelectorAll('table.results tbody tr')]
+  .map(tr => tr.innerText.trim().length)"""
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize("study", ["single", "pareto"])
+def test_report_renders_in_headless_chromium(study: str, request: pytest.FixtureRequest) -> None:
+    chromium = require_chromium()
+    out: Path = request.getfixturevalue(study)
+    path = out / REPORT_NAME
+    trials = len(ps.records(out).records)
+    expected = {"plot-history", "plot-importance", "plot-tasks"}
+    if study == "pareto":
+        expected.add("plot-pareto")
+    with open_page(path, executable=chromium) as (page, log):
+        plots = page.evaluate(PLOTS_JS)
+        images = page.evaluate(IMAGES_JS)
+        rows = page.evaluate(ROWS_JS)
+        sections = page.evaluate("() => [...document.querySelectorAll('section')].map(s => s.id)")
+    # Nothing but the file itself was loaded: no network, no other file.
+    assert [u for u in log.requests if not u.startswith("data:")] == [path.resolve().as_uri()]
+    assert not log.page_errors and not log.console_errors, (log.page_errors, log.console_errors)
+    assert set(SECTIONS) <= set(sections)
+    assert {p["id"] for p in plots} == expected
+    for plot in plots:  # every plot drew data: traces with points, and has a size
+        assert plot["traces"] >= 1 and plot["points"] >= 1, plot
+        assert plot["width"] > 100 and plot["height"] > 100, plot
+    assert len(images) == 2  # best policy and reference previews
+    assert all(done and w > 0 and h > 0 for done, w, h in images), images
+    assert len(rows) == trials and all(n > 0 for n in rows)

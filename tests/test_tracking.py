@@ -1,0 +1,69 @@
+"""``search --log-to tensorboard|mlflow``: every trial's per-epoch metrics, final Δm% and
+searched parameters, read back with each tool's own reader."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import policysearch as ps
+from policysearch.cli import app
+
+runner = CliRunner()
+TRIALS, EPOCHS = 3, 2  # TINY_SPACE trains 2 epochs per trial
+
+
+def _search(tiny_space: Path, out: Path, target: str) -> None:
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out", str(out),
+                                 "--trials", str(TRIALS), "--device", "cpu", "--quiet",
+                                 "--log-to", target])
+    assert result.exit_code == 0, result.output
+
+
+def test_tensorboard_has_each_trials_curves_and_params(tiny_space: Path, tmp_path: Path) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "tb"
+    _search(tiny_space, out, "tensorboard")
+    records = {r.number: r for r in ps.records(out).records}
+    folders = sorted(p.name for p in (out / "tensorboard").iterdir())
+    assert folders == [f"trial-{n:05d}" for n in sorted(records)]
+    for number, record in records.items():
+        events = EventAccumulator(str(out / "tensorboard" / f"trial-{number:05d}"))
+        events.Reload()
+        accuracy = events.Scalars("shape/accuracy")
+        assert [e.step for e in accuracy] == list(range(1, EPOCHS + 1))
+        assert accuracy[-1].value == pytest.approx(record.metrics["shape"]["accuracy"])
+        assert "delta_m" in events.Tags()["scalars"]
+        if record.role == "search":
+            assert "params/text_summary" in events.Tags()["tensors"]
+
+
+def test_mlflow_has_one_run_per_trial(tiny_space: Path, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    out = tmp_path / "ml"
+    _search(tiny_space, out, "mlflow")
+    records = {r.number: r for r in ps.records(out).records}
+    client = MlflowClient(tracking_uri=f"sqlite:///{(out / 'mlflow.db').resolve()}")
+    experiment = client.get_experiment_by_name("tiny")
+    runs = {r.info.run_name: r for r in client.search_runs([experiment.experiment_id])}
+    assert set(runs) == {f"trial-{n:05d}" for n in records}
+    for number, record in records.items():
+        run = runs[f"trial-{number:05d}"]
+        assert run.info.status == "FINISHED" and run.data.tags["policysearch.state"] == "complete"
+        history = client.get_metric_history(run.info.run_id, "shape/accuracy")
+        assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))
+        assert run.data.metrics["shape/accuracy"] == pytest.approx(
+            record.metrics["shape"]["accuracy"])
+        assert "delta_m" in run.data.metrics
+        assert run.data.params == {k: str(v) for k, v in (record.params or {}).items()}
+    assert (out / "mlartifacts").exists() is False  # nothing but the database in OUT
+
+
+def test_unknown_target_is_refused(tiny_space: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out",
+                                 str(tmp_path / "x"), "--log-to", "wandb"])
+    assert result.exit_code == 2 and "--log-to" in result.output
