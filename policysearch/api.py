@@ -131,14 +131,16 @@ def report(out: PathLike | None = None, *, storage: str | None = None,
 def benchmark(policy: PathLike, **options: Any) -> BenchmarkOutcome:
     """Benchmark a searched policy against the baselines on the test split
     (``policysearch benchmark``); keyword arguments are those of
-    ``policysearch.benchmark.BenchmarkOptions`` (``progress=`` as for ``search``)."""
+    ``policysearch.benchmark.BenchmarkOptions``; ``progress=``: a callable taking each line,
+    ``events=``: one taking ``(event, data)`` per run and epoch (``benchmark.Events``)."""
     from policysearch.benchmark import BenchmarkOptions, run_benchmark
 
-    progress = options.pop("progress", None)
+    progress, events = options.pop("progress", None), options.pop("events", None)
     for key in ("search", "out"):
         if isinstance(options.get(key), str):
             options[key] = Path(options[key])
-    return run_benchmark(BenchmarkOptions(policy=Path(policy), **options), progress=progress)
+    return run_benchmark(BenchmarkOptions(policy=Path(policy), **options), progress=progress,
+                         events=events)
 
 
 def preview(policy: PathLike | Policy, dataset: Any = "shapes", *, n: int = 8, draws: int = 4,

@@ -45,6 +45,19 @@ SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
 ALPHA = 0.05
 RUN_SCHEMA = "policysearch.benchmark-run/v1"
 Say = Callable[[str], None]
+# Structured progress for bars and log collectors: ("run_start", {"run", "runs", "contender",
+# "seed", "epochs"}), ("epoch", {"run", "epoch", "metrics"}), ("run_end", {"run", "seconds"}).
+Events = Callable[[str, dict[str, Any]], None]
+
+
+class _EpochEvents:
+    """A training reporter that passes each epoch on as an ``epoch`` event."""
+
+    def __init__(self, events: Events, run: int):
+        self.events, self.run = events, run
+
+    def report(self, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
+        self.events("epoch", {"run": self.run, "epoch": epoch, "metrics": metrics})
 
 
 @dataclass
@@ -197,7 +210,8 @@ def _write_run(path: Path, data: dict[str, Any]) -> None:
 
 
 def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpace,
-                dataset: MultiTaskDataset, options: BenchmarkOptions, say: Say
+                dataset: MultiTaskDataset, options: BenchmarkOptions, say: Say,
+                events: Events | None = None
                 ) -> tuple[dict[tuple[str, int], dict[str, Any]], int, int]:
     from policysearch.search.driver import train_policy
 
@@ -217,14 +231,21 @@ def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpac
         say(f"reusing {reused} stored runs from {options.out / 'runs'}")
     threads = options.threads or max(1, os.cpu_count() or 1)
     for i, (c, seed, path, fingerprint) in enumerate(todo, 1):
+        if events is not None:
+            events("run_start", {"run": i, "runs": len(todo), "contender": c.name, "seed": seed,
+                                 "epochs": space.budget.epochs})
         result = train_policy(c.policy, dataset, space.budget, seed=seed, device=options.device,
-                              threads=threads, eval_split="test")
+                              threads=threads, eval_split="test",
+                              reporter=_EpochEvents(events, i) if events is not None else None)
         data = {"schema": RUN_SCHEMA, "fingerprint": fingerprint, "contender": c.name,
                 "seed": seed, "metrics": result.metrics, "epochs": result.epochs,
                 "seconds": round(result.seconds, 3), "device": result.device,
                 "train_images": result.train_images}
         _write_run(path, data)
         runs[(c.name, seed)] = data
+        if events is not None:
+            events("run_end", {"run": i, "runs": len(todo), "contender": c.name, "seed": seed,
+                               "seconds": round(result.seconds, 3)})
         say(f"run {i}/{len(todo)}: {c.name}, seed {seed} ({result.seconds:.1f} s)")
     return runs, len(todo), reused
 
@@ -460,10 +481,13 @@ def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> P
 # --- the command ---------------------------------------------------------------------------------
 
 
-def run_benchmark(options: BenchmarkOptions, progress: Say | None = None) -> BenchmarkOutcome:
+def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
+                  events: Events | None = None) -> BenchmarkOutcome:
     """Train every contender for every seed (reusing stored runs), evaluate on the test split
     and write ``benchmark.md``, ``benchmark.csv`` (one row per contender), ``runs.csv`` (one
-    row per run), ``benchmark.json`` and ``benchmark.png`` into ``options.out``."""
+    row per run), ``benchmark.json`` and ``benchmark.png`` into ``options.out``.
+
+    ``progress`` gets a line per step; ``events`` the structured events of ``Events``."""
     from policysearch.search.driver import load_dataset
     from policysearch.training import resolve_device
 
@@ -490,7 +514,7 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None) -> Ben
     budget = space.budget
     say(f"benchmark: {len(contenders)} contenders × {len(seeds)} seeds on {space.dataset} "
         f"(test split: {len(dataset.split('test'))} samples), {budget.epochs} epochs each")
-    runs, trained, reused = _train_runs(contenders, seeds, space, dataset, options, say)
+    runs, trained, reused = _train_runs(contenders, seeds, space, dataset, options, say, events)
     names = [c.name for c in contenders]
     weights = dict(space.task_weights or {}) or None
     frame = runs_frame(runs, names, seeds, info, options.reference, weights)

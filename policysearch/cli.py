@@ -550,8 +550,12 @@ def benchmark(
         elif not quiet:
             out_console.print(line, highlight=False)
 
-    with warnings.catch_warnings(record=True):
-        outcome = run_benchmark(options, progress=progress)
+    from policysearch.progress import BenchmarkBar
+
+    bar = BenchmarkBar(out_console, live=None if not quiet else False)
+    with warnings.catch_warnings(record=True), bar:
+        outcome = run_benchmark(options, progress=progress,
+                                events=printer if json_logs else bar)
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]
         report = json.loads(found[0].read_text()) if found else {}

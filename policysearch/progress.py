@@ -1,7 +1,8 @@
 """Search progress for people and machines: ``ProgressPrinter`` (a line per finished trial,
 and on a terminal a live bar with the running trial's epoch, the best Δm% and the time left),
 ``JsonLogPrinter`` (one JSON object per event, ``--json-logs``) and ``QuietPrinter``
-(``--quiet``). Each is a ``progress(event, data)`` callable for ``policysearch.search``."""
+(``--quiet``). Each is a ``progress(event, data)`` callable for ``policysearch.search``;
+``BenchmarkBar`` is the live bar of ``policysearch benchmark``."""
 
 from __future__ import annotations
 
@@ -163,6 +164,66 @@ class ProgressPrinter:
             f"{best}  {took:5.1f} s  elapsed {_fmt_time(time.monotonic() - self.started)}  "
             f"remaining ~{_fmt_time(eta)}{note}", highlight=False)
         self._update_bar()
+
+
+class BenchmarkBar:
+    """``benchmark`` on a terminal: a live bar below the printed lines with the run being
+    trained (k of N, contender, seed), its epoch and the time left, estimated from the runs
+    done so far. Takes the benchmark's events (``policysearch.benchmark.Events``); a no-op
+    when ``live`` is False (not a terminal). Use it as a context manager."""
+
+    def __init__(self, console: Console, live: bool | None = None):
+        self.console = console
+        self.live = console.is_terminal if live is None else live
+        self._bar: Progress | None = None
+        self._task: Any = None
+        self.durations: list[float] = []
+        self.run_started = time.monotonic()
+        self.current: dict[str, Any] = {}
+
+    def __enter__(self) -> BenchmarkBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None
+
+    def eta(self, runs_left: int, epoch_fraction: float = 0.0) -> float | None:
+        """Seconds left: the mean run time × the runs not finished (the running one counted
+        by the share of its epochs still to come); None before any run finished."""
+        if not self.durations:
+            return None
+        mean = sum(self.durations) / len(self.durations)
+        return max(0.0, mean * (runs_left - epoch_fraction))
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "run_start":
+            self.current, self.run_started = dict(data), time.monotonic()
+            self._show(0)
+        elif event == "epoch":
+            self._show(int(data["epoch"]) + 1)
+        elif event == "run_end":
+            self.durations.append(float(data.get("seconds") or
+                                        time.monotonic() - self.run_started))
+
+    def _show(self, epochs_done: int) -> None:
+        if not self.live or not self.current:
+            return
+        runs, run = int(self.current["runs"]), int(self.current["run"])
+        epochs = int(self.current.get("epochs") or 1)
+        eta = self.eta(runs - run + 1, epochs_done / epochs)
+        if self._bar is None:
+            self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("{task.fields[status]}"), console=self.console,
+                                 transient=True)
+            self._task = self._bar.add_task("benchmark", total=runs, status="")
+            self._bar.start()
+        left = f"  ETA {_fmt_time(eta)}" if eta is not None else ""
+        self._bar.update(self._task, completed=run - 1 + epochs_done / epochs, total=runs,
+                         description=f"run {run} of {runs}: {self.current['contender']}, "
+                                     f"seed {self.current['seed']}",
+                         status=f"epoch {epochs_done}/{epochs}{left}")
 
 
 class QuietPrinter:

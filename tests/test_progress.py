@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from policysearch.cli import app
-from policysearch.progress import JsonLogPrinter, ProgressPrinter
+from policysearch.progress import BenchmarkBar, JsonLogPrinter, ProgressPrinter
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()
@@ -94,12 +94,39 @@ def test_benchmark_quiet_and_json_logs(tmp_path: Path) -> None:
     policy = tmp_path / "s" / "best_policy.yaml"
     args = ["benchmark", "--policy", str(policy), "--baselines", "none", "--seeds", "1",
             "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "b")]
-    quiet = runner.invoke(app, [*args, "--quiet"])
-    assert quiet.exit_code == 0, quiet.output
-    assert quiet.output.strip().splitlines()[0].startswith("wrote ")
-    logged = runner.invoke(app, [*args, "--json-logs"])  # the runs are reused
+    logged = runner.invoke(app, [*args, "--json-logs"])
+    assert logged.exit_code == 0, logged.output
     records = [json.loads(line) for line in logged.output.strip().splitlines()]
     assert records[-1]["event"] == "done"
     assert {row["contender"] for row in records[-1]["summary"]} == {"searched", "none",
                                                                      "flipcrop"}
-    assert all(r["event"] == "benchmark" for r in records[:-1])
+    # Three runs of one epoch each: a start, an epoch and an end per run.
+    runs = [(r["event"], r["run"]) for r in records
+            if r["event"] in ("run_start", "epoch", "run_end")]
+    assert runs == [(e, k) for k in (1, 2, 3) for e in ("run_start", "epoch", "run_end")]
+    assert all(r["runs"] == 3 for r in records if r["event"] == "run_start")
+    quiet = runner.invoke(app, [*args, "--quiet"])  # the runs are reused
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.output.strip().splitlines()[0].startswith("wrote ")
+
+
+def test_the_benchmark_bar_follows_runs_and_epochs() -> None:
+    console = Console(file=io.StringIO(), force_terminal=True, width=120)
+    with BenchmarkBar(console) as bar:
+        assert bar.live
+        bar("run_start", {"run": 1, "runs": 3, "contender": "searched", "seed": 1, "epochs": 4})
+        bar("epoch", {"run": 1, "epoch": 1, "metrics": {}})
+        task = bar._bar.tasks[0]
+        assert task.description == "run 1 of 3: searched, seed 1"
+        assert task.fields["status"] == "epoch 2/4"  # no ETA before a run has finished
+        bar("run_end", {"run": 1, "seconds": 40.0})
+        bar("run_start", {"run": 2, "runs": 3, "contender": "none", "seed": 1, "epochs": 4})
+        bar("epoch", {"run": 2, "epoch": 0, "metrics": {}})
+        task = bar._bar.tasks[0]
+        assert task.description == "run 2 of 3: none, seed 1" and task.completed == 1.25
+        # 40 s a run: the rest of this run (3 of 4 epochs) and one more run = 70 s.
+        assert task.fields["status"] == "epoch 1/4  ETA 1:10"
+    assert bar._bar is None
+    quiet = BenchmarkBar(Console(file=io.StringIO(), force_terminal=False))
+    quiet("run_start", {"run": 1, "runs": 1, "contender": "none", "seed": 1, "epochs": 1})
+    assert quiet._bar is None  # not a terminal: no bar
