@@ -186,10 +186,10 @@ def check(space: PathLike | None = None, policy: PathLike | None = None
 
 
 def ops() -> pd.DataFrame:
-    """Every registered op: kind, whether signed, its range at magnitude 1
+    """Every registered op (column ``op``): kind, whether signed, its range at magnitude 1
     (``policysearch ops``)."""
     import pandas as pd
 
     from policysearch.augment import ops_table
 
-    return pd.DataFrame(ops_table())
+    return pd.DataFrame(ops_table()).rename(columns={"name": "op"})

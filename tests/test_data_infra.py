@@ -249,3 +249,12 @@ def test_image_size_is_one_side_or_height_and_width() -> None:
     assert Budget(image_size=[48, 48]).image_size == 48
     with pytest.raises(ValueError, match="between 16 and 4096"):
         Budget(image_size=[8, 300])
+
+
+def test_a_registered_task_kind_without_a_key_is_a_user_error() -> None:
+    from policysearch.data.base import TaskSpec
+    from policysearch.errors import UserError
+
+    assert TaskSpec("objects", "count", key="count").target_key() == "count"
+    with pytest.raises(UserError, match="needs key="):
+        TaskSpec("objects", "count").target_key()

@@ -7,6 +7,8 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
+from policysearch.errors import UserError
+
 # Target keys of a sample dict by task kind (design.md, "The flow").
 TARGET_KEYS: dict[str, tuple[str, ...]] = {
     "classification": ("label",),
@@ -36,7 +38,12 @@ class TaskSpec:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def target_key(self) -> str:
-        return self.key or TARGET_KEYS[self.kind][0]
+        if self.key:
+            return self.key
+        if self.kind not in TARGET_KEYS:  # a registered task kind names its own key
+            raise UserError(f"task {self.name!r} of kind {self.kind!r} needs key=: the "
+                            "sample-dict key that holds its target", field="tasks")
+        return TARGET_KEYS[self.kind][0]
 
 
 Sample = dict[str, Any]
