@@ -195,3 +195,38 @@ def test_report_renders_in_headless_chromium(study: str, request: pytest.Fixture
     assert len(images) == 2  # best policy and reference previews
     assert all(done and w > 0 and h > 0 for done, w, h in images), images
     assert len(rows) == trials and all(n > 0 for n in rows)
+
+
+@pytest.mark.slow
+def test_report_command_while_the_search_runs(tmp_path: Path) -> None:
+    import os
+    import signal
+    import time
+
+    space = tmp_path / "live.yaml"
+    space.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPACE), "name": "live"}))
+    out = tmp_path / "live"
+    # 60 trials of about a second: the search is still running when the report is built.
+    proc = subprocess.Popen([sys.executable, "-m", "policysearch", "search", "--space",
+                             str(space), "--out", str(out), "--trials", "60", "--device", "cpu",
+                             "--threads", "1", "--quiet", "--no-report"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "results.csv").exists():  # written after the first trial
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("the search ended, or finished no trial in 300 s")
+            time.sleep(0.2)  # polling interval, not a timing assertion
+        done = subprocess.run([sys.executable, "-m", "policysearch", "report", "--out",
+                               str(out), "--no-preview"], capture_output=True, text=True)
+        still_running = proc.poll() is None
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert still_running, "the search finished before the report was built"
+    # Only the report command wrote it (--no-report): the trials finished so far, ranked.
+    text = (out / REPORT_NAME).read_text()
+    assert "<td>complete</td>" in text and '<section id="history">' in text
+    assert len(ps.records(out).records) < 60
