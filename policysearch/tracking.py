@@ -18,6 +18,7 @@ experiment.
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import Any
@@ -141,14 +142,30 @@ class MlflowTracker(_Tracker):
             raise UserError("--log-to mlflow needs the mlflow-skinny package: pip install "
                             "'policysearch[tracking]'", field="--log-to") from None
         db = Path(db).resolve()
-        db.parent.mkdir(parents=True, exist_ok=True)
+        # Checked here: MLflow itself retries a database it cannot open for minutes.
+        if db.exists() and not db.is_file():
+            raise UserError("cannot open the mlflow log: not a file", source=str(db),
+                            field="--log-to")
+        try:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            db.touch(exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot open the mlflow log: {err.strerror}", source=str(db),
+                            field="--log-to") from None
         self.uri = f"sqlite:///{db}"
-        self.client = MlflowClient(tracking_uri=self.uri)
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (found.experiment_id if found is not None else
-                              self.client.create_experiment(
-                                  experiment, artifact_location=(db.parent / "mlartifacts")
-                                  .as_uri()))
+        # MLflow announces each table it creates at INFO: quiet while the store opens.
+        logger = logging.getLogger("mlflow")
+        level = logger.level
+        logger.setLevel(logging.WARNING)
+        try:
+            self.client = MlflowClient(tracking_uri=self.uri)
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (found.experiment_id if found is not None else
+                                  self.client.create_experiment(
+                                      experiment, artifact_location=(db.parent / "mlartifacts")
+                                      .as_uri()))
+        finally:
+            logger.setLevel(level)
         self.runs: dict[int, str] = {}
 
     def start(self, number: int, data: dict[str, Any]) -> None:
@@ -190,12 +207,20 @@ def _now_ms() -> int:
 
 def make_tracker(target: str, out_dir: Path, study_name: str) -> _Tracker:
     """The tracker for ``--log-to TARGET``, writing under ``out_dir``."""
-    if target == "tensorboard":
-        return TensorBoardTracker(Path(out_dir) / TENSORBOARD_DIR)
-    if target == "mlflow":
-        return MlflowTracker(Path(out_dir) / MLFLOW_DB, study_name)
-    raise UserError(f"expected one of {', '.join(LOG_TARGETS)}, got {target!r}",
-                    field="--log-to")
+    if target not in LOG_TARGETS:
+        raise UserError(f"expected one of {', '.join(LOG_TARGETS)}, got {target!r}",
+                        field="--log-to")
+    path = Path(out_dir) / (TENSORBOARD_DIR if target == "tensorboard" else MLFLOW_DB)
+    try:
+        if target == "tensorboard":
+            return TensorBoardTracker(path)
+        return MlflowTracker(path, study_name)
+    except UserError:
+        raise
+    except Exception as err:  # a store that cannot be opened: before any trial runs
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise UserError(f"cannot open the {target} log: {reason}", source=str(path),
+                        field="--log-to") from None
 
 
 class TrackedProgress:

@@ -67,3 +67,30 @@ def test_unknown_target_is_refused(tiny_space: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out",
                                  str(tmp_path / "x"), "--log-to", "wandb"])
     assert result.exit_code == 2 and "--log-to" in result.output
+
+
+def test_a_store_that_cannot_be_opened_is_one_line_before_any_trial(tiny_space: Path,
+                                                                   tmp_path: Path) -> None:
+    out = tmp_path / "bad"
+    (out / "mlflow.db").mkdir(parents=True)  # a folder where the database file should be
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out", str(out),
+                                 "--trials", "2", "--device", "cpu", "--log-to", "mlflow"])
+    assert result.exit_code == 2, result.output
+    assert "cannot open the mlflow log" in result.output and "--log-to" in result.output
+    assert not (out / "study.journal").exists()  # no trial ran
+
+
+def test_a_failing_tracker_is_switched_off_and_the_search_goes_on() -> None:
+    from policysearch.tracking import TrackedProgress, _Tracker
+
+    class Broken(_Tracker):
+        def metrics(self, number: int, values: dict, step: int) -> None:
+            raise OSError("database is locked")
+
+    seen: list[tuple[str, dict]] = []
+    tracked = TrackedProgress(Broken(), lambda event, data: seen.append((event, data)))
+    tracked("trial_start", {"trial": 0, "role": "reference", "policy": "hflip"})
+    tracked("epoch", {"trial": 0, "epoch": 0, "metrics": {"shape": {"accuracy": 0.5}}})
+    tracked("epoch", {"trial": 0, "epoch": 1, "metrics": {"shape": {"accuracy": 0.6}}})
+    assert [e for e, _ in seen] == ["trial_start", "tracking_failed", "epoch", "epoch"]
+    assert seen[1][1] == {"error": "database is locked"} and tracked.tracker is None
