@@ -110,11 +110,14 @@ def task_bars_figure(frame: pd.DataFrame, info: MetricsInfo, top: int = 5) -> go
 
 def pareto_figure(frame: pd.DataFrame, tasks: Sequence[str]) -> go.Figure | None:
     """Each pair of tasks' Δ% for the complete search trials, the Pareto front highlighted
-    (the front is over all tasks, so a front member may look dominated in one pair)."""
+    (the front is over all tasks, so a front member may look dominated in one pair). Tasks
+    whose Δ% is undefined for every trial are left out."""
     if "pareto" not in frame.columns or len(tasks) < 2:
         return None
     done = frame[frame["role"].eq("search") & frame["rank"].notna()]
-    if done.empty:
+    # A task whose Δ% is undefined (its reference metric ~0) would only draw empty panels.
+    tasks = [t for t in tasks if done[f"delta.{t}"].notna().any()]
+    if done.empty or len(tasks) < 2:
         return None
     pairs = list(itertools.combinations(tasks, 2))
     cols = min(3, len(pairs))

@@ -230,3 +230,19 @@ def test_report_command_while_the_search_runs(tmp_path: Path) -> None:
     text = (out / REPORT_NAME).read_text()
     assert "<td>complete</td>" in text and '<section id="history">' in text
     assert len(ps.records(out).records) < 60
+
+
+def test_pareto_panels_leave_out_tasks_without_a_delta(pareto: Path) -> None:
+    import itertools
+
+    from policysearch.report_figures import pareto_figure
+
+    records = ps.records(pareto)
+    frame = results_frame(records, warn=False)
+    tasks = list(records.metrics_info)
+    defined = [t for t in tasks if frame[f"delta.{t}"].notna().any()]
+    fig = pareto_figure(frame, tasks)
+    panels = {(trace.xaxis, trace.yaxis) for trace in fig.data}
+    assert len(panels) == len(list(itertools.combinations(defined, 2)))
+    titles = {fig.layout[k].title.text for k in fig.layout if k.startswith("xaxis")}
+    assert titles <= {f"{t} Δ%" for t in defined}
