@@ -11,7 +11,7 @@ training loop calls, per trial:
 - ``parameters()`` when the weights themselves are learned (added to the optimizer).
 
 Keyword-only constructor arguments with numeric defaults are the method's hyper-parameters
-(``params`` in the policy YAML).
+(``params`` in the policy YAML; a space searches them under ``weights.params``).
 
 The method here, ``loss_ratio``, gives more weight to the tasks whose loss has fallen least
 since the first epoch: w_t ∝ (L_t(e) / L_t(0)) ** alpha, scaled so the weights sum to the
@@ -77,9 +77,10 @@ SPACE = {
     "dataset": "shapes",
     "dataset_options": {"n_train": 48, "n_val": 24, "n_test": 24, "seed": 0},
     "shared": {"slots": 1, "ops": ["identity", "hflip", "rotate", "brightness"]},
-    # One method for every search trial. A list, e.g. [equal, dwa, loss_ratio], makes the
-    # method a searched choice. (The reference trial always weighs every task 1.)
-    "weights": {"method": "loss_ratio"},
+    # One method for every search trial, its `alpha` searched in [0.25, 2] (a number would
+    # fix it). A list, e.g. [equal, dwa, loss_ratio], makes the method a searched choice.
+    # (The reference trial always weighs every task 1.)
+    "weights": {"method": "loss_ratio", "params": {"loss_ratio": {"alpha": [0.25, 2.0]}}},
     "budget": {"epochs": 2, "batch_size": 16, "lr": 0.003, "image_size": 32},
     "sampler": {"name": "random"},
     "pruner": {"name": "none"},
@@ -100,13 +101,16 @@ search_trials = [r for r in outcome.study.records if r.role == "search" and r.st
 methods = {r.policy["weighting"]["method"] for r in search_trials}
 moved = all(any(abs(w - 1.0) > 1e-6 for w in (r.final_weights or {}).values())
             for r in search_trials)
+alphas = [r.policy["weighting"]["params"]["alpha"] for r in search_trials]
+searched = len(set(alphas)) == len(alphas) and all(0.25 <= a <= 2.0 for a in alphas)
 print(f"search trials' weighting methods: {sorted(methods)}; learned weights moved: {moved}")
+print(f"searched alpha: {', '.join(f'{a:.3f}' for a in alphas)}")
 
 # Export the best search trial: its policy file carries the method and its parameters.
 rank = int(table.loc[table["role"] == "search", "rank"].min())
 exported = ps.export(OUT, rank=rank, to=OUT / "loss_ratio_policy.yaml")
 print(f"exported rank {rank} to {exported.yaml_path}: weighting {exported.policy.weighting}")
-if not (search_trials and methods == {"loss_ratio"} and moved
+if not (search_trials and methods == {"loss_ratio"} and moved and searched
         and exported.policy.weighting.method == "loss_ratio"):
     sys.exit("the registered weighting method was not used")
 print("custom weighting OK")

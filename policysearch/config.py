@@ -105,6 +105,8 @@ class WeightSpace(_Strict):
     (policysearch.weighting). ``dwa``, ``gradnorm`` and ``cagrad`` hold that method's
     hyper-parameters (``temperature``; ``alpha``, ``lr``; ``c``): a number fixes one,
     ``[low, high]`` searches it (uniform), one left out takes the method's default.
+    ``params`` does the same for any method by name, a registered one included:
+    ``params: {loss_ratio: {alpha: [0.5, 2.0]}}``.
     """
 
     method: str | list[str] = "static"
@@ -112,6 +114,7 @@ class WeightSpace(_Strict):
     dwa: dict[str, Any] = Field(default_factory=dict)
     gradnorm: dict[str, Any] = Field(default_factory=dict)
     cagrad: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
     @field_validator("range")
     @classmethod
@@ -137,31 +140,35 @@ class WeightSpace(_Strict):
     @field_validator("dwa", "gradnorm", "cagrad")
     @classmethod
     def _hyper_params(cls, value: dict[str, Any], info: Any) -> dict[str, Any]:
-        from policysearch.weighting_names import param_problem
+        return _checked_hyper(info.field_name, value)
 
-        checked: dict[str, Any] = {}
-        for name, spec in value.items():
-            ends = spec if isinstance(spec, list) else [spec]
-            if isinstance(spec, list) and len(spec) != 2:
-                raise ValueError(f"{name} must be a number or [low, high], got {spec!r}")
-            for end in ends:
-                problem = param_problem(info.field_name, name, end)
-                if problem:
-                    raise ValueError(problem if name in problem else f"{name} {problem}")
-            if isinstance(spec, list):
-                if not ends[0] <= ends[1]:
-                    raise ValueError(f"{name} must be [low, high] with low <= high, got {spec}")
-                checked[name] = (float(ends[0]), float(ends[1]))
-            else:
-                checked[name] = float(spec)
+    @field_validator("params")
+    @classmethod
+    def _method_params(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from policysearch.weighting_names import method_problem
+
+        checked = {}
+        for method, given in value.items():
+            problem = method_problem(method)
+            if problem:
+                raise ValueError(problem)
+            if not isinstance(given, dict):
+                raise ValueError(f"{method} must map hyper-parameter names to a number or "
+                                 f"[low, high], got {given!r}")
+            checked[method] = _checked_hyper(method, given)
         return checked
 
     @model_validator(mode="after")
     def _params_of_chosen_methods(self) -> WeightSpace:
-        for method in ("dwa", "gradnorm", "cagrad"):
-            if getattr(self, method) and method not in self.methods:
+        for method in ("dwa", "gradnorm", "cagrad", *self.params):
+            if (getattr(self, method, None) or self.params.get(method)) \
+                    and method not in self.methods:
                 raise ValueError(f"{method} hyper-parameters are set but {method!r} is not among "
                                  f"the methods ({', '.join(self.methods)})")
+            if method in ("dwa", "gradnorm", "cagrad") and getattr(self, method) \
+                    and self.params.get(method):
+                raise ValueError(f"{method} hyper-parameters are set twice: under {method} and "
+                                 f"under params.{method}")
         return self
 
     @property
@@ -171,7 +178,31 @@ class WeightSpace(_Strict):
 
     def hyper(self, method: str) -> dict[str, float | tuple[float, float]]:
         """``method``'s hyper-parameters set here: a fixed value or a searched [low, high]."""
-        return dict(getattr(self, method)) if method in ("dwa", "gradnorm", "cagrad") else {}
+        if method in ("dwa", "gradnorm", "cagrad") and getattr(self, method):
+            return dict(getattr(self, method))
+        return dict(self.params.get(method, {}))
+
+
+def _checked_hyper(method: str, value: dict[str, Any]) -> dict[str, Any]:
+    """``method``'s hyper-parameters: a number fixes one, ``[low, high]`` searches it."""
+    from policysearch.weighting_names import param_problem
+
+    checked: dict[str, Any] = {}
+    for name, spec in value.items():
+        ends = spec if isinstance(spec, list | tuple) else [spec]
+        if isinstance(spec, list | tuple) and len(spec) != 2:
+            raise ValueError(f"{name} must be a number or [low, high], got {spec!r}")
+        for end in ends:
+            problem = param_problem(method, name, end)
+            if problem:
+                raise ValueError(problem if name in problem else f"{name} {problem}")
+        if isinstance(spec, list | tuple):
+            if not ends[0] <= ends[1]:
+                raise ValueError(f"{name} must be [low, high] with low <= high, got {list(spec)}")
+            checked[name] = (float(ends[0]), float(ends[1]))
+        else:
+            checked[name] = float(spec)
+    return checked
 
 
 class Budget(_Strict):
@@ -365,6 +396,8 @@ class SearchSpace(_Strict):
         """Everything that defines the study: a resume must match it exactly."""
         data = self.model_dump(mode="json")
         data.pop("description", None)
+        if not data["weights"].get("params"):  # as stored before the field existed
+            data["weights"].pop("params", None)
         return data
 
     def fingerprint(self) -> str:

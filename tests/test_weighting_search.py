@@ -120,6 +120,14 @@ def test_a_task_named_method_clashes_with_the_categorical() -> None:
     ({"method": "static", "gradnorm": {"alpha": 1.0}}, "weights",
      "gradnorm hyper-parameters are set but 'gradnorm' is not among the methods"),
     ({"method": "pcgrad", "pcgrad": {"x": 1}}, "weights.pcgrad", "unknown key"),
+    ({"method": "dwa", "params": {"magic": {"x": 1}}}, "weights.params",
+     "unknown weighting method 'magic'"),
+    ({"method": "dwa", "params": {"dwa": {"tau": 1}}}, "weights.params",
+     "unknown hyper-parameter 'tau' of dwa"),
+    ({"method": "dwa", "params": {"cagrad": {"c": 0.3}}}, "weights",
+     "cagrad hyper-parameters are set but 'cagrad' is not among the methods"),
+    ({"method": "dwa", "dwa": {"temperature": 2}, "params": {"dwa": {"temperature": 3}}},
+     "weights", "set twice"),
 ])
 def test_search_space_errors_name_the_field(tmp_path: Path, weights: dict, field: str,
                                             message: str) -> None:
@@ -130,3 +138,26 @@ def test_search_space_errors_name_the_field(tmp_path: Path, weights: dict, field
     line = str(err.value)
     assert line.startswith(f"{path}: {field}: "), line
     assert message in line and "\n" not in line
+
+
+def test_a_registered_methods_hyper_parameters_are_searched_through_params() -> None:
+    from policysearch.weighting_names import METHODS, HyperParam, register_method
+
+    register_method("ratio_test", {"alpha": HyperParam(1.0, 0.0, 4.0),
+                                   "beta": HyperParam(0.5, 0.0, 1.0)})
+    try:
+        space = _space({"method": ["static", "ratio_test"],
+                        "params": {"ratio_test": {"alpha": [0.5, 2.0]}}})
+        params = _weight_params(space)
+        alpha = params["weight.ratio_test.alpha"]
+        assert (alpha.low, alpha.high, alpha.when) == (0.5, 2.0, (WEIGHT_METHOD, "ratio_test"))
+        values = _values(space, **{WEIGHT_METHOD: "ratio_test", "weight.ratio_test.alpha": 1.5})
+        policy = policy_from_params(space, TASKS, values)
+        # the searched value, and the default of the one the space leaves out
+        assert policy.weighting == Weighting("ratio_test", {}, {"alpha": 1.5, "beta": 0.5})
+        # a space without params keeps the canonical form (and fingerprint) of older studies
+        assert "params" not in _space({"method": "dwa"}).canonical()["weights"]
+        assert space.canonical()["weights"]["params"] == {"ratio_test": {"alpha": [0.5, 2.0]}}
+        assert SearchSpace.model_validate(space.canonical()) == space
+    finally:
+        METHODS.pop("ratio_test")
