@@ -206,8 +206,10 @@ def one_trial(space_file: Path, device: str, threads: int, seed: int) -> None:
     import torch
 
     from policysearch.config import load_space
-    from policysearch.search.driver import load_dataset, task_setup, train_policy
+    from policysearch.data.loading import load_dataset
     from policysearch.search.optuna_engine import reference_policy
+    from policysearch.tasks import task_setup
+    from policysearch.training import train_policy
 
     torch.zeros(1, device=device)  # the CUDA context, before the trial's clock starts
     space = load_space(space_file)
@@ -293,8 +295,9 @@ def main() -> None:
         print(NO_GPU)
         return
 
-    from policysearch.search.driver import load_dataset, task_setup
+    from policysearch.data.loading import load_dataset
     from policysearch.search.optuna_engine import reference_policy
+    from policysearch.tasks import task_setup
 
     smoke = args.smoke_test
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -20,7 +20,7 @@ from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 from policysearch.augment import Policy, Slot
 from policysearch.config import Budget
 from policysearch.data import get_dataset
-from policysearch.results_table import delta_m, metrics_info_from_tasks
+from policysearch.records import delta_m, metrics_info_from_tasks
 from policysearch.tasks import make_task
 from policysearch.training import run_trial
 

@@ -27,7 +27,8 @@ import yaml
 from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 from quality import TRIALS as QUALITY_TRIALS_BY_DATASET  # benchmarks/quality.py
 
-from policysearch.results_table import StudyRecords, results_frame, search_cost
+from policysearch.records import StudyRecords, search_cost
+from policysearch.reporting.tables import results_frame
 from policysearch.search.driver import load_study_records
 
 HERE = Path(__file__).resolve().parent

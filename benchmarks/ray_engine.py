@@ -32,7 +32,7 @@ import yaml
 from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 from policysearch.config import load_space
-from policysearch.results_table import results_frame
+from policysearch.reporting.tables import results_frame
 from policysearch.search.driver import SearchOptions, search
 from policysearch.search.ray_engine import asha_rungs
 

@@ -204,8 +204,10 @@ def one_trial(space_file: Path) -> None:
     import torch  # noqa: F401
 
     from policysearch.config import load_space
-    from policysearch.search.driver import load_dataset, task_setup, train_policy
+    from policysearch.data.loading import load_dataset
     from policysearch.search.optuna_engine import reference_policy
+    from policysearch.tasks import task_setup
+    from policysearch.training import train_policy
 
     imports = time.perf_counter() - start
     space = load_space(space_file)
@@ -317,7 +319,8 @@ def main() -> None:
     import torch
 
     from policysearch.config import load_space
-    from policysearch.search.driver import load_dataset, task_setup
+    from policysearch.data.loading import load_dataset
+    from policysearch.tasks import task_setup
 
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp_name:

@@ -25,7 +25,7 @@ from policysearch.augment import get_baseline
 from policysearch.config import load_space
 from policysearch.data import get_dataset
 from policysearch.models import build_network
-from policysearch.results_table import delta_m, metrics_info_from_tasks
+from policysearch.records import delta_m, metrics_info_from_tasks
 from policysearch.tasks import make_task
 from policysearch.training import evaluate, run_trial
 

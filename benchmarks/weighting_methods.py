@@ -29,10 +29,10 @@ from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import Budget
 from policysearch.data import get_dataset
 from policysearch.data.base import MultiTaskDataset
-from policysearch.results_table import delta_m, metrics_info_from_tasks
+from policysearch.records import delta_m, metrics_info_from_tasks
 from policysearch.tasks import make_task
 from policysearch.training import Metrics, TrialResult, run_trial
-from policysearch.weighting_names import defaults
+from policysearch.weighting_schema import defaults
 
 HERE = Path(__file__).resolve().parent
 METHODS = ("equal", "static", "uncertainty", "dwa", "gradnorm", "pcgrad", "cagrad")

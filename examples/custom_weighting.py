@@ -34,7 +34,7 @@ import yaml
 
 import policysearch as ps
 from policysearch.weighting import Weighting, register_weighting
-from policysearch.weighting_names import HyperParam, register_method
+from policysearch.weighting_schema import HyperParam, register_method
 
 OUT = Path("runs/custom_weighting")
 os.environ.setdefault("POLICYSEARCH_CACHE", str(Path("runs/cache").resolve()))

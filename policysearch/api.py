@@ -18,10 +18,10 @@ if TYPE_CHECKING:
     import pandas as pd
     from PIL import Image
 
-    from policysearch.benchmark import BenchmarkOutcome
     from policysearch.config import SearchSpace
-    from policysearch.export import ExportResult
-    from policysearch.results_table import StudyRecords
+    from policysearch.evaluation.benchmark import BenchmarkOutcome
+    from policysearch.exports.best_policy import ExportResult
+    from policysearch.records import StudyRecords
     from policysearch.search.driver import SearchOutcome
 
 EXPORT_FORMATS = ("yaml", "albumentations", "python")
@@ -35,7 +35,7 @@ def _path(value: PathLike | None) -> Path | None:
 def search(**options: Any) -> SearchOutcome:
     """Run or resume a search (``policysearch search``); keyword arguments are those of
     ``policysearch.search.driver.SearchOptions`` (``progress=``: a callable taking
-    ``(event, data)``, e.g. ``policysearch.progress.JsonLogPrinter()``)."""
+    ``(event, data)``, e.g. ``policysearch.reporting.progress.JsonLogPrinter()``)."""
     from policysearch.search.driver import SearchOptions
     from policysearch.search.driver import search as _search
 
@@ -59,7 +59,7 @@ def results(out: PathLike | None = None, *, storage: str | None = None,
             task_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
     """The ranked results table (``policysearch results``) as a pandas DataFrame; its
     ``attrs`` hold the reference, notes and search cost."""
-    from policysearch.results_table import results_frame
+    from policysearch.reporting.tables import results_frame
 
     return results_frame(records(out, storage=storage, study=study), task_weights=task_weights)
 
@@ -78,8 +78,8 @@ def export(out: PathLike | None = None, *, storage: str | None = None,
     written to ``to`` when given).
     """
     from policysearch.augment import load_policy
-    from policysearch.export import export_policy, pick_trial
-    from policysearch.export_python import policy_source
+    from policysearch.exports.best_policy import export_policy, pick_trial
+    from policysearch.exports.python_source import policy_source
 
     if format not in EXPORT_FORMATS:
         raise UserError(f"expected one of {', '.join(EXPORT_FORMATS)}, got {format!r}",
@@ -118,7 +118,7 @@ def report(out: PathLike | None = None, *, storage: str | None = None,
     else ``out/report.html``, else ``report-<study>.html``. ``dataset``: where the preview
     draws samples (default: the study's dataset, built again from its stored space; pass
     your own for a dataset registered in your code)."""
-    from policysearch.report import REPORT_NAME, write_report
+    from policysearch.reporting.report import REPORT_NAME, write_report
 
     found = records(out, storage=storage, study=study)
     out = _path(out)
@@ -131,9 +131,10 @@ def report(out: PathLike | None = None, *, storage: str | None = None,
 def benchmark(policy: PathLike, **options: Any) -> BenchmarkOutcome:
     """Benchmark a searched policy against the baselines on the test split
     (``policysearch benchmark``); keyword arguments are those of
-    ``policysearch.benchmark.BenchmarkOptions``; ``progress=``: a callable taking each line,
-    ``events=``: one taking ``(event, data)`` per run and epoch (``benchmark.Events``)."""
-    from policysearch.benchmark import BenchmarkOptions, run_benchmark
+    ``policysearch.evaluation.benchmark.BenchmarkOptions``; ``progress=``: a callable taking
+    each line, ``events=``: one taking ``(event, data)`` per run and epoch
+    (``benchmark.Events``)."""
+    from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
     progress, events = options.pop("progress", None), options.pop("events", None)
     for key in ("search", "out"):
@@ -149,7 +150,7 @@ def preview(policy: PathLike | Policy, dataset: Any = "shapes", *, n: int = 8, d
     ``format:PATH``, or a dataset object) as a PIL image, also written to ``to`` as PNG
     (``policysearch preview``)."""
     from policysearch.data import get_dataset
-    from policysearch.preview import preview_grid_for, write_png
+    from policysearch.reporting.preview import preview_grid_for, write_png
 
     data = get_dataset(dataset) if isinstance(dataset, str) else dataset
     image = preview_grid_for(policy, data, n=n, draws=draws, seed=seed)
@@ -163,7 +164,7 @@ def show(policy: PathLike | Policy) -> pd.DataFrame:
     import pandas as pd
 
     from policysearch.augment import load_policy
-    from policysearch.show import policy_rows
+    from policysearch.reporting.policy_table import policy_rows
 
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
     return pd.DataFrame(policy_rows(loaded))

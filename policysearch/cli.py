@@ -108,7 +108,7 @@ class Format(StrEnum):
 def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> None:
     import pandas as pd
 
-    from policysearch.results_table import compact_columns
+    from policysearch.reporting.tables import compact_columns
 
     shown = frame.head(top) if top else frame
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
@@ -142,11 +142,11 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     if ref:
         console.print(f"Δm% is measured against {ref}.", highlight=False)
     if frame.attrs.get("task_weights"):
-        from policysearch.results_table import weights_text
+        from policysearch.reporting.tables import weights_text
 
         console.print(f"Δm% weighs the tasks: {weights_text(frame.attrs['task_weights'])} "
                       "(others 1).", highlight=False)
-    from policysearch.results_table import footer_lines
+    from policysearch.reporting.tables import footer_lines
 
     for line in footer_lines(frame):
         console.print(line, highlight=False)
@@ -261,7 +261,7 @@ JsonLogsOption = Annotated[bool, typer.Option(
 
 def _printer(quiet: bool, json_logs: bool) -> Any:
     """The progress callable (a context manager) for ``--quiet`` / ``--json-logs`` / neither."""
-    from policysearch.progress import JsonLogPrinter, ProgressPrinter, QuietPrinter
+    from policysearch.reporting.progress import JsonLogPrinter, ProgressPrinter, QuietPrinter
 
     if json_logs:
         return JsonLogPrinter()
@@ -350,14 +350,14 @@ def results(
     adds the mean and std of Δm% over all seeds; --reference NAME ranks against another
     baseline. Both train beside the study: its trials and definition are unchanged.
     """
-    from policysearch import results_table as res
+    from policysearch.reporting import tables as res
 
     if seeds is not None and reeval is None:
         raise UserError("--seeds needs --reeval K", field="--seeds")
     records = _records(out, storage, study)
     weights = parse_task_weights(task_weight, records.metrics_info)
     if reeval is not None or reference is not None:
-        from policysearch.reeval import reevaluate
+        from policysearch.evaluation.reeval import reevaluate
         from policysearch.search.ray_results import is_ray_experiment
 
         if storage is None and out is not None and is_ray_experiment(out):
@@ -477,7 +477,7 @@ def show(
     """Print a policy as a table: one row per slot (by view, and by phase for a schedule),
     then its tasks, loss weighting and provenance."""
     from policysearch.augment import load_policy
-    from policysearch.show import policy_notes, policy_table
+    from policysearch.reporting.policy_table import policy_notes, policy_table
 
     loaded = load_policy(policy)
     out_console.print(policy_table(loaded, title=str(policy)))
@@ -533,7 +533,7 @@ def benchmark(
 
     Running the same command again reuses the stored runs and trains only what is missing.
     """
-    from policysearch.benchmark import BenchmarkOptions, run_benchmark
+    from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
     options = BenchmarkOptions(
         policy=policy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
@@ -550,7 +550,7 @@ def benchmark(
         elif not quiet:
             out_console.print(line, highlight=False)
 
-    from policysearch.progress import BenchmarkBar
+    from policysearch.reporting.progress import BenchmarkBar
 
     bar = BenchmarkBar(out_console, live=None if not quiet else False)
     with warnings.catch_warnings(record=True), bar:
@@ -583,7 +583,7 @@ def preview(
 ) -> None:
     """Render N samples × K augmented draws of a policy, with masks, boxes and depth."""
     from policysearch.data import get_dataset
-    from policysearch.preview import preview_grid_for, write_png
+    from policysearch.reporting.preview import preview_grid_for, write_png
 
     if n < 1 or draws < 1:
         raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")

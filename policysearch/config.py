@@ -124,7 +124,7 @@ class WeightSpace(_Strict):
     @field_validator("method", mode="before")
     @classmethod
     def _known_methods(cls, value: Any) -> Any:
-        from policysearch.weighting_names import method_problem
+        from policysearch.weighting_schema import method_problem
 
         names = [value] if isinstance(value, str) else value
         if not isinstance(names, list) or not names:
@@ -145,7 +145,7 @@ class WeightSpace(_Strict):
     @field_validator("params")
     @classmethod
     def _method_params(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from policysearch.weighting_names import method_problem
+        from policysearch.weighting_schema import method_problem
 
         checked = {}
         for method, given in value.items():
@@ -185,7 +185,7 @@ class WeightSpace(_Strict):
 
 def _checked_hyper(method: str, value: dict[str, Any]) -> dict[str, Any]:
     """``method``'s hyper-parameters: a number fixes one, ``[low, high]`` searches it."""
-    from policysearch.weighting_names import param_problem
+    from policysearch.weighting_schema import param_problem
 
     checked: dict[str, Any] = {}
     for name, spec in value.items():

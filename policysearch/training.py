@@ -22,7 +22,7 @@ import torch
 
 from policysearch.augment import MultiTaskAugment, Policy
 from policysearch.config import Budget
-from policysearch.data.base import MultiTaskDataset, Sample
+from policysearch.data.base import MultiTaskDataset, Sample, TaskSubset
 from policysearch.errors import UserError
 from policysearch.models import build_network
 from policysearch.tasks import Task, make_task
@@ -504,3 +504,14 @@ def run_trial(
         if reporter is not None:
             reporter.report(trainer.epoch - 1, metrics)
     return trainer.result()
+
+
+def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, seed: int,
+                 device: str, threads: int | None, reporter: Reporter | None = None,
+                 eval_split: str = "val") -> TrialResult:
+    """Train and evaluate one policy; a policy for fewer tasks than the dataset has (a
+    single-task reference run) trains a network for its tasks only."""
+    names = {t.name for t in dataset.tasks}
+    data = dataset if set(policy.tasks) == names else TaskSubset(dataset, list(policy.tasks))
+    return run_trial(policy, data, budget, seed=seed, device=device, reporter=reporter,
+                     threads=threads, eval_split=eval_split)

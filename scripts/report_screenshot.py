@@ -3,7 +3,7 @@
     .venv/bin/python scripts/report_screenshot.py --out runs/quality-shapes/search \
         --to docs/report.png
 
-Rebuilds OUT/report.html first (``policysearch.report``), then photographs the top
+Rebuilds OUT/report.html first (``policysearch.reporting.report``), then photographs the top
 ``--height`` pixels of the page at 1280 pixels wide. Needs Debian's chromium package.
 """
 

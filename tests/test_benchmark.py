@@ -12,8 +12,8 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from policysearch.benchmark import SEARCHED, paired_test, summary_frame
 from policysearch.cli import app
+from policysearch.evaluation.benchmark import SEARCHED, paired_test, summary_frame
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()

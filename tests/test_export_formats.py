@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from policysearch.augment import Policy, get_baseline, load_policy
 from policysearch.cli import app
 from policysearch.config import load_space
-from policysearch.export_python import compose_source, policy_source
+from policysearch.exports.python_source import compose_source, policy_source
 from policysearch.search.space import policy_from_params
 from tests.conftest import random_param_values
 

@@ -16,16 +16,9 @@ from policysearch.augment import get_baseline
 from policysearch.cli import app
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
-from policysearch.export import pick_trial
-from policysearch.results_table import (
-    StudyRecords,
-    TrialRecord,
-    delta_m,
-    pareto_optimal,
-    results_frame,
-    task_deltas,
-    to_markdown,
-)
+from policysearch.exports.best_policy import pick_trial
+from policysearch.records import StudyRecords, TrialRecord, delta_m, task_deltas
+from policysearch.reporting.tables import pareto_optimal, results_frame, to_markdown
 from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, make_sampler, optimize
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE

@@ -1,4 +1,4 @@
-"""policysearch.preview: layout arithmetic, pixels per cell, determinism and user errors."""
+"""policysearch.reporting.preview: layout arithmetic, pixels per cell, determinism, user errors."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from PIL import Image
 from policysearch.augment import Policy, Slot, get_baseline
 from policysearch.data import TaskSpec, get_dataset
 from policysearch.errors import UserError
-from policysearch.preview import (
+from policysearch.reporting.preview import (
     CELL,
     GAP,
     LABEL_WIDTH,
@@ -55,7 +55,7 @@ def _width(draws: int) -> int:
 
 def test_import_needs_no_torch_nor_pyplot():
     code = (
-        "import sys, policysearch.preview\n"
+        "import sys, policysearch.reporting.preview\n"
         "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )

@@ -12,7 +12,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from policysearch.cli import app
-from policysearch.progress import BenchmarkBar, JsonLogPrinter, ProgressPrinter
+from policysearch.reporting.progress import BenchmarkBar, JsonLogPrinter, ProgressPrinter
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()

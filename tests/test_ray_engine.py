@@ -22,7 +22,8 @@ from typer.testing import CliRunner
 
 from policysearch.cli import app
 from policysearch.errors import UserError
-from policysearch.results_table import TrialRecord, results_frame
+from policysearch.records import TrialRecord
+from policysearch.reporting.tables import results_frame
 from policysearch.search import ray_results as rr
 from tests import ray_cluster
 from tests.conftest import TINY_SPACE

@@ -82,9 +82,11 @@ def test_too_few_trials_are_refused_before_anything_runs(space, tmp_path: Path) 
 def test_a_tiny_pbt_search_exports_a_replayable_schedule(tmp_path: Path, space,  # noqa: ANN001
                                                          monkeypatch) -> None:
     from policysearch.augment import load_policy
-    from policysearch.export import export_policy, pick_trial
+    from policysearch.data.loading import load_dataset
+    from policysearch.exports.best_policy import export_policy, pick_trial
     from policysearch.search import ray_results as rr
-    from policysearch.search.driver import SearchOptions, load_dataset, search, train_policy
+    from policysearch.search.driver import SearchOptions, search
+    from policysearch.training import train_policy
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)  # a local instance, never a shared one
     space_file = tmp_path / "tiny.yaml"

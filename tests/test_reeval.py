@@ -15,12 +15,13 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from policysearch import training
 from policysearch.cli import app
 from policysearch.config import SearchSpace
+from policysearch.data import loading
 from policysearch.errors import UserError
-from policysearch.reeval import reevaluate, study_space
-from policysearch.results_table import results_frame, seed_noise_line, to_markdown
-from policysearch.search import driver
+from policysearch.evaluation.reeval import reevaluate, study_space
+from policysearch.reporting.tables import results_frame, seed_noise_line, to_markdown
 from policysearch.search.optuna_engine import JOURNAL_NAME, optimize
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
@@ -86,8 +87,8 @@ def trained(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int]]:
         acc = {"flipcrop": 0.5, "randaugment": 0.4}.get(kind, 0.5 + 0.1 * seed)
         return TrialResult(metrics=_metrics(acc, 2.0), epochs=1, seconds=0.5)
 
-    monkeypatch.setattr(driver, "train_policy", train)
-    monkeypatch.setattr(driver, "load_dataset", lambda space: SimpleNamespace(
+    monkeypatch.setattr(training, "train_policy", train)
+    monkeypatch.setattr(loading, "load_dataset", lambda space: SimpleNamespace(
         tasks=[SimpleNamespace(name=t) for t in TASKS]))
     return calls
 

@@ -339,7 +339,8 @@ def test_soak_search_with_scheduled_faults_ends_with_the_expected_counts(
     monkeypatch.undo()
     from policysearch.augment import Policy
     from policysearch.config import load_space
-    from policysearch.search.driver import load_dataset, train_policy
+    from policysearch.data.loading import load_dataset
+    from policysearch.training import train_policy
 
     best = by_value[0]
     loaded = load_space(str(space))

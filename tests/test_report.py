@@ -16,9 +16,9 @@ from typer.testing import CliRunner
 
 import policysearch as ps
 from policysearch.cli import app
-from policysearch.importance import MIN_TRIALS, param_importances
-from policysearch.report import REPORT_NAME, ReportWriter, render_report
-from policysearch.results_table import results_frame
+from policysearch.reporting.importance import MIN_TRIALS, param_importances
+from policysearch.reporting.report import REPORT_NAME, ReportWriter, render_report
+from policysearch.reporting.tables import results_frame
 from tests.browser import open_page, require_chromium
 from tests.conftest import TINY_SPACE
 
@@ -235,7 +235,7 @@ def test_report_command_while_the_search_runs(tmp_path: Path) -> None:
 def test_pareto_panels_leave_out_tasks_without_a_delta(pareto: Path) -> None:
     import itertools
 
-    from policysearch.report_figures import pareto_figure
+    from policysearch.reporting.figures import pareto_figure
 
     records = ps.records(pareto)
     frame = results_frame(records, warn=False)

@@ -6,15 +6,8 @@ import warnings
 import pytest
 
 from policysearch.errors import UserError
-from policysearch.results_table import (
-    ReferenceWarning,
-    StudyRecords,
-    TrialRecord,
-    delta_m,
-    results_frame,
-    search_cost,
-    to_markdown,
-)
+from policysearch.records import ReferenceWarning, StudyRecords, TrialRecord, delta_m, search_cost
+from policysearch.reporting.tables import results_frame, to_markdown
 
 INFO = {
     "cls": {"accuracy": {"higher": True, "primary": True},

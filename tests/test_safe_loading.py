@@ -77,7 +77,7 @@ def test_the_package_makes_no_unsafe_load() -> None:
 
 def test_exported_files_are_plain_data(tmp_path: Path) -> None:
     from policysearch.augment import get_baseline
-    from policysearch.export import export_policy
+    from policysearch.exports.best_policy import export_policy
 
     tasks = {"shape": "classification", "seg": "segmentation", "objects": "detection",
              "depth": "depth"}

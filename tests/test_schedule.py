@@ -15,7 +15,7 @@ import yaml
 from policysearch.augment import Policy, Slot, Weighting, load_policy
 from policysearch.augment.policy import Phase
 from policysearch.errors import UserError
-from policysearch.export import export_policy
+from policysearch.exports.best_policy import export_policy
 from tests.test_policy import check_bad_policy_file
 
 TASKS = {"shape": "classification", "seg": "segmentation"}

@@ -81,7 +81,7 @@ def test_a_store_that_cannot_be_opened_is_one_line_before_any_trial(tiny_space: 
 
 
 def test_a_failing_tracker_is_switched_off_and_the_search_goes_on() -> None:
-    from policysearch.tracking import TrackedProgress, _Tracker
+    from policysearch.reporting.tracking import TrackedProgress, _Tracker
 
     class Broken(_Tracker):
         def metrics(self, number: int, values: dict, step: int) -> None:

@@ -30,7 +30,7 @@ from policysearch.weighting import (
     task_gradients,
 )
 from policysearch.weighting.base import Weighting as WeightingBase
-from policysearch.weighting_names import METHODS, defaults
+from policysearch.weighting_schema import METHODS, defaults
 
 TWO = ["a", "b"]
 

@@ -141,7 +141,7 @@ def test_search_space_errors_name_the_field(tmp_path: Path, weights: dict, field
 
 
 def test_a_registered_methods_hyper_parameters_are_searched_through_params() -> None:
-    from policysearch.weighting_names import METHODS, HyperParam, register_method
+    from policysearch.weighting_schema import METHODS, HyperParam, register_method
 
     register_method("ratio_test", {"alpha": HyperParam(1.0, 0.0, 4.0),
                                    "beta": HyperParam(0.5, 0.0, 1.0)})

@@ -56,7 +56,7 @@ import numpy as np
 import yaml
 from albumentations.augmentations.geometric.distortion import BaseDistortion
 
-from policysearch import weighting_names
+from policysearch import weighting_schema
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import (
@@ -164,7 +164,7 @@ _SHARED_FORM = {
 @dataclass
 class Weighting:
     """How task losses are combined: a method (``static``, ``equal`` or a dynamic one such as
-    ``dwa``; see ``policysearch.weighting_names.METHODS``), per-task ``weights`` (used by
+    ``dwa``; see ``policysearch.weighting_schema.METHODS``), per-task ``weights`` (used by
     ``static``; kept as a record by the others) and the method's hyper-parameters ``params``
     (plain numbers; one left out takes its default). YAML:
     ``{method: dwa, weights: {...}, params: {temperature: 2.0}}``, ``params`` optional."""
@@ -881,11 +881,11 @@ def _validate(policy: Policy, source: str) -> None:
     w = policy.weighting
     if not isinstance(w, Weighting):
         raise UserError("must be a Weighting", source=source, field="weighting")
-    problem = weighting_names.method_problem(w.method)
+    problem = weighting_schema.method_problem(w.method)
     if problem:
         raise UserError(problem, source=source, field="weighting.method")
     for name, value in _mapping(w.params, source, "weighting.params").items():
-        problem = weighting_names.param_problem(w.method, name, value)
+        problem = weighting_schema.param_problem(w.method, name, value)
         if problem:
             raise UserError(problem, source=source, field=f"weighting.params.{name}")
     for name, value in _mapping(w.weights, source, "weighting.weights").items():

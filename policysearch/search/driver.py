@@ -12,17 +12,13 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from policysearch.augment import Policy
-from policysearch.config import Budget, SearchSpace, load_space, validate_tasks
-from policysearch.data import get_dataset
-from policysearch.data.base import MultiTaskDataset, TaskSubset
+from policysearch.config import SearchSpace, load_space, validate_tasks
+from policysearch.data.base import MultiTaskDataset
+from policysearch.data.loading import dataset_notes, load_dataset
 from policysearch.errors import UserError
-from policysearch.export import ExportResult, export_policy, pick_trial
-from policysearch.results_table import (
-    StudyRecords,
-    metrics_info_from_tasks,
-    results_frame,
-    write_results,
-)
+from policysearch.exports.best_policy import ExportResult, export_policy, pick_trial
+from policysearch.records import StudyRecords
+from policysearch.reporting.tables import results_frame, write_results
 
 OBJECTIVES = ("delta_m", "pareto")
 ENGINES = ("optuna", "ray")
@@ -63,8 +59,8 @@ class SearchOptions:
     cpus_per_trial: float | None = None  # default: --threads, else all CPUs / --workers
     gpus_per_trial: float = 0.0  # fractional: several trials share one GPU
     scheduler: str = "asha"  # asha | pbt | none
-    report: bool = True  # keep OUT/report.html current (policysearch.report)
-    log_to: str | None = None  # tensorboard | mlflow (policysearch.tracking)
+    report: bool = True  # keep OUT/report.html current (policysearch.reporting.report)
+    log_to: str | None = None  # tensorboard | mlflow (policysearch.reporting.tracking)
 
 
 @dataclass
@@ -95,27 +91,6 @@ def resolve_space(options: SearchOptions) -> SearchSpace:
     return space
 
 
-def load_dataset(space: SearchSpace) -> MultiTaskDataset:
-    """The dataset, generated or read once for the whole search, every split resized to the
-    budget's image size; files and splits checked up front."""
-    opts = space.dataset_options
-    size = space.budget.image_size
-    if ":" in space.dataset:  # a file format: coco:PATH, folder:PATH, …
-        dataset = get_dataset(space.dataset, size=size, seed=opts.seed,
-                              val_fraction=opts.val_fraction, limit=opts.limit,
-                              skip_bad_samples=opts.skip_bad_samples)
-    else:
-        if not isinstance(size, int):
-            raise UserError(f"the built-in dataset {space.dataset!r} is generated square: give "
-                            f"one side, not {list(size)}", field="image_size")
-        dataset = get_dataset(space.dataset, size=size, seed=opts.seed, n_train=opts.n_train,
-                              n_val=opts.n_val, n_test=opts.n_test)
-    for split in ("train", "val"):
-        if len(dataset.split(split)) == 0:
-            raise UserError(f"the {split} split is empty", field="dataset")
-    return dataset
-
-
 def load_study_records(out: Path | None, storage: str | None,
                        study: str | None) -> StudyRecords:
     """A study's records from a search's ``--out`` folder (Optuna journal or Ray
@@ -130,40 +105,17 @@ def load_study_records(out: Path | None, storage: str | None,
     return load_records(out_dir=out, storage=storage, study_name=study)
 
 
-def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, seed: int,
-                 device: str, threads: int | None, reporter: Reporter | None = None,
-                 eval_split: str = "val") -> TrialResult:
-    """Train and evaluate one policy; a policy for fewer tasks than the dataset has (a
-    single-task reference run) trains a network for its tasks only."""
-    from policysearch.training import run_trial
-
-    names = {t.name for t in dataset.tasks}
-    data = dataset if set(policy.tasks) == names else TaskSubset(dataset, list(policy.tasks))
-    return run_trial(policy, data, budget, seed=seed, device=device, reporter=reporter,
-                     threads=threads, eval_split=eval_split)
-
-
 def make_runner(dataset: MultiTaskDataset, space: SearchSpace, options: SearchOptions,
                 threads: int | None) -> Callable[[Policy, Reporter], TrialResult]:
     """How every trial of a search trains: its policy on the dataset, under the budget."""
+    from policysearch.training import train_policy
+
     def runner(policy: Policy, reporter: Reporter) -> TrialResult:
         return train_policy(policy, dataset, space.budget, seed=options.seed,
                             device=options.device, threads=threads, reporter=reporter)
 
     return runner
 
-
-def task_setup(dataset: MultiTaskDataset) -> tuple[dict[str, str], dict]:
-    """The dataset's tasks as {name: kind} and their metrics (names, directions, primary)."""
-    from policysearch.tasks import make_task
-
-    tasks = [make_task(spec) for spec in dataset.tasks]
-    return {t.name: t.spec.kind for t in tasks}, metrics_info_from_tasks(tasks)
-
-
-def dataset_notes(dataset: MultiTaskDataset) -> list[str]:
-    """What the reports must say about the dataset (how splits were made, skipped samples)."""
-    return [str(n) for n in getattr(dataset, "notes", ())]
 
 
 def search(options: SearchOptions,
@@ -209,7 +161,7 @@ def search(options: SearchOptions,
     dataset = load_dataset(space)
     tracked = None
     if options.log_to is not None:
-        from policysearch.tracking import TrackedProgress, make_tracker
+        from policysearch.reporting.tracking import TrackedProgress, make_tracker
 
         tracked = TrackedProgress(make_tracker(options.log_to, out_dir, study_name), progress)
         progress = tracked
@@ -217,10 +169,12 @@ def search(options: SearchOptions,
     if progress is not None:
         progress("dataset", {"name": space.dataset, "notes": notes,
                              "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")}})
+    from policysearch.tasks import task_setup
+
     task_kinds, info = task_setup(dataset)
     validate_tasks(space, list(task_kinds), f"search space {space.name}")
 
-    from policysearch.report import REPORT_EVERY_S, REPORT_NAME, ReportWriter
+    from policysearch.reporting.report import REPORT_EVERY_S, REPORT_NAME, ReportWriter
 
     report = (ReportWriter(out_dir / REPORT_NAME, dataset=dataset, every_s=REPORT_EVERY_S)
               if options.report else None)

@@ -6,8 +6,9 @@ a multi-objective study. Optuna cannot prune multi-objective trials: a pareto se
 without a pruner whatever the space asks, and says so once (progress event ``pruning_off``).
 Trials are driven with ask/tell so that the reference, failures and interruptions are recorded
 exactly as they happened. Runs trained beside the study (re-evaluations with other seeds,
-other references: policysearch.reeval) are study user attributes ``rerun:<subject>:<seed>``,
-not trials, so they change neither trial counts nor the study's definition.
+other references: policysearch.evaluation.reeval) are study user attributes
+``rerun:<subject>:<seed>``, not trials, so they change neither trial counts nor the study's
+definition.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from optuna.trial import FrozenTrial, Trial, TrialState
 from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import SearchAborted, UserError
-from policysearch.results_table import (
+from policysearch.records import (
     Metrics,
     MetricsInfo,
     StudyRecords,

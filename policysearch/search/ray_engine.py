@@ -13,7 +13,7 @@ How a search runs:
   each carrying the reference metrics its Δm% is measured against. It stops suggesting once
   ``--trials`` trials are finished or could be with those running (so the count is never
   exceeded), at ``--timeout``, or after an error that ends the search.
-* Each trial runs ``driver.train_policy`` (one training path for both engines) in a reused Ray
+* Each trial runs ``training.train_policy`` (one training path for both engines) in a reused Ray
   actor (torch is imported once per worker) with the dataset from Ray's object store
   (``tune.with_parameters``: put there once, not rebuilt per trial), and reports Δm% against
   the reference after every epoch; ASHA (``--scheduler asha``) stops trials that fall behind,
@@ -61,7 +61,7 @@ from ray.tune.search.optuna import OptunaSearch
 from policysearch.augment import Policy
 from policysearch.config import Budget, SearchSpace
 from policysearch.errors import UserError
-from policysearch.results_table import (
+from policysearch.records import (
     Metrics,
     MetricsInfo,
     StudyRecords,
@@ -386,8 +386,7 @@ def trial_device(device: str) -> str:
 def run_ray_trial(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
                   setup: TrialSetup | None = None) -> None:
     """The Ray Tune trainable: train ``config["policy"]`` and report every epoch."""
-    from policysearch.search.driver import train_policy
-    from policysearch.training import TrialFailed
+    from policysearch.training import TrialFailed, train_policy
 
     assert dataset is not None and setup is not None
     _test_exit_hook(int(config["number"]))

@@ -50,7 +50,7 @@ from ray.tune.search import Searcher
 
 from policysearch.augment import Policy
 from policysearch.errors import UserError
-from policysearch.results_table import Metrics, MetricsInfo, StudyRecords, TrialRecord, delta_m
+from policysearch.records import Metrics, MetricsInfo, StudyRecords, TrialRecord, delta_m
 from policysearch.search import ray_results as rr
 from policysearch.search.optuna_engine import reference_policy
 from policysearch.search.ray_engine import (

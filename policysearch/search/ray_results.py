@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from policysearch.errors import UserError
-from policysearch.results_table import MetricsInfo, StudyRecords, TrialRecord
+from policysearch.records import MetricsInfo, StudyRecords, TrialRecord
 
 EXPERIMENT_FILE = "policysearch.json"
 POINTER_FILE = "ray_experiment.json"

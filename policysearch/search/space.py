@@ -20,7 +20,7 @@ from typing import Any, Literal
 from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies, Weighting
 from policysearch.config import SearchSpace, SlotSpace, WeightSpace
 from policysearch.errors import UserError
-from policysearch.weighting_names import USES_WEIGHTS, defaults
+from policysearch.weighting_schema import USES_WEIGHTS, defaults
 
 WEIGHT_METHOD = "weight.method"
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from policysearch.errors import UserError
 
 if TYPE_CHECKING:
-    from policysearch.results_table import StudyRecords
+    from policysearch.records import StudyRecords
     from policysearch.search.driver import SearchOptions
 
 Progress = Callable[[str, dict[str, Any]], None]
@@ -93,14 +93,10 @@ def worker_main(job: WorkerJob, events: Any) -> None:
     """The body of one worker process."""
     from pathlib import Path
 
-    from policysearch.search.driver import (
-        dataset_notes,
-        load_dataset,
-        make_runner,
-        resolve_space,
-        task_setup,
-    )
+    from policysearch.data.loading import dataset_notes, load_dataset
+    from policysearch.search.driver import make_runner, resolve_space
     from policysearch.search.optuna_engine import optimize
+    from policysearch.tasks import task_setup
     from policysearch.training import resolve_device
 
     if job.gpu is not None:  # before this process first touches CUDA

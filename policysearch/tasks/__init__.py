@@ -6,6 +6,9 @@ Importing this package registers the built-in kinds in ``TASK_KINDS``; a user's 
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+from policysearch.records import MetricsInfo, metrics_info_from_tasks
 from policysearch.tasks import (
     classification,
     depth,
@@ -30,6 +33,9 @@ from policysearch.tasks.multilabel import MultilabelTask
 from policysearch.tasks.normals import NormalsTask
 from policysearch.tasks.segmentation import SegmentationTask
 
+if TYPE_CHECKING:
+    from policysearch.data.base import MultiTaskDataset
+
 __all__ = [
     "TASK_KINDS",
     "ClassificationTask",
@@ -51,3 +57,9 @@ __all__ = [
     "register_task_kind",
     "segmentation",
 ]
+
+
+def task_setup(dataset: MultiTaskDataset) -> tuple[dict[str, str], MetricsInfo]:
+    """The dataset's tasks as {name: kind} and their metrics (names, directions, primary)."""
+    tasks = [make_task(spec) for spec in dataset.tasks]
+    return {t.name: t.spec.kind for t in tasks}, metrics_info_from_tasks(tasks)

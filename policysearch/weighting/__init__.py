@@ -24,7 +24,7 @@ from policysearch.weighting.gradnorm import GradNormWeighting
 from policysearch.weighting.pcgrad import PCGradWeighting, pcgrad_combine, pcgrad_project
 from policysearch.weighting.static import StaticWeighting
 from policysearch.weighting.uncertainty import UncertaintyWeighting
-from policysearch.weighting_names import (
+from policysearch.weighting_schema import (
     METHODS,
     USES_WEIGHTS,
     HyperParam,
@@ -50,7 +50,7 @@ def hyper_params_of(cls: type[Weighting]) -> dict[str, HyperParam]:
 def register_weighting(cls: type[Weighting]) -> type[Weighting]:
     """Register ``cls`` under ``cls.name`` (usable as a decorator).
 
-    A method the torch-free table ``policysearch.weighting_names.METHODS`` lacks is added to it,
+    A method the torch-free table ``policysearch.weighting_schema.METHODS`` lacks is added to it,
     with its hyper-parameters read from the constructor (no bounds).
     """
     WEIGHTINGS[cls.name] = cls

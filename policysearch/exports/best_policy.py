@@ -10,7 +10,8 @@ import pandas as pd
 
 from policysearch.augment import Policy, load_policy
 from policysearch.errors import UserError
-from policysearch.results_table import StudyRecords, results_frame
+from policysearch.records import StudyRecords
+from policysearch.reporting.tables import results_frame
 
 __all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy", "pick_trial"]
 

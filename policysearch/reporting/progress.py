@@ -169,8 +169,8 @@ class ProgressPrinter:
 class BenchmarkBar:
     """``benchmark`` on a terminal: a live bar below the printed lines with the run being
     trained (k of N, contender, seed), its epoch and the time left, estimated from the runs
-    done so far. Takes the benchmark's events (``policysearch.benchmark.Events``); a no-op
-    when ``live`` is False (not a terminal). Use it as a context manager."""
+    done so far. Takes the benchmark's events (``policysearch.evaluation.benchmark.Events``);
+    a no-op when ``live`` is False (not a terminal). Use it as a context manager."""
 
     def __init__(self, console: Console, live: bool | None = None):
         self.console = console

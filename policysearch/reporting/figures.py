@@ -15,7 +15,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from policysearch.results_table import MetricsInfo
+from policysearch.records import MetricsInfo
 
 # One colour per role of a point; the trials of the per-task bars use Plotly's palette.
 COMPLETE, PRUNED, BEST, REFERENCE, FRONT = "#1f77b4", "#b0b0b0", "#d62728", "#2ca02c", "#ff7f0e"

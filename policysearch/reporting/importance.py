@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policysearch.results_table import StudyRecords
+from policysearch.records import StudyRecords
 
 MIN_TRIALS = 4  # fewer complete trials say nothing about importance
 

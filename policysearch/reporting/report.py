@@ -5,7 +5,7 @@ Sections: a summary (best trial, trials by state, search cost), the optimisation
 parameter importances, per-task metrics of the top trials, the Pareto front (multi-objective
 studies), the preview grid of the best policy beside the reference's, the search cost and the
 ranked results table. A search writes ``report.html`` into its ``--out`` after every trial;
-``policysearch report`` / ``policysearch.report`` rebuild it from the storage at any time.
+``policysearch report`` / ``policysearch.reporting.report`` rebuild it from the storage at any time.
 """
 
 from __future__ import annotations
@@ -24,7 +24,8 @@ from typing import Any
 import pandas as pd
 
 from policysearch.errors import UserError
-from policysearch.results_table import StudyRecords, results_frame, search_cost
+from policysearch.records import StudyRecords, search_cost
+from policysearch.reporting.tables import results_frame
 
 REPORT_NAME = "report.html"
 REPORT_EVERY_S = 60.0  # during a search: rewrite the report at most this often
@@ -71,14 +72,14 @@ def render_report(study: StudyRecords, *, dataset: Any = None, preview: bool = T
     """
     import plotly.offline
 
-    from policysearch.importance import param_importances
-    from policysearch.report_figures import (
+    from policysearch.reporting.figures import (
         figure_html,
         history_figure,
         importance_figure,
         pareto_figure,
         task_bars_figure,
     )
+    from policysearch.reporting.importance import param_importances
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -212,14 +213,14 @@ def _png_uri(image: Any) -> str:
 
 def _study_dataset(study: StudyRecords) -> Any:
     from policysearch.config import SearchSpace
-    from policysearch.search.driver import load_dataset
+    from policysearch.data.loading import load_dataset
 
     return load_dataset(SearchSpace.model_validate(study.space))
 
 
 def _preview_section(study: StudyRecords, frame: pd.DataFrame, dataset: Any) -> str:
     from policysearch.augment import Policy, get_baseline
-    from policysearch.preview import render_preview
+    from policysearch.reporting.preview import render_preview
 
     ranked = frame[frame["rank"].notna() & frame["role"].eq("search")].sort_values("rank")
     if ranked.empty:
@@ -288,7 +289,7 @@ def _table_section(frame: pd.DataFrame) -> str:
 
 
 def _footer(frame: pd.DataFrame) -> list[str]:
-    from policysearch.results_table import footer_lines
+    from policysearch.reporting.tables import footer_lines
 
     return [line for line in footer_lines(frame) if not line.startswith("search cost")]
 

@@ -28,7 +28,7 @@ import pandas as pd
 from policysearch.augment import Policy, is_baseline, load_policy
 from policysearch.config import SearchSpace, load_space
 from policysearch.errors import UserError
-from policysearch.results_table import (
+from policysearch.records import (
     MetricsInfo,
     StudyRecords,
     delta_m,
@@ -43,7 +43,7 @@ ALL_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugme
 SEARCHED = "searched"
 SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
 ALPHA = 0.05
-RUN_SCHEMA = "policysearch.benchmark-run/v1"
+RUN_SCHEMA = "policysearch.evaluation.benchmark-run/v1"
 Say = Callable[[str], None]
 # Structured progress for bars and log collectors: ("run_start", {"run", "runs", "contender",
 # "seed", "epochs"}), ("epoch", {"run", "epoch", "metrics"}), ("run_end", {"run", "seconds"}).
@@ -134,7 +134,7 @@ def resolve_benchmark_space(options: BenchmarkOptions,
                             records: StudyRecords | None) -> SearchSpace:
     """The dataset and budget: ``--space`` if given, else the search's stored space, else the
     default space; CLI flags override its budget."""
-    from policysearch.reeval import stored_space
+    from policysearch.evaluation.reeval import stored_space
 
     if options.space is not None or records is None or not records.space:
         space = load_space(options.space or "default")
@@ -213,7 +213,7 @@ def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpac
                 dataset: MultiTaskDataset, options: BenchmarkOptions, say: Say,
                 events: Events | None = None
                 ) -> tuple[dict[tuple[str, int], dict[str, Any]], int, int]:
-    from policysearch.search.driver import train_policy
+    from policysearch.training import train_policy
 
     runs: dict[tuple[str, int], dict[str, Any]] = {}
     todo = []
@@ -488,7 +488,7 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
     row per run), ``benchmark.json`` and ``benchmark.png`` into ``options.out``.
 
     ``progress`` gets a line per step; ``events`` the structured events of ``Events``."""
-    from policysearch.search.driver import load_dataset
+    from policysearch.data.loading import load_dataset
     from policysearch.training import resolve_device
 
     say = progress or (lambda line: None)

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from policysearch.errors import UserError
-from policysearch.results_table import StudyRecords
+from policysearch.records import StudyRecords
 
 LOG_TARGETS = ("tensorboard", "mlflow")
 TENSORBOARD_DIR = "tensorboard"

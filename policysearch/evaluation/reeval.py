@@ -22,7 +22,8 @@ from pydantic import ValidationError
 from policysearch.augment import Policy, is_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
-from policysearch.results_table import StudyRecords, delta_m, results_frame, trial_subject
+from policysearch.records import StudyRecords, delta_m, trial_subject
+from policysearch.reporting.tables import results_frame
 
 if TYPE_CHECKING:
     import optuna
@@ -34,7 +35,7 @@ Say = Callable[[str], None]
 
 @dataclass(frozen=True)
 class Run:
-    """One run to have stored: ``subject`` (see results_table) trained with ``seed``."""
+    """One run to have stored: ``subject`` (see policysearch.records) trained with ``seed``."""
 
     subject: str
     seed: int
@@ -117,7 +118,7 @@ class _Trainer:
 
     def _ready(self) -> tuple[SearchSpace, MultiTaskDataset]:
         if self._setup is None:
-            from policysearch.search.driver import load_dataset
+            from policysearch.data.loading import load_dataset
             from policysearch.training import resolve_device
 
             resolve_device(self.device)
@@ -142,9 +143,8 @@ class _Trainer:
             self._train(run, f"re-run {i}/{len(missing)}")
 
     def _train(self, run: Run, counter: str) -> None:
-        from policysearch.search.driver import train_policy
         from policysearch.search.optuna_engine import save_rerun
-        from policysearch.training import TrialFailed
+        from policysearch.training import TrialFailed, train_policy
 
         space, dataset = self._ready()
         what = f"{counter}: {run.label}, seed {run.seed}"
