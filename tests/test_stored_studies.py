@@ -1,0 +1,290 @@
+"""Studies and Ray experiments written by older code stay readable and resumable.
+
+The fixtures in tests/fixtures/stored_studies (its README.md says which commit wrote them, with
+which commands) are an Optuna-engine study with stored re-runs and a Ray-engine experiment
+stripped to what policysearch reads. Each test copies one into tmp_path and runs the CLI in a
+fresh process, the interface every module layout keeps (plus ``policysearch.load_policy``).
+The expected trial numbers and Δm% come from the fixture itself: its stored trials, and the
+results table the old code printed for it (expected/*.csv).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+
+from policysearch import load_policy
+from tests import ray_cluster
+from tests.ray_cluster import RayHead
+
+ray_head = ray_cluster.ray_head  # the fixture: a real Ray head for this module's Ray tests
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stored_studies"
+SPACE = FIXTURES / "tiny.yaml"
+STUDY = "tiny"
+ENGINES = ("optuna", "ray")
+FINISHED = ("complete", "pruned")
+CLI_TIMEOUT_S = 300
+RAY_TIMEOUT_S = 420
+# The options the fixtures were searched with (README.md there); --trials is given per run.
+# The seed is part of a study's definition: a resume with another one is refused.
+SEARCH_OPTIONS = ["--seed", "0", "--device", "cpu", "--threads", "1", "--no-report",
+                  "--quiet"]
+
+Table = dict[int, dict[str, str]]
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def _cli(*args: object, env: dict[str, str] | None = None,
+         timeout: float = CLI_TIMEOUT_S) -> subprocess.CompletedProcess:
+    """``policysearch ARGS`` in a fresh process; fails the test on a non-zero exit status."""
+    done = subprocess.run([sys.executable, "-m", "policysearch", *map(str, args)],
+                          capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    assert done.returncode == 0, (f"policysearch {' '.join(map(str, args))}: exit "
+                                  f"{done.returncode}\n{done.stdout[-2000:]}\n"
+                                  f"{done.stderr[-3000:]}")
+    return done
+
+
+def _copy(engine: str, tmp_path: Path) -> Path:
+    """A copy of the stored study (commands may write beside it; the fixture stays as is)."""
+    target = tmp_path / engine
+    shutil.copytree(FIXTURES / engine, target)
+    return target
+
+
+def _by_trial(text: str) -> Table:
+    return {int(row["trial"]): row for row in csv.DictReader(io.StringIO(text))}
+
+
+def _expected(engine: str) -> Table:
+    """The results table the old code printed for the fixture (``results --format csv``)."""
+    return _by_trial((FIXTURES / "expected" / f"{engine}_results.csv").read_text())
+
+
+def _results_csv(out: Path) -> Table:
+    return _by_trial(_cli("results", "--out", out, "--format", "csv").stdout)
+
+
+def _optuna_study(folder: Path) -> optuna.Study:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "study.journal")))
+    return optuna.load_study(study_name=STUDY, storage=storage)
+
+
+def _ray_records(folder: Path) -> dict[int, dict]:
+    found = [json.loads(p.read_text()) for p in (folder / "trials").glob("trial-*.json")]
+    return {int(d["number"]): d for d in found}
+
+
+def _stored_trials(engine: str, folder: Path) -> dict[int, str]:
+    """``{trial number: state}`` as the study or experiment in ``folder`` stores them."""
+    if engine == "optuna":
+        states = {optuna.trial.TrialState.COMPLETE: "complete",
+                  optuna.trial.TrialState.PRUNED: "pruned"}
+        return {t.number: states.get(t.state, t.state.name.lower())
+                for t in _optuna_study(folder).get_trials(deepcopy=False)}
+    return {n: d["state"] for n, d in _ray_records(folder).items()}
+
+
+def _stored_tasks(engine: str, folder: Path) -> list[str]:
+    if engine == "optuna":
+        return list(_optuna_study(folder).user_attrs["tasks"])
+    return list(json.loads((folder / "policysearch.json").read_text())["tasks"])
+
+
+def _rank_one(expected: Table) -> tuple[int, dict[str, str]]:
+    return next((n, row) for n, row in expected.items() if row["rank"] == "1")
+
+
+def _printed_rows(stdout: str) -> dict[int, dict[str, str]]:
+    """The rows of the printed (rich) results table, by trial, keyed by column header."""
+    headers: list[str] = []
+    rows: dict[int, dict[str, str]] = {}
+    for line in stdout.splitlines():
+        if line.startswith("┃"):
+            headers = [c.strip() for c in line.strip().strip("┃").split("┃")]
+        elif line.startswith("│") and headers:
+            cells = [c.strip() for c in line.strip().strip("│").split("│")]
+            row = dict(zip(headers, cells, strict=False))
+            if row.get("trial", "").isdigit():
+                rows[int(row["trial"])] = row
+    return rows
+
+
+def _reruns(study: optuna.Study) -> tuple[dict[int, set[int]], set[int]]:
+    """The re-runs stored as study user attributes: ``{trial: seeds}`` and the reference's
+    seeds (``rerun:trial:<number>:<seed>``, ``rerun:reference:<seed>``)."""
+    trials: dict[int, set[int]] = {}
+    reference: set[int] = set()
+    for key in study.user_attrs:
+        parts = key.split(":")
+        if parts[:2] == ["rerun", "trial"] and len(parts) == 4:
+            trials.setdefault(int(parts[2]), set()).add(int(parts[3]))
+        elif parts[:2] == ["rerun", "reference"] and len(parts) == 3:
+            reference.add(int(parts[2]))
+    return trials, reference
+
+
+def _assert_same_rows(table: Table, expected: Table, skip: tuple[str, ...] = ()) -> None:
+    """Every stored trial's row has the values the old code printed, column by column."""
+    for number, want in expected.items():
+        got = table[number]
+        for column, value in want.items():
+            if column not in skip:
+                assert got.get(column) == value, (number, column, got.get(column), value)
+
+
+# --- reading ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_results_lists_the_stored_trials_with_their_delta_m(engine: str, tmp_path: Path) -> None:
+    out = _copy(engine, tmp_path)
+    expected = _expected(engine)
+    stored = _stored_trials(engine, out)
+    assert stored and set(expected) == set(stored)  # the expected table covers every trial
+    table = _results_csv(out)
+    assert set(table) == set(stored)
+    assert {n: row["state"] for n, row in table.items()} == stored
+    _assert_same_rows(table, expected)  # every column, Δm% included, as written before
+    if engine == "optuna":  # Δm% is also the objective value Optuna stored for each trial
+        for trial in _optuna_study(out).get_trials(deepcopy=False):
+            assert float(table[trial.number]["delta_m"]) == trial.value
+    printed = _cli("results", "--out", out).stdout
+    assert "policies ranked by Δm%" in printed
+    rows = _printed_rows(printed)
+    assert set(rows) == set(stored)
+    for number, want in expected.items():
+        assert rows[number]["Δm%"] == f"{float(want['delta_m']):+.2f}"
+        assert rows[number]["rank"] == (want["rank"] or "-")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_export_writes_the_rank_one_policy(engine: str, tmp_path: Path) -> None:
+    out = _copy(engine, tmp_path)
+    path = out / "best_policy.yaml"
+    assert not path.exists()
+    _cli("export", "--out", out)
+    number, best = _rank_one(_expected(engine))
+    policy = load_policy(path)
+    tasks = _stored_tasks(engine, out)
+    assert set(policy.tasks) == set(tasks)
+    written = yaml.safe_load(path.read_text())
+    provenance = written["provenance"]
+    assert provenance["trial"] == number and provenance["rank"] == 1
+    assert provenance["study"] == STUDY
+    assert math.isclose(provenance["delta_m"], float(best["delta_m"]), abs_tol=1e-4)
+    # The stored trial's own policy, op for op and weight for weight.
+    if engine == "optuna":
+        stored = _optuna_study(out).trials[number].user_attrs["policy"]
+    else:
+        stored = _ray_records(out)[number]["policy"]
+    for key in ("tasks", "structure", "shared", "per_task", "weighting"):
+        assert written.get(key) == stored.get(key), key
+    for task in tasks:
+        assert (out / f"best_policy.{task}.albumentations.json").is_file(), task
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_report_is_written_for_the_stored_study(engine: str, tmp_path: Path) -> None:
+    out = _copy(engine, tmp_path)
+    _cli("report", "--out", out, "--no-preview")
+    html = (out / "report.html").read_text()
+    assert "<html" in html[:2000].lower()
+    assert f"<title>policysearch report: {STUDY}</title>" in html
+    # The summary names the best complete search trial and its Δm%.
+    searched = {n: float(r["delta_m"]) for n, r in _expected(engine).items()
+                if r["role"] == "search" and r["state"] == "complete"}
+    best = max(searched, key=searched.get)
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+    assert re.search(rf"{re.escape(f'{searched[best]:+.2f}')} best Δm% \(trial {best}\)",
+                     text), text[:2000]
+
+
+def test_stored_reruns_are_shown(tmp_path: Path) -> None:
+    out = _copy("optuna", tmp_path)
+    study = _optuna_study(out)
+    reruns, reference_seeds = _reruns(study)
+    assert reruns and reference_seeds  # the fixture holds re-runs
+    study_seed = int(study.user_attrs["definition"]["seed"])
+    expected = _expected("optuna")
+    table = _results_csv(out)
+    for number, row in table.items():
+        seeds = reruns.get(number, set()) & reference_seeds
+        if seeds and row["state"] == "complete":
+            assert int(row["seeds"]) == 1 + len(seeds)  # the study's seed and the re-runs'
+            assert float(row["delta_m_std"]) >= 0
+        else:
+            assert row["seeds"] == "" and row["delta_m_mean"] == ""
+        for column in ("delta_m_mean", "delta_m_std", "seeds"):
+            assert row[column] == expected[number][column], (number, column)
+    printed = _cli("results", "--out", out).stdout
+    rows = _printed_rows(printed)
+    for number in reruns:
+        assert rows[number]["Δm% mean"] == f"{float(expected[number]['delta_m_mean']):+.2f}"
+        assert rows[number]["seeds"] == expected[number]["seeds"]
+    seeds_text = ", ".join(str(s) for s in sorted({study_seed, *reference_seeds}))
+    assert f"Δm% over seeds {seeds_text}" in printed
+    assert "seed noise:" in printed
+
+
+# --- resuming -----------------------------------------------------------------------------------
+
+
+def _check_one_more_trial(engine: str, out: Path, stored: dict[int, str]) -> None:
+    """The old trials kept as they were, and exactly one new finished trial."""
+    after = _stored_trials(engine, out)
+    new = sorted(set(after) - set(stored))
+    assert len(after) == len(stored) + 1 and new == [max(stored) + 1], (stored, after)
+    assert after[new[0]] in FINISHED
+    assert {n: after[n] for n in stored} == stored
+    table = _results_csv(out)
+    assert set(table) == set(after)
+    assert table[new[0]]["role"] == "search" and table[new[0]]["delta_m"] != ""
+    # Ranks move with the new trial; every other value of the old trials stays.
+    _assert_same_rows(table, _expected(engine), skip=("rank",))
+
+
+@pytest.mark.slow
+def test_optuna_study_resumes_with_one_more_trial(tmp_path: Path) -> None:
+    out = _copy("optuna", tmp_path)
+    stored = _stored_trials("optuna", out)
+    assert all(state in FINISHED for state in stored.values())
+    reruns = _reruns(_optuna_study(out))
+    _cli("search", "--space", SPACE, "--out", out, "--trials", len(stored) + 1,
+         *SEARCH_OPTIONS)
+    _check_one_more_trial("optuna", out, stored)
+    # The re-runs stored beside the study are still there.
+    assert reruns[0] and _reruns(_optuna_study(out)) == reruns
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_experiment_resumes_with_one_more_trial(ray_head: RayHead, tmp_path: Path) -> None:
+    out = _copy("ray", tmp_path)
+    stored = _stored_trials("ray", out)
+    assert all(state in FINISHED for state in stored.values())
+    before = _ray_records(out)
+    _cli("search", "--engine", "ray", "--space", SPACE, "--out", out, "--trials",
+         len(stored) + 1, "--ray-address", "auto", "--workers", "1", *SEARCH_OPTIONS,
+         env=ray_head.env, timeout=RAY_TIMEOUT_S)
+    _check_one_more_trial("ray", out, stored)
+    after = _ray_records(out)
+    for number, record in before.items():  # the stored records themselves are kept
+        for key in ("state", "role", "metrics", "policy", "epochs", "duration_s"):
+            assert after[number][key] == record[key], (number, key)
