@@ -207,7 +207,7 @@ def one_trial(space_file: Path, device: str, threads: int, seed: int) -> None:
 
     from policysearch.config import load_space
     from policysearch.data.loading import load_dataset
-    from policysearch.search.optuna_engine import reference_policy
+    from policysearch.search.lifecycle import reference_policy
     from policysearch.tasks import task_setup
     from policysearch.training import train_policy
 
@@ -296,7 +296,7 @@ def main() -> None:
         return
 
     from policysearch.data.loading import load_dataset
-    from policysearch.search.optuna_engine import reference_policy
+    from policysearch.search.lifecycle import reference_policy
     from policysearch.tasks import task_setup
 
     smoke = args.smoke_test

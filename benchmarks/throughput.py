@@ -131,7 +131,7 @@ def run_search(space_file: Path, out: Path, *, trials: int, workers: int) -> dic
     """A real search (``policysearch search`` without its command line) in this process;
     returns the timings of its trials and of what happened around them."""
     from policysearch.search.driver import SearchOptions, search
-    from policysearch.search.optuna_engine import FINISHED, load_study
+    from policysearch.search.optuna_study import FINISHED, load_study
 
     events: list[tuple[float, str, dict]] = []
 
@@ -205,7 +205,7 @@ def one_trial(space_file: Path) -> None:
 
     from policysearch.config import load_space
     from policysearch.data.loading import load_dataset
-    from policysearch.search.optuna_engine import reference_policy
+    from policysearch.search.lifecycle import reference_policy
     from policysearch.tasks import task_setup
     from policysearch.training import train_policy
 

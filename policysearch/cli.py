@@ -358,12 +358,6 @@ def results(
     weights = parse_task_weights(task_weight, records.metrics_info)
     if reeval is not None or reference is not None:
         from policysearch.evaluation.reeval import reevaluate
-        from policysearch.search.ray_results import is_ray_experiment
-
-        if storage is None and out is not None and is_ray_experiment(out):
-            raise UserError("re-evaluation and other references need an Optuna study; this "
-                            "folder holds a Ray experiment (--engine ray)",
-                            source=str(out), field="--reeval" if reeval else "--reference")
 
         records = reevaluate(out_dir=out, storage=storage, study_name=study, top=reeval,
                              seeds=2 if seeds is None else seeds, reference=reference,

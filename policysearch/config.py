@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -403,6 +404,30 @@ class SearchSpace(_Strict):
     def fingerprint(self) -> str:
         blob = json.dumps(self.canonical(), sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()[:16]
+
+
+@dataclass(kw_only=True)
+class SpaceOverrides:
+    """The flags that override a space file's dataset and training budget (``search`` and
+    ``benchmark`` share them); None keeps the file's value."""
+
+    dataset: str | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    image_size: int | tuple[int, int] | None = None
+    amp: bool | None = None
+    encoder: str | None = None
+    weights: str | None = None  # the encoder's weights file
+
+    def apply(self, space: SearchSpace) -> SearchSpace:
+        """``space`` with these overrides."""
+        space = space.with_budget(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
+                                  image_size=self.image_size, amp=self.amp,
+                                  encoder=self.encoder, encoder_weights=self.weights)
+        if self.dataset is not None:
+            space = space.model_copy(update={"dataset": self.dataset})
+        return space
 
 
 def _user_error(err: ValidationError, source: str) -> UserError:

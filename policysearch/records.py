@@ -114,21 +114,19 @@ def trial_subject(number: int) -> str:
     return f"trial:{number}"
 
 
-def rerun_key(subject: str, seed: int) -> str:
-    """The name under which one run trained beside a study is stored (an Optuna study user
-    attribute, a Ray experiment's re-run file)."""
-    return f"{RERUN_PREFIX}{subject}:{seed}"
-
-
-def rerun_payload(metrics: Metrics, epochs: int, seconds: float,
-                  final_weights: Mapping[str, float] | None) -> dict[str, Any]:
-    """What is stored of one run trained beside a study."""
-    return {"metrics": metrics, "epochs": epochs, "seconds": round(seconds, 3),
-            "final_weights": {t: float(w) for t, w in (final_weights or {}).items()} or None}
+def rerun_entry(subject: str, seed: int, result: Any) -> tuple[str, dict[str, Any]]:
+    """The key and content under which one run trained beside a study is stored (an Optuna
+    study user attribute ``rerun:<subject>:<seed>``, a Ray experiment's re-run file);
+    ``result``: the run's ``training.TrialResult``."""
+    weights = {t: float(w) for t, w in (result.weights or {}).items()}
+    return f"{RERUN_PREFIX}{subject}:{seed}", {
+        "metrics": result.metrics, "epochs": result.epochs,
+        "seconds": round(result.seconds, 3), "final_weights": weights or None}
 
 
 def stored_reruns(stored: Mapping[str, Any]) -> dict[str, dict[int, Metrics]]:
-    """``{subject: {seed: metrics}}`` from ``{rerun_key: payload}`` (other keys ignored)."""
+    """``{subject: {seed: metrics}}`` from ``{key: content}`` of ``rerun_entry`` (other keys
+    ignored)."""
     runs: dict[str, dict[int, Metrics]] = {}
     for key, value in stored.items():
         if not key.startswith(RERUN_PREFIX) or not isinstance(value, dict):

@@ -19,7 +19,9 @@ from policysearch.errors import UserError
 from policysearch.exports.best_policy import pick_trial
 from policysearch.records import StudyRecords, TrialRecord, delta_m, task_deltas
 from policysearch.reporting.tables import pareto_optimal, results_frame, to_markdown
-from policysearch.search.optuna_engine import JOURNAL_NAME, PRUNING_OFF, make_sampler, optimize
+from policysearch.search.optuna_engine import PRUNING_OFF, optimize
+from policysearch.search.optuna_study import JOURNAL_NAME
+from policysearch.search.sampling import make_sampler
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
 

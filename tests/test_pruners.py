@@ -15,7 +15,9 @@ from typer.testing import CliRunner
 from policysearch.cli import app
 from policysearch.config import SearchSpace, load_space
 from policysearch.errors import UserError
-from policysearch.search.optuna_engine import JOURNAL_NAME, _pruner, open_study, optimize
+from policysearch.search.optuna_engine import optimize
+from policysearch.search.optuna_study import JOURNAL_NAME, open_study
+from policysearch.search.sampling import make_pruner as _pruner
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
 

@@ -42,10 +42,11 @@ TASKS = ("shape", "seg", "objects", "depth")
 def ray_engine():
     """The engine module (skip, or fail with POLICYSEARCH_REQUIRE_RAY=1, without ray)."""
     try:
-        from policysearch.search import ray_engine
+        from policysearch.search import ray_engine, ray_runtime
     except ImportError as err:
         ray_unavailable(f"ray is not installed ({err})")
-    return ray_engine
+    assert ray_engine.optimize_ray
+    return ray_runtime  # what both Ray engines share: the trainable, records, experiment
 
 
 def _space_file(tmp_path: Path, space: dict, name: str = "space.yaml") -> Path:
@@ -114,12 +115,17 @@ def test_ray_is_imported_by_the_engine_only() -> None:
 
 
 def test_trial_outcome(ray_engine) -> None:
+    from policysearch.search.lifecycle import TrialOutcome
+
     outcome = ray_engine.trial_outcome
-    assert outcome({"state": "complete", "epoch": 3}, 3) == ("complete", None)
-    assert outcome({"state": "failed", "error": "nan"}, 3) == ("failed", "nan")
-    state, why = outcome({"state": "running", "epoch": 1}, 3)
-    assert state == "pruned" and "after epoch 1 of 3" in why
-    assert outcome(None, 3)[0] == "failed"
+    sent = TrialOutcome("complete", metrics={"shape": {"accuracy": 0.5}}, epochs=3, value=1.5)
+    assert outcome({"state": "complete", "epoch": 3, "outcome": sent.to_dict()}, 3) == sent
+    failed = TrialOutcome("failed", epochs=2, error="nan", kind="trial")
+    assert outcome({"state": "failed", "epoch": 2, "outcome": failed.to_dict()}, 3) == failed
+    pruned = outcome({"state": "running", "epoch": 1, "metrics": {"shape": {"a": 1.0}}}, 3)
+    assert pruned.state == "pruned" and "by ASHA after epoch 1 of 3" in str(pruned.error)
+    assert pruned.epochs == 1 and pruned.metrics == {"shape": {"a": 1.0}}
+    assert outcome(None, 3).state == "failed"
 
 
 def test_resume_with_another_seed_is_refused(ray_engine, tmp_path: Path) -> None:
@@ -377,3 +383,25 @@ def test_local_instance_retries_a_dead_worker_and_fails_a_dying_trial(ray_engine
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 4 and table["rank"].notna().sum() == 3
     assert json.loads((out / rr.EXPERIMENT_FILE).read_text())["engine"] == "ray"
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_repeated_errors_stop_a_ray_search_as_they_stop_an_optuna_search(ray_engine,
+                                                                         tmp_path: Path) -> None:
+    from policysearch.search.lifecycle import MAX_CONSECUTIVE_ERRORS
+
+    space = _space_file(tmp_path, TINY_SPACE)
+    out = tmp_path / "dying"
+    # Every trial's worker dies at every attempt: each trial fails (after its retries) with an
+    # unexpected error, and the lifecycle's failure rules stop the search, as with Optuna.
+    env = {**_no_ray_env(), ray_engine.TEST_EXIT_ENV: ",".join(map(str, range(8)))}
+    done = _run(_cli(space, out, 3, "--workers", "1", "--no-report"), env)
+    assert done.returncode == 1, done.stderr[-3000:]
+    last = (done.stdout + done.stderr).strip().splitlines()[-1]
+    assert (f"{MAX_CONSECUTIVE_ERRORS} trials in a row failed with an unexpected error; "
+            f"last: its worker process died ({ray_engine.RETRIES + 1} times)") in last
+    assert "Traceback" not in done.stderr
+    records = _records(out)
+    assert sorted(records) == list(range(MAX_CONSECUTIVE_ERRORS))
+    assert all(r["state"] == "failed" and "died" in r["error"] for r in records.values())

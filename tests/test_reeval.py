@@ -22,7 +22,8 @@ from policysearch.data import loading
 from policysearch.errors import UserError
 from policysearch.evaluation.reeval import reevaluate, study_space
 from policysearch.reporting.tables import results_frame, seed_noise_line, to_markdown
-from policysearch.search.optuna_engine import JOURNAL_NAME, optimize
+from policysearch.search.optuna_engine import optimize
+from policysearch.search.optuna_study import JOURNAL_NAME, study_records
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
 
@@ -101,7 +102,7 @@ def test_reeval_stores_runs_beside_the_study_and_reuses_them(
         tmp_path: Path, trained: list[tuple[str, int]]) -> None:
     study = _study(tmp_path)
     definition = study.user_attrs["definition"]
-    assert study_space(study).canonical() == definition["space"]
+    assert study_space(study_records(study)).canonical() == definition["space"]
     lines: list[str] = []
     records = reevaluate(out_dir=tmp_path, storage=None, study_name=None, top=2, seeds=2,
                          device="cpu", progress=lines.append)

@@ -28,7 +28,8 @@ from typer.testing import CliRunner
 import policysearch.training as training
 from policysearch.cli import app
 from policysearch.search.driver import load_study_records
-from policysearch.search.optuna_engine import JOURNAL_NAME, MAX_CONSECUTIVE_FAILURES
+from policysearch.search.lifecycle import MAX_CONSECUTIVE_FAILURES
+from policysearch.search.optuna_study import JOURNAL_NAME
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()

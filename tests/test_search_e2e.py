@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from policysearch import load_policy
 from policysearch.cli import app
-from policysearch.search.optuna_engine import JOURNAL_NAME
+from policysearch.search.optuna_study import JOURNAL_NAME
 
 runner = CliRunner()
 

@@ -11,7 +11,7 @@ import yaml
 from policysearch.augment import Policy, Weighting
 from policysearch.config import SearchSpace, load_space
 from policysearch.errors import UserError
-from policysearch.search.optuna_engine import suggest
+from policysearch.search.sampling import suggest
 from policysearch.search.space import WEIGHT_METHOD, parameters, policy_from_params
 from tests.conftest import TINY_SPACE, random_param_values
 

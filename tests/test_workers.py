@@ -15,7 +15,7 @@ import optuna
 import pytest
 import yaml
 
-from policysearch.search.optuna_engine import JOURNAL_NAME, journal_lock
+from policysearch.search.optuna_study import JOURNAL_NAME, journal_lock
 from policysearch.search.workers import gpu_for, visible_gpus
 from tests.conftest import TINY_SPACE
 from tests.postgres_server import postgres_url  # noqa: F401 — a fixture

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from policysearch.augment import Policy, is_baseline, load_policy
-from policysearch.config import SearchSpace, load_space
+from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
 from policysearch.records import (
     MetricsInfo,
@@ -43,7 +43,7 @@ ALL_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugme
 SEARCHED = "searched"
 SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
 ALPHA = 0.05
-RUN_SCHEMA = "policysearch.evaluation.benchmark-run/v1"
+RUN_SCHEMA = "policysearch.benchmark-run/v1"
 Say = Callable[[str], None]
 # Structured progress for bars and log collectors: ("run_start", {"run", "runs", "contender",
 # "seed", "epochs"}), ("epoch", {"run", "epoch", "metrics"}), ("run_end", {"run", "seconds"}).
@@ -61,7 +61,7 @@ class _EpochEvents:
 
 
 @dataclass
-class BenchmarkOptions:
+class BenchmarkOptions(SpaceOverrides):
     """What ``policysearch benchmark`` takes; None means "the search's (or space's) value"."""
 
     policy: Path
@@ -71,14 +71,6 @@ class BenchmarkOptions:
     storage: str | None = None  # … or its database and study name
     study: str | None = None
     space: str | Path | None = None  # default: the search's stored space, else "default"
-    dataset: str | None = None
-    epochs: int | None = None
-    batch_size: int | None = None
-    lr: float | None = None
-    image_size: int | tuple[int, int] | None = None
-    amp: bool | None = None
-    encoder: str | None = None
-    weights: str | None = None
     seeds: int = 3
     seed: int = 1  # seeds seed … seed + seeds − 1; the search trains with seed 0 by default
     device: str = "auto"
@@ -110,7 +102,7 @@ class BenchmarkOutcome:
 
 def _search_records(options: BenchmarkOptions, say: Say) -> StudyRecords | None:
     from policysearch.search.driver import load_study_records
-    from policysearch.search.optuna_engine import JOURNAL_NAME
+    from policysearch.search.optuna_study import JOURNAL_NAME
     from policysearch.search.ray_results import is_ray_experiment
 
     if options.storage is not None:
@@ -140,17 +132,12 @@ def resolve_benchmark_space(options: BenchmarkOptions,
         space = load_space(options.space or "default")
     else:
         space = stored_space(records.space, f"study {records.name}")
-    space = space.with_budget(epochs=options.epochs, batch_size=options.batch_size,
-                              lr=options.lr, image_size=options.image_size, amp=options.amp,
-                              encoder=options.encoder, encoder_weights=options.weights)
-    if options.dataset is not None:
-        space = space.model_copy(update={"dataset": options.dataset})
-    return space
+    return options.apply(space)
 
 
 def _contenders(options: BenchmarkOptions, policy: Policy,
                 tasks: dict[str, str]) -> list[Contender]:
-    from policysearch.search.optuna_engine import reference_policy
+    from policysearch.search.lifecycle import reference_policy
 
     names = list(dict.fromkeys(options.baselines))
     for name in names:

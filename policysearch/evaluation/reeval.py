@@ -2,7 +2,8 @@
 seeds, and other baselines trained as the reference.
 
 Runs use the study's stored definition (its space: dataset, budget; its seed) and are stored
-as study user attributes (``optuna_engine.save_rerun``), never as trials: trial counts and the
+beside the study by its store (``policysearch.search.stores``: an Optuna study's user
+attributes, a Ray experiment's ``reruns/`` folder), never as trials: trial counts and the
 study's definition stay as they were. A run already stored is reused, so running the same
 command again trains only what is missing. Each seed's Δm% is measured against the reference
 trained with that same seed.
@@ -26,9 +27,8 @@ from policysearch.records import StudyRecords, delta_m, trial_subject
 from policysearch.reporting.tables import results_frame
 
 if TYPE_CHECKING:
-    import optuna
-
     from policysearch.data.base import MultiTaskDataset
+    from policysearch.search.stores import StudyStore
 
 Say = Callable[[str], None]
 
@@ -44,10 +44,9 @@ class Run:
     trial: int | None = None  # the trial re-run, for its Δm% in the progress line
 
 
-def study_space(study: optuna.Study) -> SearchSpace:
+def study_space(records: StudyRecords) -> SearchSpace:
     """The study's search space, rebuilt from its stored canonical form."""
-    definition = study.user_attrs.get("definition") or {}
-    return stored_space(definition.get("space"), f"study {study.study_name}")
+    return stored_space(records.space, f"study {records.name}")
 
 
 def stored_space(data: Mapping | None, where: str) -> SearchSpace:
@@ -81,7 +80,7 @@ def _policy(data: Mapping | None, what: str, study: StudyRecords) -> Policy:
 def reference_runs(records: StudyRecords, seeds: list[int],
                    tasks: Mapping[str, str]) -> list[Run]:
     """The runs that make up the reference at each seed (one per task when single-task)."""
-    from policysearch.search.optuna_engine import reference_policy
+    from policysearch.search.lifecycle import reference_policy
 
     name = records.reference_baseline or records.reference_name
     runs = []
@@ -103,9 +102,9 @@ def reference_runs(records: StudyRecords, seeds: list[int],
 class _Trainer:
     """Trains the runs that are not stored yet; loads the dataset only when one is missing."""
 
-    def __init__(self, study: optuna.Study, records: StudyRecords, *, device: str,
+    def __init__(self, store: StudyStore, records: StudyRecords, *, device: str,
                  threads: int | None, say: Say, task_weights: Mapping[str, float] | None):
-        self.study = study
+        self.store = store
         self.records = records
         self.device = device
         self.threads = threads or max(1, os.cpu_count() or 1)
@@ -122,7 +121,7 @@ class _Trainer:
             from policysearch.training import resolve_device
 
             resolve_device(self.device)
-            space = study_space(self.study)
+            space = study_space(self.records)
             self.say(f"loading dataset {space.dataset} (image size {space.budget.image_size})")
             dataset = load_dataset(space)
             names = [t.name for t in dataset.tasks]
@@ -143,7 +142,6 @@ class _Trainer:
             self._train(run, f"re-run {i}/{len(missing)}")
 
     def _train(self, run: Run, counter: str) -> None:
-        from policysearch.search.optuna_engine import save_rerun
         from policysearch.training import TrialFailed, train_policy
 
         space, dataset = self._ready()
@@ -154,7 +152,7 @@ class _Trainer:
         except TrialFailed as err:
             self.say(f"{what}: failed: {err}")
             return
-        save_rerun(self.study, run.subject, run.seed, result)
+        self.store.save_rerun(run.subject, run.seed, result)
         self.records.reruns.setdefault(run.subject, {})[run.seed] = result.metrics
         self.trained += 1
         self.say(f"{what}{self._delta(run, result.metrics)} ({result.seconds:.1f} s)")
@@ -181,7 +179,7 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
     study's reference is single-task) and at every other seed a stored re-run used, so that
     each seed's Δm% has its own reference.
     """
-    from policysearch.search.optuna_engine import load_study, study_records
+    from policysearch.search.stores import open_store
 
     say = progress or (lambda line: None)
     if top is not None and top < 1:
@@ -190,10 +188,10 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
         raise UserError("must be at least 1", field="--seeds")
     if reference is not None and not is_baseline(reference):
         raise UserError(f"unknown baseline {reference!r}", field="--reference")
-    study = load_study(out_dir=out_dir, storage=storage, study_name=study_name)
-    records = study_records(study).with_reference(reference)
-    tasks = dict(study.user_attrs.get("tasks") or {})
-    trainer = _Trainer(study, records, device=device, threads=threads, say=say,
+    store = open_store(out_dir, storage, study_name)
+    records = store.records().with_reference(reference)
+    tasks = records.tasks
+    trainer = _Trainer(store, records, device=device, threads=threads, say=say,
                        task_weights=task_weights)
     if records.reference_baseline is not None:
         trainer.run(reference_runs(records, [records.seed], tasks))
@@ -222,7 +220,7 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
                           if subject.startswith("trial:") for seed in runs} - {records.seed})
     trainer.run(reference_runs(records, rerun_seeds, tasks))
     say(f"re-evaluation: trained {trainer.trained} runs, reused {trainer.reused} stored runs")
-    return study_records(study).with_reference(reference)
+    return store.records().with_reference(reference)
 
 
 __all__ = ["Run", "reevaluate", "reference_runs", "stored_space", "study_space"]

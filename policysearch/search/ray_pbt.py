@@ -40,6 +40,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -50,34 +51,40 @@ from ray.tune.search import Searcher
 
 from policysearch.augment import Policy
 from policysearch.errors import UserError
-from policysearch.records import Metrics, MetricsInfo, StudyRecords, TrialRecord, delta_m
-from policysearch.search import ray_results as rr
-from policysearch.search.optuna_engine import reference_policy
-from policysearch.search.ray_engine import (
+from policysearch.records import Metrics, StudyRecords, TrialRecord
+from policysearch.search.lifecycle import (
+    DATA_ERROR,
+    FAULT,
+    UNEXPECTED,
+    Scoring,
+    TrialOutcome,
+    reference_run_policy,
+    search_trial_policy,
+)
+from policysearch.search.ray_runtime import (
     METRIC,
+    OUTCOME,
     TIME_ATTR,
     Detached,
     Ledger,
+    Progress,
     RecordsCallback,
     TrialSetup,
-    check_resources,
     error_line,
+    fit,
     next_run_name,
-    open_experiment,
-    quiet_ray,
-    ray_session,
+    open_ledger,
+    ray_connected,
     run_ray_trial,
     trial_device,
-    trial_resources,
+    trial_outcome,
 )
-from policysearch.search.space import Param, parameters, policy_from_params
+from policysearch.search.space import Param, parameters
 
 if TYPE_CHECKING:
     from policysearch.config import SearchSpace
     from policysearch.data.base import MultiTaskDataset
-    from policysearch.search.driver import SearchOptions
-
-Progress = Callable[[str, dict[str, Any]], None]
+    from policysearch.search.options import SearchRun
 
 SCHEDULER = "pbt"
 # Share of the population that copies a better member at each perturbation, and share it
@@ -185,11 +192,12 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
     epochs = space.budget.epochs
 
     def fail(message: str, kind: str, epoch: int) -> None:
-        tune.report({TIME_ATTR: epoch, METRIC: math.nan, "state": "failed", "error": message,
-                     "error_kind": kind})
+        outcome = TrialOutcome("failed", epochs=epoch, error=message, kind=kind)
+        tune.report({TIME_ATTR: epoch, METRIC: math.nan, "state": "failed",
+                     OUTCOME: outcome.to_dict()})
 
     try:
-        policy = policy_from_params(space, setup.tasks, config["member"]["values"])
+        policy = search_trial_policy(space, setup.tasks, config["member"]["values"])
         trainer = Trainer(policy, dataset, space.budget, seed=setup.seed,
                           device=trial_device(setup.device), threads=setup.threads)
         exploited: dict[str, Any] = {}
@@ -203,25 +211,25 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
             if meta["trial_id"] != trial_id:  # PBT's exploit: another member's checkpoint
                 exploited = {"exploited_from": meta["trial_id"], "exploited_at": trainer.epoch}
     except UserError as err:
-        fail(str(err), "user", 0)
+        fail(str(err), DATA_ERROR, 0)
         return
     while not trainer.done:
         try:
             trainer.train_epoch(policy)
             metrics = trainer.evaluate()
         except TrialFailed as err:
-            fail(str(err), "trial", trainer.epoch)
+            fail(str(err), FAULT, trainer.epoch)
             return
         except UserError as err:  # a data file found broken inside the trial
-            fail(str(err), "user", trainer.epoch)
+            fail(str(err), DATA_ERROR, trainer.epoch)
             return
         except Exception as err:  # a bug or an environment problem
-            fail(f"{type(err).__name__}: {err}".splitlines()[0], "internal", trainer.epoch)
+            fail(f"{type(err).__name__}: {err}".splitlines()[0], UNEXPECTED, trainer.epoch)
             return
-        value, _ = delta_m(metrics, reference, setup.metrics_info, setup.task_weights)
+        value = setup.scoring.epoch_value(metrics, reference)
         result = {
             TIME_ATTR: trainer.epoch,
-            METRIC: value if math.isfinite(value) else math.nan,
+            METRIC: math.nan if value is None else value,
             "state": "complete" if trainer.done else "running",
             "metrics": metrics,
             "final_weights": {t: float(w) for t, w in trainer.weighting.weights().items()},
@@ -231,6 +239,9 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
             **exploited,
         }
         exploited = {}
+        if trainer.done:
+            outcome = setup.scoring.finish(trainer.result(), reference)
+            result.update(state=outcome.state, **{OUTCOME: outcome.to_dict()})
         if trainer.epoch % interval == 0 and trainer.epoch < epochs:
             with tempfile.TemporaryDirectory() as folder:
                 torch.save(trainer.state_dict(), Path(folder) / STATE_FILE)
@@ -288,8 +299,8 @@ class MembersCallback(Callback):
         number = int(trial.config["member"]["number"])
         self.numbers[trial.trial_id] = number
         self.ledger.started.setdefault(number, time.time())
-        policy = policy_from_params(self.ledger.space, self.ledger.tasks,
-                                    trial.config["member"]["values"])
+        policy = search_trial_policy(self.ledger.space, self.ledger.tasks,
+                                     trial.config["member"]["values"])
         record = TrialRecord(number=number, state="running", role="search",
                              policy=policy.to_dict(), started_at=time.time())
         self.ledger.write(record, ray_trial_id=trial.trial_id, run=self.run_name,
@@ -321,35 +332,29 @@ class MembersCallback(Callback):
                             "metrics": record.metrics})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        result = trial.last_result or {}
-        if result.get("state") == "failed":
-            self._end(trial, "failed", result.get("error"), result.get("error_kind"))
-        elif result.get(TIME_ATTR, 0) < self.epochs:  # --timeout stopped the population
-            self._end(trial, "pruned", f"stopped by --timeout after epoch "
-                      f"{result.get(TIME_ATTR, 0)} of {self.epochs}", None)
-        else:
-            self._end(trial, "complete", None, None, result.get(METRIC))
+        # A member stopped before the end of the budget was stopped by --timeout.
+        self._end(trial, trial_outcome(trial.last_result or None, self.epochs, "--timeout"))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._end(trial, "failed", error_line(trial), "internal")
+        last = trial.last_result or {}
+        self._end(trial, TrialOutcome("failed", error=error_line(trial), kind=UNEXPECTED,
+                                      epochs=last.get(TIME_ATTR)))
 
-    def _end(self, trial: Any, state: str, error: str | None, kind: str | None,
-             value: float | None = None) -> None:
+    def _end(self, trial: Any, outcome: TrialOutcome) -> None:
         number = self.numbers.get(trial.trial_id)
         if number is None:
             return
         ledger = self.ledger
-        record = ledger.records[number]
-        record.state, record.error = state, error
+        last = ledger.records[number]  # its lineage's policy, as of its last epoch
+        record = outcome.record(number, role="search", policy=last.policy,
+                                started_at=last.started_at, device=last.device,
+                                duration_s=outcome.seconds or last.duration_s)
+        if outcome.state != "complete":  # what it trained so far
+            record.metrics, record.epochs = last.metrics, last.epochs
+            record.final_weights = last.final_weights
         ledger.write(record, exploits=self.exploits.get(number, []))
-        if kind == "user" and ledger.abort is None:
-            ledger.abort = UserError(str(error))
-        event: dict[str, Any] = {"trial": number, "state": state, "role": "search"}
-        if state == "failed":
-            event["error"] = error
-        if state == "complete":
-            event.update(delta_m=value, seconds=record.duration_s)
-        self.emit("trial_end", event)
+        ledger.end(outcome)
+        self.emit("trial_end", outcome.end_event(number, "search"))
         if self.on_trial_end is not None:
             self.on_trial_end(ledger.study())
 
@@ -365,86 +370,52 @@ class MembersCallback(Callback):
         return (Detached, ())
 
 
-def optimize_pbt(
-    space: SearchSpace,
-    *,
-    options: SearchOptions,
-    dataset: MultiTaskDataset,
-    tasks: Mapping[str, str],
-    metrics_info: MetricsInfo,
-    dataset_notes: Sequence[str] = (),
-    out_dir: Path,
-    study_name: str,
-    threads: int,
-    progress: Progress | None = None,
-    on_trial_end: Callable[[StudyRecords], None] | None = None,
-) -> StudyRecords:
-    """Run (or continue) a PBT search until ``options.trials`` trials are finished (the
-    reference runs included); the same signature as ``ray_engine.optimize_ray``, which calls
-    it for ``--scheduler pbt``. Returns every trial's record; a member's policy carries the
-    schedule its lineage trained under (see the module docstring)."""
-    emit: Progress = progress or (lambda event, data: None)
-    tasks = dict(tasks)
+def optimize_pbt(run: SearchRun) -> StudyRecords:
+    """Run (or continue) a PBT search until ``--trials`` trials are finished (the reference
+    runs included). Returns every trial's record; a member's policy carries the schedule its
+    lineage trained under (see the module docstring)."""
+    space, options, tasks = run.space, run.options, dict(run.tasks)
     check_trials(options.trials, len(tasks) if space.single_task_reference else 1)
-    cpus, gpus = trial_resources(options, threads)
-    experiment = open_experiment(space, out_dir=out_dir, ray_storage=options.ray_storage,
-                                 study_name=study_name, seed=options.seed,
-                                 metrics_info=metrics_info, tasks=tasks, dataset=dataset.name,
-                                 dataset_notes=dataset_notes, scheduler=SCHEDULER)
-    for number in rr.mark_stale(experiment):
-        emit("stale", {"trial": number})
-    ledger = Ledger.load(experiment, space=space, tasks=tasks, target=options.trials)
-    emit("start", {"study": study_name, "finished": ledger.finished(),
-                   "target": options.trials, "workers": options.workers})
+    options.ray_resources()  # a bad request is refused before anything is written
+    ledger = open_ledger(run)
     if ledger.finished() >= options.trials:
         return ledger.study()
-    setup = TrialSetup(budget=space.budget, seed=options.seed, device=options.device,
-                       threads=max(1, int(cpus)), metrics_info=metrics_info,
-                       task_weights=dict(space.task_weights), tasks=tasks,
-                       pareto=False)  # PBT ranks members by Δm%, even for a pareto space
+    # PBT ranks members by Δm%, even for a pareto space.
+    scoring = replace(Scoring.of(space, tasks, run.metrics_info), pareto=False)
     started = time.monotonic()
-    with quiet_ray(), ray_session(options.ray_address):
-        check_resources(cpus, gpus)
-        resources = {"cpu": cpus, "gpu": gpus}
-        _fit_references(ledger, setup, dataset=dataset, experiment=experiment,
-                        options=options, resources=resources, emit=emit,
-                        on_trial_end=on_trial_end)
+    with ray_connected(options) as resources:
+        setup = TrialSetup(budget=space.budget, seed=options.seed, device=options.device,
+                           threads=max(1, int(resources["cpu"])), scoring=scoring)
+        _fit_references(run, ledger, setup, resources)
         reference = ledger.study().reference_metrics()
         if reference is None:
             raise UserError("the reference run did not complete; see its record",
-                            source=str(experiment), field="reference")
+                            source=str(ledger.experiment), field="reference")
         timeout = None
         if options.timeout:
             timeout = options.timeout - (time.monotonic() - started)
             if timeout <= 0:
-                emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
+                run.emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
                 return ledger.study()
-        _fit_population(ledger, setup, reference, dataset=dataset, experiment=experiment,
-                        options=options, resources=resources, emit=emit,
-                        on_trial_end=on_trial_end, timeout=timeout)
+        _fit_population(run, ledger, setup, reference, resources, timeout)
     return ledger.study()
 
 
-def _fit_references(ledger: Ledger, setup: TrialSetup, *, dataset: MultiTaskDataset,
-                    experiment: Path, options: SearchOptions, resources: dict[str, float],
-                    emit: Progress, on_trial_end: Callable[[StudyRecords], None] | None
-                    ) -> None:
+def _fit_references(run: SearchRun, ledger: Ledger, setup: TrialSetup,
+                    resources: dict[str, float]) -> None:
     """The missing reference runs, as the Ray engine runs them (its trainable and records)."""
-    space = ledger.space
-    done = {r.reference_task for r in ledger.records.values()
-            if r.role == "reference" and r.state == "complete"}
-    keys = list(ledger.tasks) if space.single_task_reference else [None]
-    configs = []
-    for key in (k for k in keys if k not in done):
-        ref_tasks = {key: ledger.tasks[key]} if key is not None else ledger.tasks
+    dataset, options, experiment = run.dataset, run.options, ledger.experiment
+    configs: list[dict[str, Any]] = []
+    for key in ledger.missing_references(running=False):
         number = max([*ledger.records, *(c["number"] for c in configs)], default=-1) + 1
+        policy = reference_run_policy(ledger.space, ledger.tasks, key)
         configs.append({"number": number, "role": "reference", "reference_task": key,
-                        "policy": reference_policy(space.reference, ref_tasks).to_dict(),
-                        "reference": None})
+                        "policy": policy.to_dict(), "reference": None})
     if not configs:
         return
     run_name = next_run_name(experiment)
-    callback = RecordsCallback(ledger, run_name=run_name, emit=emit, on_trial_end=on_trial_end)
+    callback = RecordsCallback(ledger, run_name=run_name, emit=run.emit,
+                               on_trial_end=run.on_trial_end)
     tuner = tune.Tuner(
         tune.with_resources(tune.with_parameters(run_ray_trial, dataset=dataset, setup=setup),
                             resources),
@@ -456,21 +427,13 @@ def _fit_references(ledger: Ledger, setup: TrialSetup, *, dataset: MultiTaskData
         run_config=tune.RunConfig(name=run_name, storage_path=str(experiment), verbose=0,
                                   callbacks=[callback]),
     )
-    try:
-        tuner.fit()
-    except BaseException:
-        callback.interrupted("interrupted")
-        raise
-    if ledger.abort is not None:
-        raise ledger.abort
+    fit(tuner, callback)
 
 
-def _fit_population(ledger: Ledger, setup: TrialSetup, reference: Metrics, *,
-                    dataset: MultiTaskDataset, experiment: Path, options: SearchOptions,
-                    resources: dict[str, float], emit: Progress,
-                    on_trial_end: Callable[[StudyRecords], None] | None,
-                    timeout: float | None) -> None:
+def _fit_population(run: SearchRun, ledger: Ledger, setup: TrialSetup, reference: Metrics,
+                    resources: dict[str, float], timeout: float | None) -> None:
     """One PBT run of a new population."""
+    dataset, options, experiment = run.dataset, run.options, ledger.experiment
     space = ledger.space
     epochs = space.budget.epochs
     interval = perturbation_interval(epochs)
@@ -499,8 +462,8 @@ def _fit_population(ledger: Ledger, setup: TrialSetup, reference: Metrics, *,
         resample_probability=RESAMPLE_PROBABILITY, perturbation_factors=PERTURBATION_FACTORS,
         custom_explore_fn=_Clip(mutated), synch=True, log_config=False)
     run_name = next_run_name(experiment)
-    callback = MembersCallback(ledger, run_name=run_name, emit=emit, epochs=epochs,
-                               on_trial_end=on_trial_end)
+    callback = MembersCallback(ledger, run_name=run_name, emit=run.emit, epochs=epochs,
+                               on_trial_end=run.on_trial_end)
     trainable = tune.with_resources(
         tune.with_parameters(run_member, dataset=dataset, space=space, setup=setup,
                              reference=reference, interval=interval), resources)
@@ -522,16 +485,8 @@ def _fit_population(ledger: Ledger, setup: TrialSetup, reference: Metrics, *,
     pbt_module = sys.modules[PopulationBasedTraining.__module__]
     saved_random, pbt_module.random = pbt_module.random, rng
     try:
-        tuner.fit()
-    except KeyboardInterrupt:
-        callback.interrupted("interrupted")
-        raise
-    except BaseException:
-        callback.interrupted("the search stopped on an error")
-        raise
+        fit(tuner, callback)
     finally:
         pbt_module.random = saved_random
-    if ledger.abort is not None:
-        raise ledger.abort
     if timeout is not None and ledger.finished() < ledger.target:
-        emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
+        run.emit("timeout", {"finished": ledger.finished(), "target": ledger.target})

@@ -14,6 +14,11 @@ experiment state (which a killed driver may leave behind the last finished trial
     final_weights, duration_s, reference_task, plus Ray's trial id and the worker it ran on.
     Files are replaced atomically (temporary file + ``os.replace``), so a reader or a killed
     writer never sees half a record.
+``<experiment>/reruns/<key>.json``
+    runs trained beside the experiment (re-evaluations with other seeds, other references:
+    ``policysearch.evaluation.reeval``), one file per run: its ``key``
+    (``rerun:<subject>:<seed>``, as an Optuna study's user attribute), metrics, epochs,
+    seconds, final_weights.
 ``<experiment>/optuna.journal``, ``<experiment>/tune-NNN/``
     the suggestions' Optuna study (TPE's memory across resumes) and Ray Tune's own folder of
     each run of the command; neither is needed to read the results.
@@ -26,18 +31,30 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policysearch.errors import UserError
-from policysearch.records import MetricsInfo, StudyRecords, TrialRecord
+from policysearch.records import (
+    Metrics,
+    MetricsInfo,
+    StudyRecords,
+    TrialRecord,
+    rerun_entry,
+    stored_reruns,
+)
+
+if TYPE_CHECKING:
+    from policysearch.training import TrialResult
 
 EXPERIMENT_FILE = "policysearch.json"
 POINTER_FILE = "ray_experiment.json"
 TRIALS_DIR = "trials"
+RERUNS_DIR = "reruns"
 EXPERIMENT_SCHEMA = "policysearch.ray_experiment/v1"
 TRIAL_SCHEMA = "policysearch.ray_trial/v1"
 STATES = ("complete", "pruned", "failed", "running")
@@ -194,36 +211,55 @@ def mark_stale(experiment: Path) -> list[int]:
 # --- the study as the results table sees it ---------------------------------------------------
 
 
-def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord]) -> StudyRecords:
-    """StudyRecords from an experiment file's content and its trials (as the Optuna engine's
-    ``study_records`` builds them from a study)."""
-    definition = info.get("definition") or {}
-    space = definition.get("space") or {}
-    return StudyRecords(
-        name=str(info.get("study", "")),
-        metrics_info=info["metrics_info"],
-        records=sorted(records, key=lambda r: r.number),
-        reference_name=info.get("reference", "flipcrop"),
-        dataset=info.get("dataset", ""),
-        dataset_notes=list(info.get("dataset_notes", [])),
-        image_size=space.get("budget", {}).get("image_size"),
-        budget_epochs=space.get("budget", {}).get("epochs"),
-        space=dict(space),
-        single_task_reference=bool(space.get("single_task_reference", False)),
-        task_weights=dict(space.get("task_weights") or {}),
-        objective=space.get("objective", "delta_m"),
-        seed=int(definition.get("seed", 0)),
-    )
+def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord],
+                       reruns: Mapping[str, dict[int, Metrics]] | None = None) -> StudyRecords:
+    """StudyRecords from an experiment file's content and its trials."""
+    return StudyRecords.from_stored(str(info.get("study", "")), info, records, reruns)
+
+
+def read_reruns(experiment: Path) -> dict[str, dict[int, Metrics]]:
+    """The runs trained beside the experiment (``save_rerun``): {subject: {seed: metrics}}."""
+    folder = Path(experiment) / RERUNS_DIR
+    stored = {}
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
+        data = _read_json(path)
+        if isinstance(data, dict) and isinstance(data.get("key"), str):
+            stored[data["key"]] = data
+    return stored_reruns(stored)
 
 
 def load_ray_records(path: Path) -> StudyRecords:
     """Read a Ray experiment (the folder, or an ``--out`` pointing to it) into StudyRecords."""
-    experiment = resolve_experiment(Path(path))
-    if experiment is None:
-        raise UserError(f"no Ray experiment here ({EXPERIMENT_FILE} not found)",
-                        source=str(path), field="--out")
-    info = read_experiment(experiment) or {}
-    if "metrics_info" not in info:
-        raise UserError("not a policysearch experiment (no metrics recorded)",
-                        source=str(experiment / EXPERIMENT_FILE))
-    return study_records_from(info, read_trial_records(experiment))
+    return RayExperimentStore.open(path).records()
+
+
+class RayExperimentStore:
+    """A Ray experiment as a ``StudyStore`` (``policysearch.search.stores``). Runs trained
+    beside it are files ``reruns/<key>.json``: one file per run, as the Optuna engine keeps
+    one study attribute per run, so concurrent writers never overwrite each other's runs."""
+
+    def __init__(self, experiment: Path):
+        self.experiment = Path(experiment)
+        self.location = str(self.experiment)
+
+    @classmethod
+    def open(cls, path: Path) -> RayExperimentStore:
+        """The experiment ``path`` is (or points to); a user error when there is none."""
+        experiment = resolve_experiment(Path(path))
+        if experiment is None:
+            raise UserError(f"no Ray experiment here ({EXPERIMENT_FILE} not found)",
+                            source=str(path), field="--out")
+        return cls(experiment)
+
+    def records(self) -> StudyRecords:
+        info = read_experiment(self.experiment) or {}
+        if "metrics_info" not in info:
+            raise UserError("not a policysearch experiment (no metrics recorded)",
+                            source=str(self.experiment / EXPERIMENT_FILE))
+        return study_records_from(info, read_trial_records(self.experiment),
+                                  read_reruns(self.experiment))
+
+    def save_rerun(self, subject: str, seed: int, result: TrialResult) -> None:
+        key, content = rerun_entry(subject, seed, result)
+        name = re.sub(r"[^A-Za-z0-9_.-]", "_", key) + ".json"
+        write_json_atomic(self.experiment / RERUNS_DIR / name, {"key": key, **content})

@@ -24,11 +24,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from policysearch.errors import UserError
+from policysearch.errors import SearchAborted, UserError
 
 if TYPE_CHECKING:
     from policysearch.records import StudyRecords
-    from policysearch.search.driver import SearchOptions
+    from policysearch.search.options import SearchOptions
 
 Progress = Callable[[str, dict[str, Any]], None]
 # Events every worker sends that the driver reports once, itself.
@@ -93,10 +93,8 @@ def worker_main(job: WorkerJob, events: Any) -> None:
     """The body of one worker process."""
     from pathlib import Path
 
-    from policysearch.data.loading import dataset_notes, load_dataset
-    from policysearch.search.driver import make_runner, resolve_space
+    from policysearch.search.options import load_run, resolve_space
     from policysearch.search.optuna_engine import optimize
-    from policysearch.tasks import task_setup
     from policysearch.training import resolve_device
 
     if job.gpu is not None:  # before this process first touches CUDA
@@ -111,20 +109,21 @@ def worker_main(job: WorkerJob, events: Any) -> None:
 
     try:
         options = job.options
-        space = resolve_space(options)
-        dataset = load_dataset(space)
-        tasks, info = task_setup(dataset)
-        optimize(space, tasks=tasks, metrics_info=info, dataset_name=dataset.name,
-                 dataset_notes=dataset_notes(dataset),
-                 runner=make_runner(dataset, space, options, job.threads),
-                 n_trials=options.trials, out_dir=Path(job.out_dir), storage=options.storage,
-                 study_name=job.study_name, seed=options.seed, timeout=options.timeout,
-                 progress=send, fail_stale=False, worker=worker_label(),
-                 sampler_salt=job.index + 1,
+        run = load_run(options, resolve_space(options), study_name=job.study_name,
+                       out_dir=Path(job.out_dir), threads=job.threads)
+        optimize(run.space, tasks=run.tasks, metrics_info=run.metrics_info,
+                 dataset_name=run.dataset.name, dataset_notes=run.dataset_notes,
+                 runner=run.runner(), n_trials=options.trials, out_dir=run.out_dir,
+                 storage=options.storage, study_name=job.study_name, seed=options.seed,
+                 timeout=options.timeout, progress=send, fail_stale=False,
+                 worker=worker_label(), sampler_salt=job.index + 1,
                  device=resolve_device(options.device).type)
     except UserError as err:
         events.put(("user_error", job.index, err.message, err.source, err.field))
         sys.exit(2)
+    except SearchAborted as err:  # too many failed trials in a row: the search stops
+        events.put(("aborted", job.index, str(err)))
+        sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)
     except BaseException as err:  # noqa: BLE001 — reported to the driver, which stops
@@ -132,89 +131,115 @@ def worker_main(job: WorkerJob, events: Any) -> None:
         sys.exit(1)
 
 
-def run_workers(options: SearchOptions, *, n_workers: int, threads: int, study_name: str,
-                out_dir: Any, study: Any, progress: Progress | None,
-                on_trial_end: Callable[[StudyRecords], None] | None) -> StudyRecords:
-    """Run ``n_workers`` worker processes on ``study`` until its target is reached."""
-    from policysearch.search.optuna_engine import FINISHED, fail_trials_of, study_records
+class _WorkerPool:
+    """The driver's side of K worker processes: start, watch, replace, stop."""
 
-    emit = progress or (lambda event, data: None)
-    ctx = multiprocessing.get_context("spawn")
-    events = ctx.Queue()
-    procs: dict[int, Any] = {}
-    restarts = dict.fromkeys(range(n_workers), 0)
-    said: set[str] = set()
-    gpus = visible_gpus(options.device)
+    def __init__(self, options: SearchOptions, *, threads: int, study_name: str,
+                 out_dir: Any, study: Any, emit: Progress):
+        self.options, self.threads, self.study_name = options, threads, study_name
+        self.out_dir, self.study, self.emit = out_dir, study, emit
+        self.ctx = multiprocessing.get_context("spawn")
+        self.events = self.ctx.Queue()
+        self.procs: dict[int, Any] = {}
+        self.restarts: dict[int, int] = {}
+        self.gpus = visible_gpus(options.device)
 
-    def start(index: int) -> None:
-        job = WorkerJob(options=options, index=index, threads=threads, study_name=study_name,
-                        out_dir=str(out_dir), parent_pid=os.getpid(),
-                        gpu=gpu_for(index, gpus))
-        proc = ctx.Process(target=worker_main, args=(job, events), daemon=False,
-                           name=f"policysearch-worker-{index}")
+    def start(self, index: int) -> None:
+        job = WorkerJob(options=self.options, index=index, threads=self.threads,
+                        study_name=self.study_name, out_dir=str(self.out_dir),
+                        parent_pid=os.getpid(), gpu=gpu_for(index, self.gpus))
+        proc = self.ctx.Process(target=worker_main, args=(job, self.events), daemon=False,
+                                name=f"policysearch-worker-{index}")
         proc.start()
-        procs[index] = proc
+        self.procs[index] = proc
 
-    def finished() -> int:
-        return len(study.get_trials(deepcopy=False, states=FINISHED))
-
-    def stop_all() -> None:
-        for proc in procs.values():
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
             if proc.is_alive():
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(proc.pid, signal.SIGTERM)
-        for proc in procs.values():
+        for proc in self.procs.values():
             proc.join(timeout=60)
             if proc.is_alive():
                 proc.kill()
                 proc.join()
 
-    failure: tuple[str, ...] | None = None
-    for index in range(n_workers):
-        start(index)
-    try:
-        while procs:
-            try:
-                message = events.get(timeout=_POLL_S)
-            except queue_module.Empty:
-                message = None
-            if message is not None:
-                kind = message[0]
-                if kind == "event":
-                    _, _, event, data = message
-                    if event in _DRIVER_EVENTS:
-                        continue
-                    if event == "waiting_reference":
-                        if event in said:
-                            continue
-                        said.add(event)
-                    emit(event, data)
-                    if event == "trial_end" and on_trial_end is not None:
-                        on_trial_end(study_records(study))
-                elif failure is None:  # the first error stops the search
-                    failure = message
-                    stop_all()
+    def next_message(self) -> tuple[Any, ...] | None:
+        try:
+            return self.events.get(timeout=_POLL_S)
+        except queue_module.Empty:
+            return None
+
+    def replace_dead(self) -> None:
+        """Fail the trials of each worker that died (not by its own choice) and start a
+        replacement while trials are missing."""
+        from policysearch.search.optuna_study import FINISHED, fail_trials_of
+
+        for index, proc in list(self.procs.items()):
+            if proc.is_alive():
                 continue
-            for index, proc in list(procs.items()):
-                if proc.is_alive():
-                    continue
-                del procs[index]
-                code = proc.exitcode
-                if code in (0, 2, 130) or failure is not None:
-                    continue
-                label = worker_label(proc.pid)
-                why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
-                failed = fail_trials_of(study, label, f"its worker process died ({why})")
-                emit("worker_died", {"worker": label, "why": why, "trials": failed})
-                if finished() < options.trials and restarts[index] < MAX_RESTARTS_PER_WORKER:
-                    restarts[index] += 1
-                    start(index)
+            del self.procs[index]
+            code = proc.exitcode
+            if code in (0, 2, 130):  # done, stopped on a user error, or told to stop
+                continue
+            label = worker_label(proc.pid)
+            why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
+            failed = fail_trials_of(self.study, label, f"its worker process died ({why})")
+            self.emit("worker_died", {"worker": label, "why": why, "trials": failed})
+            finished = len(self.study.get_trials(deepcopy=False, states=FINISHED))
+            restarts = self.restarts.get(index, 0)
+            if finished < self.options.trials and restarts < MAX_RESTARTS_PER_WORKER:
+                self.restarts[index] = restarts + 1
+                self.start(index)
+
+
+def run_workers(options: SearchOptions, *, n_workers: int, threads: int, study_name: str,
+                out_dir: Any, study: Any, progress: Progress | None,
+                on_trial_end: Callable[[StudyRecords], None] | None) -> StudyRecords:
+    """Run ``n_workers`` worker processes on ``study`` until its target is reached."""
+    from policysearch.search.optuna_study import study_records
+
+    emit = progress or (lambda event, data: None)
+    pool = _WorkerPool(options, threads=threads, study_name=study_name, out_dir=out_dir,
+                       study=study, emit=emit)
+    said: set[str] = set()
+    failure: tuple[Any, ...] | None = None
+    for index in range(n_workers):
+        pool.start(index)
+    try:
+        while pool.procs:
+            message = pool.next_message()
+            if message is None:
+                if failure is None:
+                    pool.replace_dead()
+                else:
+                    pool.procs = {i: p for i, p in pool.procs.items() if p.is_alive()}
+                continue
+            if message[0] != "event":
+                if failure is None:  # the first error stops the search
+                    failure = message
+                    pool.stop_all()
+                continue
+            _, _, event, data = message
+            if event in _DRIVER_EVENTS or (event == "waiting_reference" and event in said):
+                continue
+            said.add(event)
+            emit(event, data)
+            if event == "trial_end" and on_trial_end is not None:
+                on_trial_end(study_records(study))
     except KeyboardInterrupt:
-        stop_all()
+        pool.stop_all()
         raise
     if failure is not None:
-        if failure[0] == "user_error":
-            _, _, msg, source, field = failure
-            raise UserError(msg, source=source, field=field)
-        raise RuntimeError(f"a worker failed: {failure[2]}")
+        _raise(failure)
     return study_records(study)
+
+
+def _raise(failure: tuple[Any, ...]) -> None:
+    """Raise in the driver what stopped a worker."""
+    if failure[0] == "user_error":
+        _, _, msg, source, field = failure
+        raise UserError(msg, source=source, field=field)
+    if failure[0] == "aborted":
+        raise SearchAborted(failure[2])
+    raise RuntimeError(f"a worker failed: {failure[2]}")
