@@ -2,7 +2,8 @@
 
 One subclass per task *kind* (classification, segmentation, …), registered in ``TASK_KINDS``;
 ``make_task(spec)`` builds the task of a dataset's ``TaskSpec``. ``DenseDecoder`` is the FPN-lite
-decoder shared by the dense heads (segmentation, depth, detection).
+decoder shared by the dense heads (segmentation, depth, detection); ``MetricsEvaluator`` the base
+of the evaluators made of torchmetrics metrics (classification, segmentation).
 """
 
 from __future__ import annotations
