@@ -31,7 +31,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import pandas as pd
@@ -49,6 +49,7 @@ CSV_IMAGE_DIR = "images"
 PARTITIONS = {"0": "train", "1": "val", "2": "test"}
 TASK_NAME = "attributes"
 UNKNOWN = -1
+_T = TypeVar("_T")
 _BAD = 99  # marks a value outside the mapping while targets are computed
 
 
@@ -337,9 +338,16 @@ class _Rows:
         return {split: recs for split, recs in by_split.items() if recs}
 
 
-def _image_error(record: _Record, err: DataError) -> DataError:
-    return DataError(f"image {err.source}: {err.message}", source=str(record.table),
-                     field=record.where)
+def _read(record: _Record, reader: Callable[[Path], _T]) -> _T:
+    """``reader`` applied to the record's image; a bad value of the row raises its error, and an
+    error of the image is raised again as the row's."""
+    if isinstance(record.target, DataError):
+        raise record.target
+    try:
+        return reader(Path(record.image))
+    except DataError as err:
+        raise DataError(f"image {err.source}: {err.message}", source=str(record.table),
+                        field=record.where) from None
 
 
 def _checker(options: LoadOptions) -> Callable[[_Record], None]:
@@ -348,12 +356,7 @@ def _checker(options: LoadOptions) -> Callable[[_Record], None]:
     first: list[tuple[int, int]] = []
 
     def check(record: _Record) -> None:
-        if isinstance(record.target, DataError):
-            raise record.target
-        try:
-            hw = image_size_of(Path(record.image))
-        except DataError as err:
-            raise _image_error(record, err) from None
+        hw = _read(record, image_size_of)
         if options.size is not None:
             return
         if not first:
@@ -366,12 +369,6 @@ def _checker(options: LoadOptions) -> Callable[[_Record], None]:
 
 
 def _load_sample(record: _Record) -> Sample:
-    if isinstance(record.target, DataError):
-        raise record.target
-    try:
-        image = read_image(Path(record.image))
-    except DataError as err:
-        raise _image_error(record, err) from None
-    return {"image": image, "attributes": record.target}
+    return {"image": _read(record, read_image), "attributes": record.target}
 
 

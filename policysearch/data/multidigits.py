@@ -50,7 +50,7 @@ from pathlib import Path
 import numpy as np
 
 from policysearch.data.base import Sample, SampleSequence, TaskSpec
-from policysearch.errors import UserError
+from policysearch.data.generated import SPLITS, GeneratedDataset, read_only, sample_rng
 
 __all__ = [
     "DIGITS",
@@ -70,7 +70,6 @@ __all__ = [
 ]
 
 DIGITS: tuple[str, ...] = tuple(str(d) for d in range(10))
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 POOL_FRACTIONS: dict[str, float] = {"train": 0.6, "val": 0.2, "test": 0.2}
 STROKE_THRESHOLD = 0.5  # upsampled intensity (0-1) above which a pixel is on a stroke
 
@@ -186,10 +185,6 @@ def compose(left: np.ndarray, right: np.ndarray, labels: tuple[int, int], layout
     return intensity, mask
 
 
-def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([_SALT, seed, SPLITS[split], index])
-
-
 def _colourise(rng: np.random.Generator, intensity: np.ndarray) -> np.ndarray:
     background = rng.uniform(*_BACKGROUND)
     colour = 255.0 * rng.uniform(*_TINT, size=3)
@@ -209,7 +204,7 @@ def generate_split(seed: int, split: str, n: int, size: int, digits: np.ndarray,
     masks = np.empty((n, size, size), dtype=np.uint8)
     sources = np.empty((n, 2), dtype=np.int64)
     for i in range(n):
-        rng = _sample_rng(seed, split, i)
+        rng = sample_rng(_SALT, seed, split, i)
         pair = rng.choice(pool, size=2, replace=False)
         layout = draw_layout(rng, size)
         intensity, masks[i] = compose(digits[pair[0]], digits[pair[1]],
@@ -225,11 +220,6 @@ def generate_split(seed: int, split: str, n: int, size: int, digits: np.ndarray,
 # Dataset
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
-
-
 class MultiDigitsSplit(SampleSequence):
     """One split of ``multidigits``: a sequence of fresh sample dicts over stacked arrays.
 
@@ -239,16 +229,8 @@ class MultiDigitsSplit(SampleSequence):
     """
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        def frozen(key: str) -> np.ndarray:
-            arr = np.array(arrays[key])  # a copy of our own, then frozen
-            arr.flags.writeable = False
-            return arr
-
-        self.images = frozen("images")
-        self.masks = frozen("masks")
-        self.left = frozen("left")
-        self.right = frozen("right")
-        self.sources = frozen("sources")
+        self.images, self.masks, self.left, self.right, self.sources = read_only(
+            arrays, ("images", "masks", "left", "right", "sources"), copy=True)
 
     def __len__(self) -> int:
         return len(self.left)
@@ -263,13 +245,7 @@ class MultiDigitsSplit(SampleSequence):
         }
 
 
-def _check_int(value: object, field: str, minimum: int, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise UserError(f"{field} must be {what}, not {value!r}", field=field)
-    return int(value)
-
-
-class MultiDigitsDataset:
+class MultiDigitsDataset(GeneratedDataset[MultiDigitsSplit]):
     """The built-in ``multidigits`` dataset (see the module docstring).
 
     The source digits are loaded on the first ``split`` call; splits are generated in memory.
@@ -285,39 +261,17 @@ class MultiDigitsDataset:
                  key="mask"),
     )
 
-    def __init__(
-        self,
-        seed: int = 0,
-        size: int = 32,
-        n_train: int = 1000,
-        n_val: int = 300,
-        n_test: int = 500,
-        cache_dir: str | Path | None = None,
-    ):
-        self.seed = _check_int(seed, "seed", 0, "a non-negative integer")
-        self.size = _check_int(size, "size", 16, "an integer >= 16")
-        self.counts = {
-            split: _check_int(n, f"n_{split}", 1, "a positive integer")
-            for split, n in (("train", n_train), ("val", n_val), ("test", n_test))
-        }
+    def __init__(self, seed: int = 0, size: int = 32, n_train: int = 1000, n_val: int = 300,
+                 n_test: int = 500, cache_dir: str | Path | None = None):
+        super().__init__(seed, size, n_train, n_val, n_test)
         self.cache_dir = cache_dir  # accepted for interface parity; nothing is cached
         self._source: tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]] | None = None
-        self._splits: dict[str, MultiDigitsSplit] = {}
 
-    def __repr__(self) -> str:
-        return (f"MultiDigitsDataset(seed={self.seed}, size={self.size}, "
-                f"n_train={self.counts['train']}, n_val={self.counts['val']}, "
-                f"n_test={self.counts['test']})")
-
-    def split(self, name: str) -> MultiDigitsSplit:
-        """``train``, ``val`` or ``test``, generated on first use."""
-        _check_split(name)
-        if name not in self._splits:
-            digits, labels, pools = self._load_source()
-            arrays = generate_split(self.seed, name, self.counts[name], self.size, digits,
-                                    labels, pools[name])
-            self._splits[name] = MultiDigitsSplit(arrays)
-        return self._splits[name]
+    def _make_split(self, name: str) -> MultiDigitsSplit:
+        """Generated in memory."""
+        digits, labels, pools = self._load_source()
+        return MultiDigitsSplit(generate_split(self.seed, name, self.counts[name], self.size,
+                                               digits, labels, pools[name]))
 
     def _load_source(self) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
         if self._source is None:

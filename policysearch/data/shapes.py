@@ -32,7 +32,13 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from policysearch.data.base import Sample, SampleSequence, TaskSpec
-from policysearch.errors import UserError
+from policysearch.data.generated import (
+    SPLITS,
+    GeneratedDataset,
+    check_split,
+    read_only,
+    sample_rng,
+)
 
 __all__ = [
     "CLASSES",
@@ -51,7 +57,6 @@ __all__ = [
 VERSION = 5
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 MIN_BOX_PIXELS = 12
 
 _SALT = 0x5A4E5  # keeps these seed sequences apart from other users of (seed, ...)
@@ -255,10 +260,6 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     return scene
 
 
-def _sample_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    return np.random.default_rng([_SALT, seed, SPLITS[split], index])
-
-
 def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, np.ndarray]:
     """Generate the ``n`` samples of ``split`` as stacked arrays (the cache file's content).
 
@@ -267,7 +268,7 @@ def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, n
     ``box_offsets`` (N+1,) int64: the boxes of image ``i`` are rows
     ``box_offsets[i]:box_offsets[i+1]``.
     """
-    _check_split(split)
+    check_split(split)
     images = np.empty((n, size, size, 3), dtype=np.uint8)
     masks = np.empty((n, size, size), dtype=np.uint8)
     depths = np.empty((n, size, size), dtype=np.float32)
@@ -275,7 +276,7 @@ def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, n
     offsets = np.zeros(n + 1, dtype=np.int64)
     boxes, box_labels = [], []
     for i in range(n):
-        sample = render_scene(_sample_rng(seed, split, i), size).sample
+        sample = render_scene(sample_rng(_SALT, seed, split, i), size).sample
         images[i] = sample["image"]
         masks[i] = sample["mask"]
         depths[i] = sample["depth"]
@@ -300,11 +301,6 @@ def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, n
 # Dataset
 
 
-def _check_split(split: str) -> None:
-    if split not in SPLITS:
-        raise UserError(f"unknown split {split!r}; known: {', '.join(SPLITS)}", field="split")
-
-
 class ShapesSplit(SampleSequence):
     """One split of ``shapes``: a sequence of fresh sample dicts over stacked arrays.
 
@@ -314,18 +310,8 @@ class ShapesSplit(SampleSequence):
     """
 
     def __init__(self, arrays: dict[str, np.ndarray]):
-        def frozen(key: str) -> np.ndarray:
-            arr = np.asarray(arrays[key])
-            arr.flags.writeable = False
-            return arr
-
-        self.images = frozen("images")
-        self.masks = frozen("masks")
-        self.depths = frozen("depths")
-        self.labels = frozen("labels")
-        self.boxes = frozen("boxes")
-        self.box_labels = frozen("box_labels")
-        self.box_offsets = frozen("box_offsets")
+        (self.images, self.masks, self.depths, self.labels, self.boxes, self.box_labels,
+         self.box_offsets) = read_only(arrays, _ARRAY_KEYS, copy=False)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -366,7 +352,7 @@ def _valid_arrays(arrays: dict[str, np.ndarray], n: int, size: int) -> bool:
     )
 
 
-class ShapesDataset:
+class ShapesDataset(GeneratedDataset[ShapesSplit]):
     """The built-in ``shapes`` dataset (see the module docstring).
 
     Splits are generated on first use and cached under ``cache_dir`` (default
@@ -381,59 +367,29 @@ class ShapesDataset:
         TaskSpec("depth", "depth"),
     )
 
-    def __init__(
-        self,
-        seed: int = 0,
-        size: int = 64,
-        n_train: int = 400,
-        n_val: int = 200,
-        n_test: int = 500,
-        cache_dir: str | Path | None = None,
-    ):
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise UserError(f"seed must be a non-negative integer, not {seed!r}", field="seed")
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 16:
-            raise UserError(f"size must be an integer >= 16, not {size!r}", field="size")
-        counts = {"train": n_train, "val": n_val, "test": n_test}
-        for split, n in counts.items():
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-                raise UserError(f"n_{split} must be a positive integer, not {n!r}",
-                                field=f"n_{split}")
-        self.seed = int(seed)
-        self.size = int(size)
-        self.counts = {k: int(v) for k, v in counts.items()}
+    def __init__(self, seed: int = 0, size: int = 64, n_train: int = 400, n_val: int = 200,
+                 n_test: int = 500, cache_dir: str | Path | None = None):
+        super().__init__(seed, size, n_train, n_val, n_test)
         self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-        self._splits: dict[str, ShapesSplit] = {}
-
-    def __repr__(self) -> str:
-        return (f"ShapesDataset(seed={self.seed}, size={self.size}, n_train={self.counts['train']}"
-                f", n_val={self.counts['val']}, n_test={self.counts['test']})")
 
     def cache_path(self, split: str) -> Path:
         """The cache file of ``split`` (named by a hash of the generator's parameters)."""
-        _check_split(split)
+        check_split(split)
         params = {"version": VERSION, "seed": self.seed, "size": self.size, "split": split,
                   "n": self.counts[split]}
         digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
         directory = self.cache_dir if self.cache_dir is not None else default_cache_dir()
         return directory / f"shapes-v{VERSION}-{split}-{digest}.npz"
 
-    def split(self, name: str) -> ShapesSplit:
-        """``train``, ``val`` or ``test``, loaded from the cache or generated and cached."""
-        _check_split(name)
-        if name not in self._splits:
-            self._splits[name] = ShapesSplit(self._load_or_generate(name))
-        return self._splits[name]
-
-    def _load_or_generate(self, split: str) -> dict[str, np.ndarray]:
-        path = self.cache_path(split)
-        n = self.counts[split]
+    def _make_split(self, name: str) -> ShapesSplit:
+        """Loaded from the cache, or generated and cached."""
+        path = self.cache_path(name)
+        n = self.counts[name]
         arrays = _read_cache(path)
-        if arrays is not None and _valid_arrays(arrays, n, self.size):
-            return arrays
-        arrays = generate_split(self.seed, split, n, self.size)
-        _write_cache(path, arrays)
-        return arrays
+        if arrays is None or not _valid_arrays(arrays, n, self.size):
+            arrays = generate_split(self.seed, name, n, self.size)
+            _write_cache(path, arrays)
+        return ShapesSplit(arrays)
 
 
 def _read_cache(path: Path) -> dict[str, np.ndarray] | None:

@@ -2,7 +2,8 @@
 
 One subclass per task *kind* (classification, segmentation, …), registered in ``TASK_KINDS``;
 ``make_task(spec)`` builds the task of a dataset's ``TaskSpec``. ``DenseDecoder`` is the FPN-lite
-decoder shared by the dense heads (segmentation, depth, detection).
+decoder shared by the dense heads (segmentation, depth, detection); ``MetricsEvaluator`` the base
+of the evaluators made of torchmetrics metrics (classification, segmentation).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torchmetrics import Metric
 
 from policysearch.data.base import Sample, TaskSpec
 from policysearch.errors import UserError
@@ -36,6 +38,27 @@ class Evaluator(Protocol):
     def update(self, output: Any, targets: Any) -> None: ...
 
     def compute(self) -> dict[str, float]: ...
+
+
+class MetricsEvaluator:
+    """An evaluator over named torchmetrics metrics that all see the same batches; every value
+    is 0.0 while none was added. Subclasses turn ``update``'s output and targets into
+    predictions and pass them to ``add``."""
+
+    def __init__(self, **metrics: Metric):
+        self.metrics = metrics
+        self.added = False
+
+    def add(self, preds: Tensor, targets: Tensor) -> None:
+        """Update every metric with one batch of predictions and targets."""
+        for metric in self.metrics.values():
+            metric.update(preds, targets)
+        self.added = True
+
+    def compute(self) -> dict[str, float]:
+        if not self.added:
+            return dict.fromkeys(self.metrics, 0.0)
+        return {name: float(metric.compute()) for name, metric in self.metrics.items()}
 
 
 class Task(ABC):

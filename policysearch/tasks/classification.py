@@ -1,8 +1,13 @@
-"""Image classification: pooled coarsest feature → MLP → logits; cross-entropy."""
+"""Image classification: pooled coarsest feature → MLP → logits; cross-entropy.
+
+``PooledTask`` is the base of the image-level kinds (classification, multilabel): that head, one
+output per class.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +15,7 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy, MulticlassF1Score
 
 from policysearch.data.base import Sample, TaskSpec
-from policysearch.tasks.base import MetricInfo, Task, register_task_kind
+from policysearch.tasks.base import MetricInfo, MetricsEvaluator, Task, register_task_kind
 
 MISSING = -100  # label of a sample without this target (partial labels); ignored by loss/metrics
 
@@ -30,28 +35,36 @@ class ClassificationHead(nn.Module):
         return self.mlp(torch.cat([x.mean(dim=(2, 3)), x.amax(dim=(2, 3))], dim=1))
 
 
-class ClassificationEvaluator:
+class ClassificationEvaluator(MetricsEvaluator):
     """Accuracy (micro) and macro F1 over all labelled samples of a split."""
 
     def __init__(self, num_classes: int):
-        self.accuracy = MulticlassAccuracy(num_classes, average="micro")
-        self.f1 = MulticlassF1Score(num_classes, average="macro")
+        super().__init__(accuracy=MulticlassAccuracy(num_classes, average="micro"),
+                         macro_f1=MulticlassF1Score(num_classes, average="macro"))
 
     def update(self, output: Tensor, targets: Tensor) -> None:
         preds = output.detach().argmax(dim=1).cpu()
         targets = targets.cpu()
         keep = targets != MISSING
         if keep.any():
-            self.accuracy.update(preds[keep], targets[keep])
-            self.f1.update(preds[keep], targets[keep])
-
-    def compute(self) -> dict[str, float]:
-        if not self.accuracy.update_called:
-            return {"accuracy": 0.0, "macro_f1": 0.0}
-        return {"accuracy": float(self.accuracy.compute()), "macro_f1": float(self.f1.compute())}
+            self.add(preds[keep], targets[keep])
 
 
-class ClassificationTask(Task):
+class PooledTask(Task):
+    """An image-level task: ``ClassificationHead`` on the coarsest features, one output per
+    class of ``spec.num_classes`` (``num_classes``, at least ``min_classes``)."""
+
+    min_classes: ClassVar[int]
+
+    def __init__(self, spec: TaskSpec):
+        super().__init__(spec)
+        self.num_classes = self._require_classes(self.min_classes)
+
+    def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
+        return ClassificationHead(channels[-1], self.num_classes)
+
+
+class ClassificationTask(PooledTask):
     """Single-label classification; the target is an int in 0..num_classes-1."""
 
     kind = "classification"
@@ -59,13 +72,7 @@ class ClassificationTask(Task):
         MetricInfo("accuracy", higher_is_better=True, primary=True),
         MetricInfo("macro_f1", higher_is_better=True, primary=False),
     )
-
-    def __init__(self, spec: TaskSpec):
-        super().__init__(spec)
-        self.num_classes = self._require_classes(2)
-
-    def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
-        return ClassificationHead(channels[-1], self.num_classes)
+    min_classes = 2
 
     def collate(self, samples: Sequence[Sample]) -> Tensor:
         key = self.spec.target_key()

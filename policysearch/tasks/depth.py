@@ -3,37 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policysearch.data.base import Sample, TaskSpec
-from policysearch.tasks.base import (
-    DensePredictionHead,
-    MetricInfo,
-    Task,
-    as_tensor,
-    image_size,
-    register_task_kind,
-    resize_to,
-)
+from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind, resize_to
+from policysearch.tasks.dense import ActivatedDenseHead, DenseTask
 
 
 def valid_depth(depth: Tensor) -> Tensor:
     """Pixels with a usable ground-truth depth (> 0 and finite)."""
     return (depth > 0) & torch.isfinite(depth)
-
-
-class DepthHead(nn.Module):
-    """Dense 1-channel prediction made positive with softplus; output B×1×H×W."""
-
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], width: int = 32):
-        super().__init__()
-        self.dense = DensePredictionHead(channels, strides, 1, width=width)
-
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        return F.softplus(self.dense(features))
 
 
 class DepthEvaluator:
@@ -60,8 +42,8 @@ class DepthEvaluator:
         return {"abs_err": self.abs_sum / n, "rel_err": self.rel_sum / n}
 
 
-class DepthTask(Task):
-    """Per-pixel depth (float32, ≤ 0 = invalid)."""
+class DepthTask(DenseTask):
+    """Per-pixel depth (float32, ≤ 0 = invalid); targets collate to B×H×W float32 maps."""
 
     kind = "depth"
     metrics = (
@@ -69,22 +51,16 @@ class DepthTask(Task):
         MetricInfo("rel_err", higher_is_better=False, primary=True),
     )
 
-    def __init__(self, spec: TaskSpec, width: int = 32):
-        super().__init__(spec)
-        self.width = width
-
     def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
-        return DepthHead(channels, strides, width=self.width)
+        """Dense 1-channel prediction made positive with softplus; output B×1×H×W."""
+        return ActivatedDenseHead(channels, strides, 1, F.softplus, width=self.width)
 
-    def collate(self, samples: Sequence[Sample]) -> Tensor:
-        """B×H×W float32 depth maps; a sample without depth is all invalid (zeros)."""
-        key = self.spec.target_key()
-        maps = []
-        for s in samples:
-            d = s.get(key)
-            maps.append(torch.zeros(image_size(s)) if d is None
-                        else as_tensor(d, torch.float32).reshape(image_size(s)))
-        return torch.stack(maps)
+    def missing_map(self, size: tuple[int, int]) -> Tensor:
+        """All invalid (zeros)."""
+        return torch.zeros(size)
+
+    def target_map(self, value: Any, size: tuple[int, int]) -> Tensor:
+        return as_tensor(value, torch.float32).reshape(size)
 
     def loss(self, output: Tensor, targets: Tensor) -> Tensor:
         pred = resize_to(output, targets.shape[-2:])[:, 0]

@@ -10,17 +10,17 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 from torchmetrics.functional.classification import (
     binary_accuracy,
     binary_average_precision,
     binary_f1_score,
 )
 
-from policysearch.data.base import Sample, TaskSpec
+from policysearch.data.base import Sample
 from policysearch.errors import DataError
-from policysearch.tasks.base import MetricInfo, Task, as_tensor, register_task_kind
-from policysearch.tasks.classification import ClassificationHead
+from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind
+from policysearch.tasks.classification import PooledTask
 
 UNKNOWN = -1  # target entry without a label; ignored by loss and metrics
 
@@ -77,7 +77,7 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values) if values else 0.0
 
 
-class MultilabelTask(Task):
+class MultilabelTask(PooledTask):
     """K binary attributes per image; ``spec.num_classes`` is K.
 
     Primary metrics (Δm%): ``mean_acc`` and ``map``. ``mean_acc`` is the number CelebA
@@ -95,13 +95,12 @@ class MultilabelTask(Task):
         MetricInfo("macro_f1", higher_is_better=True, primary=False),
         MetricInfo("map", higher_is_better=True, primary=True),
     )
+    min_classes = 1
 
-    def __init__(self, spec: TaskSpec):
-        super().__init__(spec)
-        self.num_labels = self._require_classes(1)
-
-    def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
-        return ClassificationHead(channels[-1], self.num_labels)
+    @property
+    def num_labels(self) -> int:
+        """K, the number of attributes (``num_classes``)."""
+        return self.num_classes
 
     def collate(self, samples: Sequence[Sample]) -> Tensor:
         """B×K float32 in {1, 0, -1}; a sample without the target is all -1 (unknown)."""

@@ -8,22 +8,15 @@ normals: angle error in degrees pooled over every valid pixel of the split.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policysearch.data.base import Sample, TaskSpec
 from policysearch.errors import DataError
-from policysearch.tasks.base import (
-    DensePredictionHead,
-    MetricInfo,
-    Task,
-    as_tensor,
-    image_size,
-    register_task_kind,
-    resize_to,
-)
+from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind, resize_to
+from policysearch.tasks.dense import ActivatedDenseHead, DenseTask
 
 THRESHOLDS = (("within_11_25", 11.25), ("within_22_5", 22.5), ("within_30", 30.0))
 BIN_DEG = 0.01  # width of the median's histogram bins: its error bound, in degrees
@@ -35,20 +28,14 @@ def valid_normals(normals: Tensor) -> Tensor:
     return torch.isfinite(normals).all(dim=1) & (normals.abs().sum(dim=1) > 1e-6)
 
 
+def unit_vectors(maps: Tensor) -> Tensor:
+    """B×3×H×W vectors L2-normalised per pixel."""
+    return F.normalize(maps, dim=1)
+
+
 def unit_prediction(output: Tensor, size: Sequence[int]) -> Tensor:
     """The head's B×3×h×w output at ``size``, renormalised (bilinear resizing shortens it)."""
-    return F.normalize(resize_to(output, size), dim=1)
-
-
-class NormalsHead(nn.Module):
-    """Dense 3-channel prediction, L2-normalised per pixel; output B×3×H×W unit vectors."""
-
-    def __init__(self, channels: Sequence[int], strides: Sequence[int], width: int = 32):
-        super().__init__()
-        self.dense = DensePredictionHead(channels, strides, 3, width=width)
-
-    def forward(self, features: Sequence[Tensor]) -> Tensor:
-        return F.normalize(self.dense(features), dim=1)
+    return unit_vectors(resize_to(output, size))
 
 
 class NormalsEvaluator:
@@ -74,7 +61,7 @@ class NormalsEvaluator:
         valid = valid_normals(gt)
         if not valid.any():
             return
-        cos = (pred * F.normalize(gt, dim=1)).sum(dim=1)[valid].clamp(-1.0, 1.0)
+        cos = (pred * unit_vectors(gt)).sum(dim=1)[valid].clamp(-1.0, 1.0)
         angles = torch.rad2deg(torch.acos(cos))
         bins = (angles / BIN_DEG).long().clamp(0, NUM_BINS - 1)
         self.counts += torch.bincount(bins, minlength=NUM_BINS).cpu().double()
@@ -101,8 +88,11 @@ class NormalsEvaluator:
         return float(self.sums[b] / self.counts[b])
 
 
-class NormalsTask(Task):
-    """Per-pixel unit surface normals; all five LibMTL metrics enter Δm%, as in LibMTL."""
+class NormalsTask(DenseTask):
+    """Per-pixel unit surface normals; all five LibMTL metrics enter Δm%, as in LibMTL.
+
+    Targets collate to B×3×H×W float32 (channels first, like the head's output).
+    """
 
     kind = "normals"
     metrics = (
@@ -111,31 +101,22 @@ class NormalsTask(Task):
         *(MetricInfo(name, higher_is_better=True, primary=True) for name, _ in THRESHOLDS),
     )
 
-    def __init__(self, spec: TaskSpec, width: int = 32):
-        super().__init__(spec)
-        self.width = width
-
     def make_head(self, channels: Sequence[int], strides: Sequence[int]) -> nn.Module:
-        return NormalsHead(channels, strides, width=self.width)
+        """Dense 3-channel prediction, L2-normalised per pixel; output B×3×H×W unit vectors."""
+        return ActivatedDenseHead(channels, strides, 3, unit_vectors, width=self.width)
 
-    def collate(self, samples: Sequence[Sample]) -> Tensor:
-        """B×3×H×W float32 (channels first, like the head's output); a sample without normals is
-        all zeros (invalid)."""
-        key = self.spec.target_key()
-        maps = []
-        for s in samples:
-            size = image_size(s)
-            n = s.get(key)
-            if n is None:
-                maps.append(torch.zeros(3, *size))
-                continue
-            n = as_tensor(n, torch.float32)
-            if tuple(n.shape) != (*size, 3):
-                raise DataError(f"task {self.name!r}: normals of shape {tuple(n.shape)} for an "
-                                f"image of {size[0]}×{size[1]}, expected "
-                                f"{size[0]}×{size[1]}×3", field=key)
-            maps.append(n.permute(2, 0, 1))
-        return torch.stack(maps)
+    def missing_map(self, size: tuple[int, int]) -> Tensor:
+        """All zeros (invalid)."""
+        return torch.zeros(3, *size)
+
+    def target_map(self, value: Any, size: tuple[int, int]) -> Tensor:
+        """H×W×3 normals, channels moved first; another shape is a ``DataError``."""
+        n = as_tensor(value, torch.float32)
+        if tuple(n.shape) != (*size, 3):
+            raise DataError(f"task {self.name!r}: normals of shape {tuple(n.shape)} for an "
+                            f"image of {size[0]}×{size[1]}, expected "
+                            f"{size[0]}×{size[1]}×3", field=self.spec.target_key())
+        return n.permute(2, 0, 1)
 
     def loss(self, output: Tensor, targets: Tensor) -> Tensor:
         """1 − cosine similarity, mean over the valid pixels of the batch (LibMTL, MTAN)."""
@@ -143,7 +124,7 @@ class NormalsTask(Task):
         valid = valid_normals(targets)
         if not valid.any():
             return pred.sum() * 0.0  # keeps the graph for weightings that need it
-        gt = F.normalize(torch.nan_to_num(targets), dim=1)
+        gt = unit_vectors(torch.nan_to_num(targets))
         cos = (pred * gt).sum(dim=1)
         return 1.0 - cos[valid].mean()
 
