@@ -1,0 +1,375 @@
+"""The policy data types: ``Slot``, the shared structures (``SubPolicies``,
+``RandAugmentSpec``, ``TrivialAugmentSpec``), ``Weighting``, ``Phase`` and ``Policy``.
+
+The *shared* part of a policy has a **structure**:
+
+=================  ==========================================  ===================================
+structure          ``Policy.shared``                           YAML ``shared:``
+=================  ==========================================  ===================================
+``sequence``       ``tuple[Slot, ...]``: slots in order,       ``[{op, p, magnitude}, ...]``
+                   each with its p
+``subpolicies``    ``SubPolicies``: one sub-policy picked      ``[[{op, p, magnitude}, ...], ...]``
+                   uniformly per sample, its slots in order
+``randaugment``    ``RandAugmentSpec``: n ops drawn with       ``{n: 2, magnitude: 0.3, mstd: 0.0,
+                   replacement, each at exact magnitude (or    ops: [...]}``
+                   N(magnitude, mstd) clipped), p=1
+``trivialaugment`` ``TrivialAugmentSpec``: one op per sample,  ``{ops: [...]}``
+                   magnitude uniform in [0, 1], wide ranges
+=================  ==========================================  ===================================
+
+Per-task slots are always a plain sequence (a task's extra view). Every structure compiles to
+stock albumentations blocks (``OneOf``, ``Sequential``, ``RandomOrder``), so exported files load
+with plain ``A.load``.
+
+**Schedules** (population-based searches, PBA): a policy may carry a ``schedule``, a list
+of phases (``Phase``), each the shared and per-task slots in force from its ``from_epoch``
+(epochs count from 0) until the next phase's. Phases have the policy's structure and give
+slots to the same tasks (so the views never change); the weighting stays one per policy. The
+policy's own ``shared`` / ``per_task`` are the last phase's (what training ends with). YAML::
+
+    shared: [...]                # = the last phase's
+    per_task: {...}
+    schedule:
+    - {from_epoch: 0, shared: [...], per_task: {...}}
+    - {from_epoch: 4, shared: [...], per_task: {...}}
+
+Replaying: ``policy.at_epoch(e)`` is the plain policy in force at epoch ``e``;
+``policy.transform()`` follows the schedule (``aug.set_epoch(e)`` at the start of each epoch);
+``policy.transform(epoch=e)`` starts at epoch ``e``.
+
+Every ``Policy`` is checked (``policysearch.augment.schema``), whether read from YAML
+(``Policy.from_dict``) or built in code. The modules that check, compile, run and
+write policies build on these types, so ``Policy``'s methods import them when called.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+from policysearch.augment.ops import RANDAUGMENT_OPS, TRIVIALAUGMENT_OPS
+from policysearch.errors import UserError
+
+if TYPE_CHECKING:
+    import albumentations as A
+
+    from policysearch.augment.runtime import MultiTaskAugment
+
+STRUCTURES = ("sequence", "subpolicies", "randaugment", "trivialaugment")
+# The name of the shared view (and so no task's name).
+SHARED = "shared"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One (op, probability, magnitude)."""
+
+    op: str
+    p: float
+    magnitude: float
+
+
+@dataclass(frozen=True)
+class SubPolicies:
+    """AutoAugment's structure: one sub-policy (a sequence of slots) picked uniformly per
+    sample, then its slots applied in order, each with its p."""
+
+    policies: tuple[tuple[Slot, ...], ...]
+
+    def __post_init__(self) -> None:
+        if isinstance(self.policies, (list, tuple)):
+            object.__setattr__(self, "policies", tuple(
+                tuple(sp) if isinstance(sp, (list, tuple)) else sp for sp in self.policies
+            ))
+
+
+@dataclass(frozen=True)
+class RandAugmentSpec:
+    """RandAugment: ``n`` ops drawn uniformly *with replacement* from ``ops``, each applied
+    (p=1) at ``magnitude`` with a random sign for signed ops. ``mstd`` > 0 draws the magnitude
+    per application from N(magnitude, mstd) clipped to [0, 1] (timm). Defaults: torchvision's
+    RandAugment (N=2, M=9 of 30, its 14 ops)."""
+
+    n: int = 2
+    magnitude: float = 0.3
+    mstd: float = 0.0
+    ops: tuple[str, ...] = RANDAUGMENT_OPS
+    scale: str = "standard"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ops, list):
+            object.__setattr__(self, "ops", tuple(self.ops))
+
+
+@dataclass(frozen=True)
+class TrivialAugmentSpec:
+    """TrivialAugment: exactly one op drawn uniformly per sample, its magnitude drawn
+    uniformly in [0, 1] per application, on the ``wide`` ranges by default. Default ops:
+    torchvision's TrivialAugmentWide."""
+
+    ops: tuple[str, ...] = TRIVIALAUGMENT_OPS
+    scale: str = "wide"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.ops, list):
+            object.__setattr__(self, "ops", tuple(self.ops))
+
+
+Shared: TypeAlias = tuple[Slot, ...] | SubPolicies | RandAugmentSpec | TrivialAugmentSpec
+# The structure of each type of ``shared``.
+STRUCTURE_OF: dict[type, str] = {
+    tuple: "sequence",
+    SubPolicies: "subpolicies",
+    RandAugmentSpec: "randaugment",
+    TrivialAugmentSpec: "trivialaugment",
+}
+
+
+@dataclass
+class Weighting:
+    """How task losses are combined: a method (``static``, ``equal`` or a dynamic one such as
+    ``dwa``; see ``policysearch.weighting_names.METHODS``), per-task ``weights`` (used by
+    ``static``; kept as a record by the others) and the method's hyper-parameters ``params``
+    (plain numbers; one left out takes its default). YAML:
+    ``{method: dwa, weights: {...}, params: {temperature: 2.0}}``, ``params`` optional."""
+
+    method: str = "static"
+    weights: dict[str, float] = field(default_factory=dict)
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Phase:
+    """One phase of a schedule: the shared and per-task slots in force from epoch
+    ``from_epoch`` (counted from 0) until the next phase's. ``shared`` has the structure of the
+    policy that holds the phase; YAML ``{from_epoch: 4, shared: [...], per_task: {...}}``."""
+
+    from_epoch: int
+    shared: Shared = ()
+    per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.shared, list):
+            self.shared = tuple(self.shared)
+        self.per_task = _tuple_slots(self.per_task)
+
+
+@dataclass
+class Policy:
+    """An augmentation policy for a set of tasks: shared slots, per-task slots, the loss
+    weighting and where the policy came from.
+
+    ``shared`` is a tuple of slots (``structure`` sequence), ``SubPolicies``,
+    ``RandAugmentSpec`` or ``TrivialAugmentSpec``; ``structure`` follows from its type when
+    left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
+
+    ``schedule`` (PBT results): phases (``Phase``) by epoch, the first from epoch 0, their
+    ``from_epoch`` increasing; ``shared`` and ``per_task`` left empty are then taken from the
+    last phase (given, they must equal it). ``at_epoch(e)`` resolves it; see the module
+    docstring.
+
+    The constructor checks every value (``policysearch.augment.schema.check_policy``); a
+    problem is a one-line ``UserError`` naming the field.
+    """
+
+    tasks: dict[str, str]
+    shared: Shared = ()
+    per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
+    # None: taken from the type of ``shared``; always a string once constructed.
+    structure: str | None = None
+    weighting: Weighting = field(default_factory=Weighting)
+    provenance: dict[str, Any] = field(default_factory=dict)
+    schedule: tuple[Phase, ...] = ()
+
+    def __post_init__(self) -> None:
+        from policysearch.augment.schema import check_policy
+
+        if isinstance(self.schedule, list):
+            self.schedule = tuple(self.schedule)
+        if isinstance(self.schedule, tuple):
+            for phase in self.schedule:
+                if isinstance(phase, Phase) and self.structure == "subpolicies" \
+                        and isinstance(phase.shared, tuple):
+                    phase.shared = SubPolicies(phase.shared)
+            last = self.schedule[-1] if self.schedule else None
+            if isinstance(last, Phase):
+                # Left empty: the last phase's (given, they must equal it).
+                if self.shared in ((), []):
+                    self.shared = last.shared
+                if not self.per_task:
+                    self.per_task = dict(last.per_task)
+                if self.structure is None:
+                    self.structure = STRUCTURE_OF.get(type(last.shared), "sequence")
+        if isinstance(self.shared, (list, tuple)):
+            if self.structure == "subpolicies":
+                self.shared = SubPolicies(tuple(self.shared))
+            else:
+                self.shared = tuple(self.shared)
+        if self.structure is None:
+            self.structure = STRUCTURE_OF.get(type(self.shared), "sequence")
+        if isinstance(self.per_task, Mapping):
+            self.per_task = _tuple_slots(self.per_task)
+        check_policy(self, "<policy>")
+
+    # --- schedules -----------------------------------------------------------------------------
+
+    def at_epoch(self, epoch: int) -> Policy:
+        """The plain policy (no schedule) in force at ``epoch`` (counted from 0): that of the
+        last phase whose ``from_epoch`` is at most ``epoch``. A policy without a schedule
+        returns itself. Tasks, structure, weighting and provenance are this policy's."""
+        if not self.schedule:
+            return self
+        phase = self.schedule[self.phase_index(epoch)]
+        return Policy(tasks=dict(self.tasks), shared=phase.shared, per_task=dict(phase.per_task),
+                      structure=self.structure, weighting=self.weighting,
+                      provenance=dict(self.provenance))
+
+    def phase_index(self, epoch: int) -> int:
+        """The index in ``schedule`` of the phase in force at ``epoch`` (0 without one)."""
+        if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0:
+            raise UserError(f"an epoch is a whole number >= 0, got {epoch!r}", field="epoch")
+        index = 0
+        for i, phase in enumerate(self.schedule):
+            if phase.from_epoch <= epoch:
+                index = i
+        return index
+
+    @classmethod
+    def from_phases(cls, phases: Sequence[tuple[int, Policy]], *,
+                    weighting: Weighting | None = None,
+                    provenance: Mapping[str, Any] | None = None) -> Policy:
+        """The policy that applies each plain policy of ``(from_epoch, policy)`` from its
+        epoch on (the first from epoch 0). Consecutive phases with the same slots are merged;
+        one phase left gives a plain policy without a schedule. Tasks and structure come from
+        the policies (which must agree), weighting and provenance from the last unless given."""
+        if not phases:
+            raise ValueError("from_phases needs at least one (from_epoch, policy)")
+        merged: list[tuple[int, Policy]] = []
+        for start, policy in phases:
+            if policy.schedule:
+                raise ValueError("from_phases takes plain policies (without a schedule)")
+            if merged and _slots_key(merged[-1][1]) == _slots_key(policy):
+                continue
+            merged.append((int(start), policy))
+        last = phases[-1][1]
+        weighting = last.weighting if weighting is None else weighting
+        provenance = dict(last.provenance if provenance is None else provenance)
+        if len(merged) == 1:
+            only = merged[0][1]
+            return cls(tasks=dict(only.tasks), shared=only.shared, per_task=dict(only.per_task),
+                       structure=only.structure, weighting=weighting, provenance=provenance)
+        for _, policy in merged:
+            if policy.tasks != last.tasks or policy.structure != last.structure:
+                raise UserError("every phase must have the same tasks and structure "
+                                f"({last.structure}, {', '.join(last.tasks)})", field="schedule")
+        return cls(tasks=dict(last.tasks), structure=last.structure, weighting=weighting,
+                   provenance=provenance,
+                   schedule=tuple(Phase(start, p.shared, dict(p.per_task)) for start, p in merged))
+
+    # --- views ---------------------------------------------------------------------------------
+
+    def view_of(self, task: str) -> str:
+        """The view ``task`` trains on: its own name if it has per-task slots, else ``shared``."""
+        self._check_task(task)
+        return task if self.per_task.get(task) else SHARED
+
+    def views(self) -> tuple[str, ...]:
+        """Every view ``transform()`` produces: ``shared``, then each task with its own slots."""
+        return (SHARED, *(t for t in self.tasks if self.per_task.get(t)))
+
+    def transform(self, task: str | None = None, seed: int | None = None, *,
+                  epoch: int | None = None) -> MultiTaskAugment:
+        """The per-sample callable: ``sample -> {view: sample}``, or with ``task`` that task's
+        single view sample.
+
+        With a schedule it follows the schedule: it starts at ``epoch`` (default 0) and
+        ``set_epoch(e)`` at the start of each epoch switches to the phase in force::
+
+            aug = policy.transform()
+            for epoch in range(epochs):
+                aug.set_epoch(epoch)      # a no-op for a policy without a schedule
+                ...                       # views = aug(sample)
+
+        ``policy.at_epoch(e).transform()`` is the same augmentation as ``transform(epoch=e)``,
+        fixed to that phase.
+        """
+        from policysearch.augment.runtime import MultiTaskAugment
+
+        return MultiTaskAugment(self, task=task, seed=seed, epoch=epoch)
+
+    def to_albumentations(
+        self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None,
+        epoch: int | None = None,
+    ) -> A.Compose:
+        """A plain ``A.Compose``: the shared structure, then ``task``'s slots, albumentations keys.
+
+        A policy with a schedule needs ``epoch``: the Compose of the phase in force then (a
+        Compose cannot switch phases by itself); without a schedule ``epoch`` is ignored.
+
+        Keys: ``image``; ``mask``; ``bboxes`` (pascal_voc pixels) with label field ``labels``
+        for detection; ``depth`` as an additional mask-type target for depth (outside pixels
+        filled with 0.0, i.e. invalid). ``size`` (height, width) is required when the policy has
+        a crop, which resizes back to the input size: it defaults to ``provenance['image_size']``.
+        ``seed`` seeds one random stream shared by every transform (albumentations' own
+        ``seed=`` gives each transform the same stream, so equal-p slots would fire together).
+        """
+        from policysearch.augment.compile import task_compose
+
+        if self.schedule:
+            if epoch is None:
+                starts = ", ".join(str(p.from_epoch) for p in self.schedule)
+                raise UserError(f"the policy has a schedule (phases from epochs {starts}); pass "
+                                "epoch=E for the phase in force at epoch E", field="epoch")
+            return self.at_epoch(epoch).to_albumentations(task, size=size, seed=seed)
+        self._check_task(task)
+        return task_compose(self, task, size=size, seed=seed)
+
+    # --- serialization -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """The YAML mapping (see ``policysearch.augment.serialize``); ``schedule`` only when
+        set."""
+        from policysearch.augment.serialize import policy_dict
+
+        return policy_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
+        """Parse and validate the YAML mapping; every problem is a one-line ``UserError``."""
+        from policysearch.augment.schema import policy_from_dict
+
+        return policy_from_dict(cls, data, source)
+
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write the policy as YAML; returns ``path`` (so ``load_policy(p.to_yaml(f)) == p``)."""
+        from policysearch.augment.serialize import write_yaml
+
+        return write_yaml(self, path)
+
+    def summary(self) -> str:
+        """A short one-liner, e.g. ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)`` or
+        ``randaugment(n=2, m=.30, 14 ops)``; see ``policysearch.augment.summary``."""
+        from policysearch.augment.summary import policy_summary
+
+        return policy_summary(self)
+
+    def _check_task(self, task: str) -> None:
+        if task not in self.tasks:
+            known = ", ".join(self.tasks) or "none"
+            raise UserError(f"unknown task {task!r}; the policy's tasks: {known}", field="task")
+
+
+def _tuple_slots(per_task: Any) -> Any:
+    """``per_task`` with lists of slots made tuples (other values left for the checks)."""
+    if not isinstance(per_task, Mapping):
+        return per_task
+    return {name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
+            for name, slots in per_task.items()}
+
+
+def _slots_key(policy: Policy) -> tuple[Any, ...]:
+    """What a plain policy's augmentation is: equal keys, equal augmentation."""
+    return (policy.structure, policy.shared,
+            tuple(sorted((t, tuple(s)) for t, s in policy.per_task.items() if s)))
