@@ -37,15 +37,15 @@ Replaying: ``policy.at_epoch(e)`` is the plain policy in force at epoch ``e``;
 ``policy.transform()`` follows the schedule (``aug.set_epoch(e)`` at the start of each epoch);
 ``policy.transform(epoch=e)`` starts at epoch ``e``.
 
-Every ``Policy`` is checked (``policysearch.augment.schema``), whether read from YAML
-(``Policy.from_dict``) or built in code. The modules that check, compile, run and
+Every ``Policy`` is checked by its constructor (``policysearch.augment.schema``), whether read
+from YAML (``Policy.from_dict``) or built in code. The modules that check, compile, run and
 write policies build on these types, so ``Policy``'s methods import them when called.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import InitVar, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
 
@@ -60,6 +60,17 @@ if TYPE_CHECKING:
 STRUCTURES = ("sequence", "subpolicies", "randaugment", "trivialaugment")
 # The name of the shared view (and so no task's name).
 SHARED = "shared"
+
+
+class _LeftOut:
+    """The default of ``Policy.shared`` and ``Policy.per_task``: not given."""
+
+    def __repr__(self) -> str:
+        return "<left out>"
+
+
+# Left out of a policy with a schedule: the last phase's; else no slots.
+_LEFT_OUT: Any = _LeftOut()
 
 
 @dataclass(frozen=True)
@@ -166,24 +177,25 @@ class Policy:
     left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
 
     ``schedule`` (PBT results): phases (``Phase``) by epoch, the first from epoch 0, their
-    ``from_epoch`` increasing; ``shared`` and ``per_task`` left empty are then taken from the
+    ``from_epoch`` increasing; ``shared`` and ``per_task`` left out are then taken from the
     last phase (given, they must equal it). ``at_epoch(e)`` resolves it; see the module
     docstring.
 
     The constructor checks every value (``policysearch.augment.schema.check_policy``); a
-    problem is a one-line ``UserError`` naming the field.
+    problem is a one-line ``UserError`` naming ``source`` (default ``<policy>``) and the field.
     """
 
     tasks: dict[str, str]
-    shared: Shared = ()
-    per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
+    shared: Shared = _LEFT_OUT
+    per_task: dict[str, tuple[Slot, ...]] = _LEFT_OUT
     # None: taken from the type of ``shared``; always a string once constructed.
     structure: str | None = None
     weighting: Weighting = field(default_factory=Weighting)
     provenance: dict[str, Any] = field(default_factory=dict)
     schedule: tuple[Phase, ...] = ()
+    source: InitVar[str] = field(default="<policy>", kw_only=True)
 
-    def __post_init__(self) -> None:
+    def __post_init__(self, source: str) -> None:
         from policysearch.augment.schema import check_policy
 
         if isinstance(self.schedule, list):
@@ -195,13 +207,16 @@ class Policy:
                     phase.shared = SubPolicies(phase.shared)
             last = self.schedule[-1] if self.schedule else None
             if isinstance(last, Phase):
-                # Left empty: the last phase's (given, they must equal it).
-                if self.shared in ((), []):
+                if self.shared is _LEFT_OUT:
                     self.shared = last.shared
-                if not self.per_task:
+                if self.per_task is _LEFT_OUT:
                     self.per_task = dict(last.per_task)
                 if self.structure is None:
                     self.structure = STRUCTURE_OF.get(type(last.shared), "sequence")
+        if self.shared is _LEFT_OUT:
+            self.shared = ()
+        if self.per_task is _LEFT_OUT:
+            self.per_task = {}
         if isinstance(self.shared, (list, tuple)):
             if self.structure == "subpolicies":
                 self.shared = SubPolicies(tuple(self.shared))
@@ -211,7 +226,7 @@ class Policy:
             self.structure = STRUCTURE_OF.get(type(self.shared), "sequence")
         if isinstance(self.per_task, Mapping):
             self.per_task = _tuple_slots(self.per_task)
-        check_policy(self, "<policy>")
+        check_policy(self, source)
 
     # --- schedules -----------------------------------------------------------------------------
 
@@ -337,10 +352,12 @@ class Policy:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<policy>") -> Policy:
-        """Parse and validate the YAML mapping; every problem is a one-line ``UserError``."""
-        from policysearch.augment.schema import policy_from_dict
+        """The policy of a YAML mapping; every problem is a one-line ``UserError`` naming
+        ``source`` and the field. The mapping is read into this constructor's arguments, which
+        the constructor checks (``policysearch.augment.schema``)."""
+        from policysearch.augment.schema import policy_arguments
 
-        return policy_from_dict(cls, data, source)
+        return cls(**policy_arguments(data, source), source=source)
 
     def to_yaml(self, path: str | Path) -> Path:
         """Write the policy as YAML; returns ``path`` (so ``load_policy(p.to_yaml(f)) == p``)."""
