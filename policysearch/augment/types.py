@@ -228,6 +228,19 @@ class Policy:
             self.per_task = _tuple_slots(self.per_task)
         check_policy(self, source)
 
+    # --- what it augments ----------------------------------------------------------------------
+
+    def augmentation_key(self) -> tuple[Any, ...]:
+        """What decides how this policy augments, hashable; training and ``from_phases`` tell
+        policies apart by it. Equal keys: the same structure, shared slots, per-task slots of
+        the same tasks (so the same views, each with the same transforms) and schedule phases.
+        The tasks' kinds and order, the weighting and the provenance are not part of it."""
+        phases = [(p.from_epoch, p.shared, p.per_task) for p in self.schedule] \
+            or [(0, self.shared, self.per_task)]
+        return (self.structure, tuple(
+            (start, shared, tuple(sorted((t, s) for t, s in per_task.items() if s)))
+            for start, shared, per_task in phases))
+
     # --- schedules -----------------------------------------------------------------------------
 
     def at_epoch(self, epoch: int) -> Policy:
@@ -256,16 +269,17 @@ class Policy:
                     weighting: Weighting | None = None,
                     provenance: Mapping[str, Any] | None = None) -> Policy:
         """The policy that applies each plain policy of ``(from_epoch, policy)`` from its
-        epoch on (the first from epoch 0). Consecutive phases with the same slots are merged;
-        one phase left gives a plain policy without a schedule. Tasks and structure come from
-        the policies (which must agree), weighting and provenance from the last unless given."""
+        epoch on (the first from epoch 0). Consecutive phases that augment alike
+        (``augmentation_key``) are merged; one phase left gives a plain policy without a
+        schedule. Tasks and structure come from the policies (which must agree), weighting and
+        provenance from the last unless given."""
         if not phases:
             raise ValueError("from_phases needs at least one (from_epoch, policy)")
         merged: list[tuple[int, Policy]] = []
         for start, policy in phases:
             if policy.schedule:
                 raise ValueError("from_phases takes plain policies (without a schedule)")
-            if merged and _slots_key(merged[-1][1]) == _slots_key(policy):
+            if merged and merged[-1][1].augmentation_key() == policy.augmentation_key():
                 continue
             merged.append((int(start), policy))
         last = phases[-1][1]
@@ -384,9 +398,3 @@ def _tuple_slots(per_task: Any) -> Any:
         return per_task
     return {name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
             for name, slots in per_task.items()}
-
-
-def _slots_key(policy: Policy) -> tuple[Any, ...]:
-    """What a plain policy's augmentation is: equal keys, equal augmentation."""
-    return (policy.structure, policy.shared,
-            tuple(sorted((t, tuple(s)) for t, s in policy.per_task.items() if s)))
