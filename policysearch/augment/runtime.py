@@ -33,7 +33,7 @@ class _View:
 
     __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported")
 
-    def __init__(self, name: str, shared: Shared):
+    def __init__(self, name: str, shared: Shared) -> None:
         self.name = name
         transforms, ops = compile_shared(shared)
         self.spatial = any(op.kind == "geometric" for op in ops)
@@ -84,7 +84,7 @@ class MultiTaskAugment:
     """
 
     def __init__(self, policy: Policy, *, task: str | None = None, seed: int | None = None,
-                 epoch: int | None = None):
+                 epoch: int | None = None) -> None:
         if policy.structure not in STRUCTURES:
             raise UserError(f"structure {policy.structure!r} is not supported", field="structure")
         self.policy = policy
@@ -138,6 +138,7 @@ class MultiTaskAugment:
         raise UserError(f"unknown view {view!r}; views: {', '.join(self.views)}", field="view")
 
     def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
+        """``{view: sample}`` for ``sample`` (with ``task``: that task's view sample)."""
         shared = _apply(self._shared, sample)
         if self.task is not None:
             return _apply(self._task_views[0], shared) if self._task_views else shared
