@@ -400,19 +400,18 @@ class Trainer:
 
     def _augment_for(self, phase: Policy) -> MultiTaskAugment:
         """One compiled augmentation per distinct plain policy (reseeded every epoch)."""
-        key = (phase.structure, phase.shared,
-               tuple(sorted((t, s) for t, s in phase.per_task.items() if s)))
+        key = phase.augmentation_key()
         augment = self._augments.get(key)
         if augment is None:
             augment = self._augments[key] = phase.transform(seed=self.seed)
         return augment
 
     def _record_phase(self, phase: Policy) -> None:
-        data = phase.to_dict()
-        keep = ("structure", "shared", "per_task")
-        if self._phases and all(self._phases[-1][1].get(k) == data[k] for k in keep):
-            return
-        self._phases.append((self.epoch, data))
+        if self._phases:
+            last = Policy.from_dict(self._phases[-1][1], source="trainer state")
+            if last.augmentation_key() == phase.augmentation_key():
+                return
+        self._phases.append((self.epoch, phase.to_dict()))
 
 
 def _to_cpu(value: Any) -> Any:

@@ -1,6 +1,6 @@
 """Names and hyper-parameters of the loss-weighting methods, as plain data (no torch).
 
-The policy YAML (``policysearch.augment.policy``) and the search-space schema
+The policy YAML (``policysearch.augment.schema``) and the search-space schema
 (``policysearch.config``) validate method and hyper-parameter names against ``METHODS``; the
 classes of ``policysearch.weighting`` take the same names as constructor arguments, with these
 defaults. ``policysearch.weighting.register_weighting`` adds a user's own method here.

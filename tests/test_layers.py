@@ -1,6 +1,7 @@
 """The import rules of docs/architecture.md, checked on the source: no import cycle inside the
-package (function-level imports included), the augmentation package imports no training or
-search module, training imports no engine, and no engine imports another."""
+package (function-level imports included; imports for type checking only are not run), the
+augmentation package imports no training or search module, training imports no engine, and
+no engine imports another."""
 
 from __future__ import annotations
 
@@ -24,10 +25,17 @@ def _modules() -> dict[str, Path]:
 
 
 def _imports(path: Path, known: dict[str, Path]) -> set[str]:
-    """The package modules ``path`` imports anywhere (top level, functions, TYPE_CHECKING
-    blocks), each resolved to the module that defines the imported name."""
+    """The package modules ``path`` imports at run time, anywhere (top level or in a function;
+    not in an ``if TYPE_CHECKING:`` block), each resolved to the module that defines the
+    imported name."""
     found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    type_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                 and ast.unparse(block.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING")
+                 for stmt in block.body for n in ast.walk(stmt)}
+    for node in ast.walk(tree):
+        if id(node) in type_only:
+            continue
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:

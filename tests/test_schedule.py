@@ -12,8 +12,7 @@ import numpy as np
 import pytest
 import yaml
 
-from policysearch.augment import Policy, Slot, Weighting, load_policy
-from policysearch.augment.policy import Phase
+from policysearch.augment import Phase, Policy, Slot, Weighting, load_policy
 from policysearch.errors import UserError
 from policysearch.exports.best_policy import export_policy
 from tests.test_policy import check_bad_policy_file

@@ -66,25 +66,24 @@ from policysearch.augment.ops import (  # noqa: E402
     get_op,
     register_op,
 )
-from policysearch.augment.policy import (  # noqa: E402
-    SCHEMA,
-    STRUCTURES,
-    MultiTaskAugment,
-    Phase,
-    Policy,
-    RandAugmentSpec,
-    Slot,
-    SubPolicies,
-    TrivialAugmentSpec,
-    Weighting,
-    load_policy,
-)
+from policysearch.augment.policy import Policy, load_policy  # noqa: E402
+from policysearch.augment.runtime import MultiTaskAugment  # noqa: E402
+from policysearch.augment.schema import SCHEMA  # noqa: E402
 from policysearch.augment.seeding import augments_of, seed_worker  # noqa: E402
 from policysearch.augment.timm_strings import (  # noqa: E402
     magnitude_scales,
     parse_timm_string,
     timm_magnitude,
     torchvision_magnitude,
+)
+from policysearch.augment.types import (  # noqa: E402
+    STRUCTURES,
+    Phase,
+    RandAugmentSpec,
+    Slot,
+    SubPolicies,
+    TrivialAugmentSpec,
+    Weighting,
 )
 
 

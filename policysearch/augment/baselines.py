@@ -19,14 +19,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from policysearch.augment.ops import RANDAUGMENT_OPS, TRIVIALAUGMENT_OPS
-from policysearch.augment.policy import (
-    Policy,
+from policysearch.augment.policy import Policy
+from policysearch.augment.timm_strings import is_timm_string, parse_timm_string
+from policysearch.augment.types import (
     RandAugmentSpec,
     Slot,
     SubPolicies,
     TrivialAugmentSpec,
 )
-from policysearch.augment.timm_strings import is_timm_string, parse_timm_string
 from policysearch.errors import UserError
 
 BaselineFactory = Callable[[dict[str, str]], Policy]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from policysearch.augment.policy import MultiTaskAugment
+from policysearch.augment.runtime import MultiTaskAugment
 
 __all__ = ["seed_worker", "augments_of"]
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 
 from policysearch.augment.ops import RANDAUGMENT_OPS
-from policysearch.augment.policy import RandAugmentSpec
+from policysearch.augment.types import RandAugmentSpec
 from policysearch.errors import UserError
 
 TIMM_KEYS = ("n", "m", "mstd", "mmax")

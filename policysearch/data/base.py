@@ -9,7 +9,7 @@ from typing import Any, Protocol, overload
 
 from policysearch.errors import UserError
 
-# Target keys of a sample dict by task kind (design.md, "The flow").
+# Target keys of a sample dict by task kind (see the README, "Datasets").
 TARGET_KEYS: dict[str, tuple[str, ...]] = {
     "classification": ("label",),
     "multilabel": ("attributes",),  # K-vector: 1 present, 0 absent, -1 unknown

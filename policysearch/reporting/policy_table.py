@@ -6,7 +6,7 @@ from __future__ import annotations
 from rich.table import Table
 
 from policysearch.augment import Policy
-from policysearch.augment.policy import RandAugmentSpec, Shared, Slot, SubPolicies
+from policysearch.augment.types import RandAugmentSpec, Shared, Slot, SubPolicies
 
 __all__ = ["policy_rows", "policy_table", "policy_notes"]
 
