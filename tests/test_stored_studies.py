@@ -243,6 +243,29 @@ def test_stored_reruns_are_shown(tmp_path: Path) -> None:
     assert "seed noise:" in printed
 
 
+@pytest.mark.slow
+def test_reeval_of_a_ray_experiment_stores_its_runs_beside_it(tmp_path: Path) -> None:
+    out = _copy("ray", tmp_path)
+    expected = _expected("ray")
+    best = min((n for n, row in expected.items() if row["role"] == "search" and row["rank"]),
+               key=lambda n: float(expected[n]["rank"]))
+    args = ("results", "--out", out, "--reeval", 1, "--seeds", 1, "--device", "cpu",
+            "--threads", 1, "--format", "csv")
+    done = _cli(*args)
+    assert "trained 2 runs, reused 0 stored runs" in done.stderr
+    stored = {json.loads(p.read_text())["key"] for p in (out / "reruns").glob("*.json")}
+    assert stored == {"rerun:reference:1", f"rerun:trial:{best}:1"}
+    row = _by_trial(done.stdout)[best]
+    assert row["seeds"] == "2" and math.isfinite(float(row["delta_m_mean"]))
+    # The trials themselves are unchanged; a second run reuses what is stored.
+    table = _by_trial(done.stdout)
+    for number, old in expected.items():
+        assert table[number]["delta_m"] == old["delta_m"]
+    again = _cli(*args)
+    assert "trained 0 runs, reused 2 stored runs" in again.stderr
+    assert _by_trial(again.stdout)[best]["delta_m_mean"] == row["delta_m_mean"]
+
+
 # --- resuming -----------------------------------------------------------------------------------
 
 
