@@ -22,6 +22,9 @@ from policysearch.data import loading
 from policysearch.errors import UserError
 from policysearch.evaluation.reeval import reevaluate, study_space
 from policysearch.reporting.tables import results_frame, seed_noise_line, to_markdown
+
+# driver binds loading.load_dataset when first imported: import it before the fixture patches it
+from policysearch.search import driver  # noqa: F401
 from policysearch.search.optuna_engine import JOURNAL_NAME, optimize
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
