@@ -54,7 +54,7 @@ space_file.write_text(yaml.safe_dump(SPACE, sort_keys=False))
 ps.check(space=space_file)  # validates the file without training (raises ps.UserError)
 
 # --- 2. search -----------------------------------------------------------------------------------
-# Keyword arguments are the fields of policysearch.search.driver.SearchOptions (the CLI flags).
+# Keyword arguments are the fields of policysearch.search.options.SearchOptions (the CLI flags).
 # Running the same call again resumes the study (finished trials are kept). threads=1: these
 # tiny models gain nothing from more CPU threads per trial (and more threads than free cores
 # slow torch down badly); device="auto" would pick a GPU when there is one.

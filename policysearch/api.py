@@ -1,5 +1,5 @@
-"""The Python API: every CLI command as one call. The CLI commands are thin wrappers over
-these functions (printing what they return), so both do the same thing.
+"""The Python API: every CLI command as one call. The CLI commands parse their options, call
+these functions and print what they return, so both do the same thing.
 
 Heavy dependencies (torch, optuna, ray, plotly) are imported inside the calls, so
 ``import policysearch`` stays light.
@@ -7,7 +7,8 @@ Heavy dependencies (torch, optuna, ray, plotly) are imported inside the calls, s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,28 +22,75 @@ if TYPE_CHECKING:
     from policysearch.config import SearchSpace
     from policysearch.evaluation.benchmark import BenchmarkOutcome
     from policysearch.exports.best_policy import ExportResult
-    from policysearch.records import StudyRecords
+    from policysearch.records import MetricsInfo, StudyRecords
     from policysearch.search.driver import SearchOutcome
 
 EXPORT_FORMATS = ("yaml", "albumentations", "python")
+RESULTS_FORMATS = ("frame", "csv", "md", "json")
+# policysearch.evaluation.benchmark.ALL_BASELINES (not imported: it needs pandas)
+BENCHMARK_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugment")
 PathLike = str | Path
+Progress = Callable[[str, dict[str, Any]], None]
+"""Structured progress: called with ``(event, data)``."""
+Say = Callable[[str], None]
+"""Line progress: called with each line."""
 
 
 def _path(value: PathLike | None) -> Path | None:
     return None if value is None else Path(value)
 
 
-def search(**options: Any) -> SearchOutcome:
-    """Run or resume a search (``policysearch search``); keyword arguments are those of
-    ``policysearch.search.driver.SearchOptions`` (``progress=``: a callable taking
-    ``(event, data)``, e.g. ``policysearch.reporting.progress.JsonLogPrinter()``)."""
+def _task_weights(weights: Mapping[str, float] | None,
+                  known: MetricsInfo) -> dict[str, float] | None:
+    """``weights`` checked against the study's tasks: every task known, every weight > 0."""
+    if not weights:
+        return None
+    for task, weight in weights.items():
+        if not weight > 0:
+            raise UserError(f"expected TASK=WEIGHT with a weight > 0, got '{task}={weight}'",
+                            field="--task-weight")
+        if task not in known:
+            raise UserError(f"unknown task {task!r}; the study has {', '.join(known)}",
+                            field="--task-weight")
+    return dict(weights)
+
+
+def search(space: str | Path = "default", *, dataset: str | None = None,
+           engine: str = "optuna", trials: int = 8, epochs: int | None = None,
+           batch_size: int | None = None, lr: float | None = None,
+           image_size: int | tuple[int, int] | None = None, amp: bool | None = None,
+           encoder: str | None = None, weights: str | None = None,
+           skip_bad_samples: bool | None = None, storage: str | None = None,
+           study: str | None = None, out: PathLike | None = None, workers: int = 1,
+           device: str = "auto", seed: int = 0, timeout: float | None = None,
+           threads: int | None = None, objective: str | None = None,
+           ray_address: str | None = None, ray_storage: str | None = None,
+           cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
+           scheduler: str = "asha", report: bool = True, log_to: str | None = None,
+           progress: Progress | None = None) -> SearchOutcome:
+    """Run or resume a search (``policysearch search``) and return its outcome.
+
+    The keyword arguments are the fields of ``policysearch.search.options.SearchOptions``, with
+    the same defaults (None: the space file's value); they are the command's options.
+    ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
+    ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
+    apply to ray). ``objective``: delta_m or pareto. ``log_to``: tensorboard or mlflow.
+    ``report``: keep ``out/report.html`` current. ``progress``: a callable taking
+    ``(event, data)`` per event, e.g. ``policysearch.reporting.progress.JsonLogPrinter()``.
+    Running the same call again resumes the study.
+    """
     from policysearch.search.driver import SearchOptions
     from policysearch.search.driver import search as _search
 
-    progress = options.pop("progress", None)
-    if isinstance(options.get("out"), str):
-        options["out"] = Path(options["out"])
-    return _search(SearchOptions(**options), progress=progress)
+    options = SearchOptions(
+        space=space, dataset=dataset, engine=engine, trials=trials, epochs=epochs,
+        batch_size=batch_size, lr=lr, image_size=image_size, amp=amp, encoder=encoder,
+        weights=weights, skip_bad_samples=skip_bad_samples, storage=storage, study=study,
+        out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
+        threads=threads, objective=objective, ray_address=ray_address, ray_storage=ray_storage,
+        cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
+        report=report, log_to=log_to)
+    return _search(options, progress=progress)
 
 
 def records(out: PathLike | None = None, *, storage: str | None = None,
@@ -55,13 +103,52 @@ def records(out: PathLike | None = None, *, storage: str | None = None,
 
 
 def results(out: PathLike | None = None, *, storage: str | None = None,
-            study: str | None = None,
-            task_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """The ranked results table (``policysearch results``) as a pandas DataFrame; its
-    ``attrs`` hold the reference, notes and search cost."""
-    from policysearch.reporting.tables import results_frame
+            study: str | None = None, task_weights: Mapping[str, float] | None = None,
+            reeval: int | None = None, seeds: int | None = None, reference: str | None = None,
+            device: str = "auto", threads: int | None = None, format: str = "frame",
+            top: int | None = None, warn: bool = True,
+            progress: Say | None = None) -> pd.DataFrame | str:
+    """The ranked results table (``policysearch results``): a pandas DataFrame (its ``attrs``
+    hold the reference, notes, search cost and ``metrics_info``), or for ``format`` csv, md
+    or json the text the command prints.
 
-    return results_frame(records(out, storage=storage, study=study), task_weights=task_weights)
+    ``task_weights``: weigh tasks in Δm% (others 1). ``reeval=K``: first train the K best
+    trials and the reference again with ``seeds`` more seeds (default 2) and add the mean and
+    std of Δm% over all seeds; ``reference``: rank against this baseline, trained (once) under
+    the study's budget and seed. Both train on ``device`` with ``threads`` CPU threads, store
+    their runs beside the study (reused when called again) and tell ``progress`` a line per
+    step. ``top``: the K best rows only. ``warn``: warn about the notes (they are in
+    ``attrs["notes"]`` either way).
+    """
+    from policysearch.reporting import tables
+
+    if format not in RESULTS_FORMATS:
+        raise UserError(f"expected one of {', '.join(RESULTS_FORMATS)}, got {format!r}",
+                        field="--format")
+    if seeds is not None and reeval is None:
+        raise UserError("--seeds needs --reeval K", field="--seeds")
+    found = records(out, storage=storage, study=study)
+    weights = _task_weights(task_weights, found.metrics_info)
+    if reeval is not None or reference is not None:
+        from policysearch.evaluation.reeval import reevaluate
+
+        found = reevaluate(out_dir=_path(out), storage=storage, study_name=study, top=reeval,
+                           seeds=2 if seeds is None else seeds, reference=reference,
+                           task_weights=weights, device=device, threads=threads,
+                           progress=progress)
+    if warn:
+        frame = tables.results_frame(found, task_weights=weights)
+    else:
+        with warnings.catch_warnings(record=True):
+            frame = tables.results_frame(found, task_weights=weights)
+    frame.attrs["metrics_info"] = found.metrics_info
+    if format == "csv":
+        return tables.to_csv(frame, top)
+    if format == "md":
+        return tables.to_markdown(frame, top) + "\n"
+    if format == "json":
+        return tables.to_json(frame, top) + "\n"
+    return frame.head(top) if top else frame
 
 
 def export(out: PathLike | None = None, *, storage: str | None = None,
@@ -72,10 +159,13 @@ def export(out: PathLike | None = None, *, storage: str | None = None,
     """A ranked trial's policy (or ``policy``, a file or a Policy) exported
     (``policysearch export``).
 
-    ``format="yaml"`` writes ``to`` (default ``out/best_policy.yaml``) plus one albumentations
-    JSON per task and returns the ``ExportResult``; ``"albumentations"`` writes the JSON files
-    only; ``"python"`` returns the source of an albumentations ``Compose(...)`` per task (also
-    written to ``to`` when given).
+    The trial: ``rank`` (1 = best by Δm%, the default; Δm% weighs the tasks by
+    ``task_weights``), or with ``front`` the rank within the Pareto front, ranked by
+    ``priority``'s Δ% when given. ``format="yaml"`` writes ``to`` (default
+    ``out/best_policy.yaml``) plus one albumentations JSON per task and returns the
+    ``ExportResult``; ``"albumentations"`` writes the JSON files only; ``"python"`` returns
+    the source of an albumentations ``Compose(...)`` per task (the phase in force at ``epoch``
+    for a policy with a schedule; also written to ``to`` when given).
     """
     from policysearch.augment import load_policy
     from policysearch.exports.best_policy import export_policy, pick_trial
@@ -92,9 +182,9 @@ def export(out: PathLike | None = None, *, storage: str | None = None,
         source_file = Path(policy)
         chosen = load_policy(source_file)
     else:
-        weights = dict(task_weights) if task_weights else None
-        chosen, _ = pick_trial(records(out, storage=storage, study=study), rank, weights,
-                               front=front, priority=priority)
+        found = records(out, storage=storage, study=study)
+        weights = _task_weights(task_weights, found.metrics_info)
+        chosen, _ = pick_trial(found, rank, weights, front=front, priority=priority)
     if format == "python":
         text = policy_source(chosen, epoch=epoch)
         if to is not None:
@@ -115,44 +205,75 @@ def report(out: PathLike | None = None, *, storage: str | None = None,
            study: str | None = None, to: PathLike | None = None, preview: bool = True,
            dataset: Any = None, task_weights: Mapping[str, float] | None = None) -> Path:
     """Write the study's HTML report (``policysearch report``) and return its path: ``to``,
-    else ``out/report.html``, else ``report-<study>.html``. ``dataset``: where the preview
-    draws samples (default: the study's dataset, built again from its stored space; pass
-    your own for a dataset registered in your code)."""
+    else ``out/report.html``, else ``report-<study>.html``. ``preview``: draw the preview grid;
+    ``dataset``: where it draws samples (default: the study's dataset, built again from its
+    stored space; pass your own for a dataset registered in your code). ``task_weights``:
+    weigh tasks in Δm% (others 1)."""
     from policysearch.reporting.report import REPORT_NAME, write_report
 
     found = records(out, storage=storage, study=study)
+    weights = _task_weights(task_weights, found.metrics_info)
     out = _path(out)
     target = _path(to) or (out / REPORT_NAME if out is not None
                            else Path(f"report-{found.name}.html"))
-    return write_report(found, target, preview=preview, dataset=dataset,
-                        task_weights=dict(task_weights) if task_weights else None)
+    return write_report(found, target, preview=preview, dataset=dataset, task_weights=weights)
 
 
-def benchmark(policy: PathLike, **options: Any) -> BenchmarkOutcome:
-    """Benchmark a searched policy against the baselines on the test split
-    (``policysearch benchmark``); keyword arguments are those of
-    ``policysearch.evaluation.benchmark.BenchmarkOptions``; ``progress=``: a callable taking
-    each line, ``events=``: one taking ``(event, data)`` per run and epoch
-    (``benchmark.Events``)."""
+def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BASELINES,
+              reference: str = "flipcrop", search: PathLike | None = None,
+              storage: str | None = None, study: str | None = None,
+              space: str | Path | None = None, dataset: str | None = None,
+              epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
+              image_size: int | tuple[int, int] | None = None, amp: bool | None = None,
+              encoder: str | None = None, weights: str | None = None, seeds: int = 3,
+              seed: int = 1, device: str = "auto", threads: int | None = None,
+              significance: str = "ttest", out: PathLike = Path("runs/benchmark"),
+              progress: Say | None = None, events: Progress | None = None) -> BenchmarkOutcome:
+    """Benchmark a searched policy file against the baselines on the test split
+    (``policysearch benchmark``) and return the outcome; the files go into ``out``, where
+    stored runs are reused.
+
+    The keyword arguments are the fields of
+    ``policysearch.evaluation.benchmark.BenchmarkOptions``, with the same defaults (None: the
+    search's value). ``baselines``: names or timm-style strings (a comma-separated string
+    too); ``reference``: the baseline Δm% is measured against; ``search`` (a search's out
+    folder) or ``storage`` + ``study``: the search whose dataset, budget and cost to use;
+    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``;
+    ``significance``: ttest or wilcoxon. ``progress``: a callable taking each line;
+    ``events``: one taking ``(event, data)`` per run and epoch
+    (``policysearch.evaluation.benchmark.Events``).
+    """
     from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
-    progress, events = options.pop("progress", None), options.pop("events", None)
-    for key in ("search", "out"):
-        if isinstance(options.get(key), str):
-            options[key] = Path(options[key])
-    return run_benchmark(BenchmarkOptions(policy=Path(policy), **options), progress=progress,
-                         events=events)
+    if isinstance(baselines, str):
+        baselines = [b.strip() for b in baselines.split(",") if b.strip()]
+    options = BenchmarkOptions(
+        policy=Path(policy), baselines=baselines, reference=reference, search=_path(search),
+        storage=storage, study=study, space=space, dataset=dataset, epochs=epochs,
+        batch_size=batch_size, lr=lr, image_size=image_size, amp=amp, encoder=encoder,
+        weights=weights, seeds=seeds, seed=seed, device=device, threads=threads,
+        significance=significance, out=Path(out))
+    return run_benchmark(options, progress=progress, events=events)
 
 
 def preview(policy: PathLike | Policy, dataset: Any = "shapes", *, n: int = 8, draws: int = 4,
-            seed: int = 0, to: PathLike | None = None) -> Image.Image:
+            seed: int = 0, to: PathLike | None = None,
+            image_size: int | tuple[int, int] | None = None) -> Image.Image:
     """The preview grid of a policy file, Policy or baseline name on ``dataset`` (a name,
-    ``format:PATH``, or a dataset object) as a PIL image, also written to ``to`` as PNG
-    (``policysearch preview``)."""
+    ``format:PATH``, or a dataset object) as a PIL image: ``n`` samples × ``draws`` augmented
+    draws, also written to ``to`` as PNG (``policysearch preview``). ``image_size`` (S or
+    (H, W)): resize a named dataset's samples first."""
     from policysearch.data import get_dataset
     from policysearch.reporting.preview import preview_grid_for, write_png
 
-    data = get_dataset(dataset) if isinstance(dataset, str) else dataset
+    if n < 1 or draws < 1:
+        raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")
+    if isinstance(dataset, str):
+        data = get_dataset(dataset, **({"size": image_size} if image_size is not None else {}))
+    elif image_size is not None:
+        raise UserError("resizes a dataset given by name only", field="--image-size")
+    else:
+        data = dataset
     image = preview_grid_for(policy, data, n=n, draws=draws, seed=seed)
     if to is not None:
         write_png(image, to)
@@ -160,14 +281,19 @@ def preview(policy: PathLike | Policy, dataset: Any = "shapes", *, n: int = 8, d
 
 
 def show(policy: PathLike | Policy) -> pd.DataFrame:
-    """A policy as a table, one row per slot (``policysearch show``)."""
+    """A policy as a table, one row per slot (``policysearch show``): columns ``epochs``,
+    ``view``, ``slot``, ``op``, ``p``, ``magnitude``; ``attrs["policy"]`` is the Policy and
+    ``attrs["notes"]`` the lines on its tasks, loss weighting and provenance."""
     import pandas as pd
 
     from policysearch.augment import load_policy
-    from policysearch.reporting.policy_table import policy_rows
+    from policysearch.reporting.policy_table import policy_notes, policy_rows
 
     loaded = policy if isinstance(policy, Policy) else load_policy(policy)
-    return pd.DataFrame(policy_rows(loaded))
+    frame = pd.DataFrame(policy_rows(loaded))
+    frame.attrs["policy"] = loaded
+    frame.attrs["notes"] = policy_notes(loaded)
+    return frame
 
 
 def check(space: PathLike | None = None, policy: PathLike | None = None

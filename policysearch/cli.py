@@ -1,5 +1,8 @@
 """The ``policysearch`` command.
 
+Every command parses its options, calls the function of ``policysearch.api`` of the same name
+(through the module, so that a test can replace it) and prints what it returns.
+
 Exit status: 0 done; 2 bad input (one line naming the file and field); 1 an internal error;
 130 interrupted (finished trials are kept; the same command resumes).
 """
@@ -20,7 +23,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from policysearch import __version__
+from policysearch import __version__, api
 from policysearch.errors import SearchAborted, UserError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -223,22 +226,17 @@ def search(
     With --objective pareto (or ``objective: pareto`` in the space) the study is
     multi-objective and runs without a pruner: Optuna cannot prune multi-objective trials.
     """
-    from policysearch.search.driver import SearchOptions
-    from policysearch.search.driver import search as run_search
-
-    options = SearchOptions(space=space, dataset=dataset, engine=engine.value, trials=trials,
-                            epochs=epochs, batch_size=batch_size, lr=lr,
-                            image_size=parse_image_size(image_size), amp=amp, encoder=encoder,
-                            weights=weights, skip_bad_samples=skip_bad_samples, storage=storage,
-                            study=study, out=out, workers=workers, device=device.value, seed=seed,
-                            timeout=timeout, threads=threads,
-                            objective=objective.value if objective else None,
-                            ray_address=ray_address, ray_storage=ray_storage,
-                            cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
-                            scheduler=(scheduler or Scheduler.asha).value, report=report,
-                            log_to=log_to.value if log_to else None)
+    size = parse_image_size(image_size)
     with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
-        outcome = run_search(options, progress=printer)
+        outcome = api.search(
+            space=space, dataset=dataset, engine=engine.value, trials=trials, epochs=epochs,
+            batch_size=batch_size, lr=lr, image_size=size, amp=amp, encoder=encoder,
+            weights=weights, skip_bad_samples=skip_bad_samples, storage=storage, study=study,
+            out=out, workers=workers, device=device.value, seed=seed, timeout=timeout,
+            threads=threads, objective=objective.value if objective else None,
+            ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
+            gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
+            report=report, log_to=log_to.value if log_to else None, progress=printer)
     if json_logs:
         printer("done", {"files": [str(p) for p in outcome.files],
                          "best": _best_row(outcome.table)})
@@ -292,8 +290,9 @@ def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
     return sides[0] if len(sides) == 1 else (sides[0], sides[1])
 
 
-def parse_task_weights(items: list[str] | None, known: Any) -> dict[str, float] | None:
-    """``--task-weight TASK=W`` (repeatable) as a dict; None when not given."""
+def parse_task_weights(items: list[str] | None) -> dict[str, float] | None:
+    """``--task-weight TASK=W`` (repeatable) as a dict; None when not given. The API checks
+    the tasks against the study's."""
     if not items:
         return None
     weights: dict[str, float] = {}
@@ -306,21 +305,12 @@ def parse_task_weights(items: list[str] | None, known: Any) -> dict[str, float] 
         if not sep or not weight > 0:
             raise UserError(f"expected TASK=WEIGHT with a weight > 0, got {item!r}",
                             field="--task-weight")
-        if task not in known:
-            raise UserError(f"unknown task {task!r}; the study has {', '.join(known)}",
-                            field="--task-weight")
         weights[task] = weight
     return weights
 
 
 TaskWeightOption = Annotated[list[str] | None, typer.Option(
     "--task-weight", help="TASK=W: weigh a task in Δm% (repeatable; others weigh 1).")]
-
-
-def _records(out: Path | None, storage: str | None, study: str | None) -> Any:
-    from policysearch.search.driver import load_study_records
-
-    return load_study_records(out, storage, study)
 
 
 @app.command()
@@ -350,29 +340,15 @@ def results(
     adds the mean and std of Δm% over all seeds; --reference NAME ranks against another
     baseline. Both train beside the study: its trials and definition are unchanged.
     """
-    from policysearch.reporting import tables as res
-
-    if seeds is not None and reeval is None:
-        raise UserError("--seeds needs --reeval K", field="--seeds")
-    records = _records(out, storage, study)
-    weights = parse_task_weights(task_weight, records.metrics_info)
-    if reeval is not None or reference is not None:
-        from policysearch.evaluation.reeval import reevaluate
-
-        records = reevaluate(out_dir=out, storage=storage, study_name=study, top=reeval,
-                             seeds=2 if seeds is None else seeds, reference=reference,
-                             task_weights=weights, device=device.value, threads=threads,
-                             progress=lambda line: typer.echo(line, err=True))
-    with warnings.catch_warnings(record=True):
-        frame = res.results_frame(records, task_weights=weights)
-    if format is Format.table:
-        _print_table(frame, records.metrics_info, top, out_console)
-    elif format is Format.csv:
-        sys.stdout.write(res.to_csv(frame, top))
-    elif format is Format.md:
-        sys.stdout.write(res.to_markdown(frame, top) + "\n")
+    found = api.results(out, storage=storage, study=study,
+                        task_weights=parse_task_weights(task_weight), reeval=reeval,
+                        seeds=seeds, reference=reference, device=device.value, threads=threads,
+                        format="frame" if format is Format.table else format.value, top=top,
+                        warn=False, progress=lambda line: typer.echo(line, err=True))
+    if isinstance(found, str):
+        sys.stdout.write(found)
     else:
-        sys.stdout.write(res.to_json(frame, top) + "\n")
+        _print_table(found, found.attrs["metrics_info"], None, out_console)
 
 
 class ExportFormat(StrEnum):
@@ -411,11 +387,7 @@ def export(
 ) -> None:
     """Write a ranked trial's policy (or --policy FILE) as YAML plus one albumentations file
     per task, or as Python source."""
-    from policysearch import api
-
-    weights = None
-    if task_weight and policy is None:
-        weights = parse_task_weights(task_weight, _records(out, storage, study).metrics_info)
+    weights = parse_task_weights(task_weight) if policy is None else None
     result = api.export(out, storage=storage, study=study, policy=policy, rank=rank,
                         front=front, priority=priority, format=format.value, to=to,
                         epoch=epoch, task_weights=weights)
@@ -454,12 +426,8 @@ def report(
     task_weight: TaskWeightOption = None,
 ) -> None:
     """Write the HTML report of a study (one self-contained file), also while it runs."""
-    from policysearch import api
-
-    weights = (parse_task_weights(task_weight, _records(out, storage, study).metrics_info)
-               if task_weight else None)
     path = api.report(out, storage=storage, study=study, to=to, preview=preview,
-                      task_weights=weights)
+                      task_weights=parse_task_weights(task_weight))
     out_console.print(f"wrote {path}", highlight=False)
 
 
@@ -470,12 +438,11 @@ def show(
 ) -> None:
     """Print a policy as a table: one row per slot (by view, and by phase for a schedule),
     then its tasks, loss weighting and provenance."""
-    from policysearch.augment import load_policy
-    from policysearch.reporting.policy_table import policy_notes, policy_table
+    from policysearch.reporting.policy_table import policy_table
 
-    loaded = load_policy(policy)
-    out_console.print(policy_table(loaded, title=str(policy)))
-    for line in policy_notes(loaded):
+    frame = api.show(policy)
+    out_console.print(policy_table(frame.attrs["policy"], title=str(policy)))
+    for line in frame.attrs["notes"]:
         out_console.print(line, highlight=False, markup=False)
 
 
@@ -527,15 +494,7 @@ def benchmark(
 
     Running the same command again reuses the stored runs and trains only what is missing.
     """
-    from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
-
-    options = BenchmarkOptions(
-        policy=policy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
-        reference=reference, search=search, storage=storage, study=study, space=space,
-        dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr,
-        image_size=parse_image_size(image_size), amp=amp, encoder=encoder, weights=weights,
-        seeds=seeds, seed=seed, device=device.value, threads=threads,
-        significance=significance.value, out=out)
+    size = parse_image_size(image_size)
     printer = _printer(quiet, json_logs)
 
     def progress(line: str) -> None:
@@ -548,8 +507,13 @@ def benchmark(
 
     bar = BenchmarkBar(out_console, live=None if not quiet else False)
     with warnings.catch_warnings(record=True), bar:
-        outcome = run_benchmark(options, progress=progress,
-                                events=printer if json_logs else bar)
+        outcome = api.benchmark(
+            policy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
+            reference=reference, search=search, storage=storage, study=study, space=space,
+            dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, image_size=size,
+            amp=amp, encoder=encoder, weights=weights, seeds=seeds, seed=seed,
+            device=device.value, threads=threads, significance=significance.value, out=out,
+            progress=progress, events=printer if json_logs else bar)
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]
         report = json.loads(found[0].read_text()) if found else {}
@@ -576,15 +540,8 @@ def preview(
     ] = None,
 ) -> None:
     """Render N samples × K augmented draws of a policy, with masks, boxes and depth."""
-    from policysearch.data import get_dataset
-    from policysearch.reporting.preview import preview_grid_for, write_png
-
-    if n < 1 or draws < 1:
-        raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")
-    size = parse_image_size(image_size)
-    data = get_dataset(dataset, **({"size": size} if size is not None else {}))
-    image = preview_grid_for(policy, data, n=n, draws=draws, seed=seed)
-    write_png(image, to)
+    image = api.preview(policy, dataset, n=n, draws=draws, seed=seed, to=to,
+                        image_size=parse_image_size(image_size))
     out_console.print(f"wrote {to} ({image.width}×{image.height})", highlight=False)
 
 
@@ -598,20 +555,17 @@ def check(
 ) -> None:
     """Validate search-space and policy files without training: prints what each holds, or
     the first problem as one line naming the file and field (exit status 2)."""
-    from policysearch.augment import load_policy
-    from policysearch.config import load_space
-
     if not space and not policy:
         raise UserError("give --space FILE and/or --policy FILE", field="--space")
     for name in space or []:
-        found = load_space(name)
+        found = api.check(space=name)
         ops = sorted({*found.shared.ops, *(found.per_task.ops if found.per_task else ())})
         out_console.print(f"ok: {name}: space {found.name} on {found.dataset}, "
                           f"{found.shared.slots} shared slot(s), {len(ops)} ops, weights "
                           f"{found.weights.method}, {found.budget.epochs} epochs",
                           highlight=False, markup=False)
     for path in policy or []:
-        loaded = load_policy(path)
+        loaded = api.check(policy=path)
         out_console.print(f"ok: {path}: policy for {', '.join(loaded.tasks)}: "
                           f"{loaded.summary() or '(no ops)'}", highlight=False, markup=False)
 
@@ -620,17 +574,20 @@ def check(
 @_handles_errors
 def ops() -> None:
     """List every op: kind, whether signed, and its range at magnitude 1."""
-    from policysearch.augment import ops_table
-
     table = Table(title="augmentation ops (magnitude in [0, 1] maps linearly onto the range)",
                   title_justify="left")
     for col in ("op", "kind", "signed", "range at 1 (standard)", "range at 1 (wide)",
                 "description"):
         table.add_column(col, overflow="fold")
-    for row in ops_table():
-        table.add_row(row["name"], row["kind"], "±" if row["signed"] else "",
-                      row["range_at_1"], row.get("range_wide_at_1") or "", row["description"])
+    for row in api.ops().to_dict("records"):
+        table.add_row(row["op"], row["kind"], "±" if row["signed"] else "",
+                      row["range_at_1"], _text(row.get("range_wide_at_1")), row["description"])
     out_console.print(table)
+
+
+def _text(value: Any) -> str:
+    """A table cell: missing (None, NaN) is empty."""
+    return "" if value is None or value != value else str(value)
 
 
 def main() -> None:

@@ -399,7 +399,7 @@ def test_repeated_errors_stop_a_ray_search_as_they_stop_an_optuna_search(ray_eng
     done = _run(_cli(space, out, 3, "--workers", "1", "--no-report"), env)
     assert done.returncode == 1, done.stderr[-3000:]
     last = (done.stdout + done.stderr).strip().splitlines()[-1]
-    assert (f"{MAX_CONSECUTIVE_ERRORS} trials in a row failed with an unexpected error; "
+    assert (f"error: {MAX_CONSECUTIVE_ERRORS} trials in a row failed with an unexpected error; "
             f"last: its worker process died ({ray_engine.RETRIES + 1} times)") in last
     assert "Traceback" not in done.stderr
     records = _records(out)

@@ -67,13 +67,15 @@ def test_perturbed_values_are_clipped_to_their_ranges(space) -> None:  # noqa: A
 
 
 def test_too_few_trials_are_refused_before_anything_runs(space, tmp_path: Path) -> None:  # noqa: ANN001
-    from policysearch.search.driver import SearchOptions
+    from policysearch.search.options import SearchOptions, SearchRun
 
     out = tmp_path / "out"
     options = SearchOptions(engine="ray", scheduler="pbt", trials=2, out=out)
+    run = SearchRun(options=options, space=space, dataset=None, tasks=dict(TASKS),  # type: ignore[arg-type]
+                    metrics_info={}, dataset_notes=[], study_name="tiny", out_dir=out,
+                    threads=1)
     with pytest.raises(UserError, match="population of at least 2"):
-        ray_pbt.optimize_pbt(space, options=options, dataset=None, tasks=TASKS,  # type: ignore[arg-type]
-                             metrics_info={}, out_dir=out, study_name="tiny", threads=1)
+        ray_pbt.optimize_pbt(run)
     assert not out.exists()
 
 

@@ -459,7 +459,8 @@ def error_line(trial: Any) -> str:
     exception is never unpickled)."""
     with contextlib.suppress(Exception):
         text = Path(trial.error_file).read_text()
-        if "ActorDiedError" in text or "RayActorError" in text:
+        if any(sign in text for sign in ("ActorDiedError", "RayActorError",
+                                         "The actor is dead")):
             return f"its worker process died ({RETRIES + 1} times)"
         lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
         if lines:
