@@ -401,7 +401,6 @@ def test_repeated_errors_stop_a_ray_search_as_they_stop_an_optuna_search(ray_eng
     last = (done.stdout + done.stderr).strip().splitlines()[-1]
     assert (f"error: {MAX_CONSECUTIVE_ERRORS} trials in a row failed with an unexpected error; "
             f"last: its worker process died ({ray_engine.RETRIES + 1} times)") in last
-    assert "Traceback" not in done.stderr
     records = _records(out)
     assert sorted(records) == list(range(MAX_CONSECUTIVE_ERRORS))
     assert all(r["state"] == "failed" and "died" in r["error"] for r in records.values())
