@@ -1,1 +1,3 @@
-"""Search engines and the driver that runs them (Optuna now; Ray Tune in search/ray_engine.py)."""
+"""Running a search: the driver, the one trial lifecycle every engine follows, the engines
+(Optuna; Ray Tune with ASHA or PBT) and where their studies are stored. docs/architecture.md
+maps the modules."""
