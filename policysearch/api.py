@@ -34,8 +34,9 @@ def _path(value: PathLike | None) -> Path | None:
 
 def search(**options: Any) -> SearchOutcome:
     """Run or resume a search (``policysearch search``); keyword arguments are those of
-    ``policysearch.search.driver.SearchOptions`` (``progress=``: a callable taking
-    ``(event, data)``, e.g. ``policysearch.reporting.progress.JsonLogPrinter()``)."""
+    ``policysearch.search.driver.SearchOptions`` (``progress=``: a callable taking each event,
+    a ``policysearch.events.SearchEvent``, e.g.
+    ``policysearch.reporting.progress.JsonLogPrinter()``)."""
     from policysearch.search.driver import SearchOptions
     from policysearch.search.driver import search as _search
 
@@ -132,8 +133,8 @@ def benchmark(policy: PathLike, **options: Any) -> BenchmarkOutcome:
     """Benchmark a searched policy against the baselines on the test split
     (``policysearch benchmark``); keyword arguments are those of
     ``policysearch.evaluation.benchmark.BenchmarkOptions``; ``progress=``: a callable taking
-    each line, ``events=``: one taking ``(event, data)`` per run and epoch
-    (``benchmark.Events``)."""
+    each line, ``events=``: one taking each run's events, a
+    ``policysearch.events.BenchmarkEvent`` (start, every epoch, end)."""
     from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
     progress, events = options.pop("progress", None), options.pop("events", None)

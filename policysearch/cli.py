@@ -240,8 +240,8 @@ def search(
     with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
         outcome = run_search(options, progress=printer)
     if json_logs:
-        printer("done", {"files": [str(p) for p in outcome.files],
-                         "best": _best_row(outcome.table)})
+        printer.write("done", {"files": [str(p) for p in outcome.files],
+                               "best": _best_row(outcome.table)})
         return
     if not quiet:
         _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
@@ -540,7 +540,7 @@ def benchmark(
 
     def progress(line: str) -> None:
         if json_logs:
-            printer("benchmark", {"message": line})
+            printer.write("benchmark", {"message": line})
         elif not quiet:
             out_console.print(line, highlight=False)
 
@@ -553,8 +553,8 @@ def benchmark(
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]
         report = json.loads(found[0].read_text()) if found else {}
-        printer("done", {"files": [str(p) for p in outcome.files],
-                         "summary": report.get("summary")})
+        printer.write("done", {"files": [str(p) for p in outcome.files],
+                               "summary": report.get("summary")})
         return
     if not quiet:
         out_console.print((outcome.files[0]).read_text().split("\n## Every run")[0],
