@@ -32,6 +32,7 @@ import yaml
 from _machine import cpu_model  # benchmarks/_machine.py, beside this script
 
 from policysearch.config import load_space
+from policysearch.events import SearchEvent
 from policysearch.reporting.tables import results_frame
 from policysearch.search.driver import SearchOptions, search
 from policysearch.search.ray_engine import asha_rungs
@@ -94,8 +95,8 @@ class Run:
 def timed_search(options: SearchOptions) -> Run:
     marks: dict[str, float] = {}
 
-    def progress(event: str, data: dict) -> None:
-        marks.setdefault(event, time.perf_counter())
+    def progress(event: SearchEvent) -> None:
+        marks.setdefault(event.kind, time.perf_counter())
 
     outcome = search(options, progress=progress)
     end = time.perf_counter()

@@ -130,13 +130,14 @@ def epoch_rates(policy: Any, dataset: Any, budget: Any) -> dict[str, float]:
 def run_search(space_file: Path, out: Path, *, trials: int, workers: int) -> dict[str, Any]:
     """A real search (``policysearch search`` without its command line) in this process;
     returns the timings of its trials and of what happened around them."""
+    from policysearch.events import SearchEvent, TrialEnded, WaitingForReference
     from policysearch.search.driver import SearchOptions, search
     from policysearch.search.optuna_study import FINISHED, load_study
 
-    events: list[tuple[float, str, dict]] = []
+    events: list[tuple[float, SearchEvent]] = []
 
-    def progress(event: str, data: dict[str, Any]) -> None:
-        events.append((time.time(), event, data))
+    def progress(event: SearchEvent) -> None:
+        events.append((time.time(), event))
 
     threads = max(1, THREADS // workers)
     options = SearchOptions(space=str(space_file), trials=trials, out=out, workers=workers,
@@ -146,8 +147,8 @@ def run_search(space_file: Path, out: Path, *, trials: int, workers: int) -> dic
     returned = time.time()
 
     study = load_study(out_dir=out, storage=None, study_name=None)
-    trained = {d["trial"]: d["seconds"] for _, e, d in events
-               if e == "trial_end" and "seconds" in d}
+    trained = {e.trial: e.seconds for _, e in events
+               if isinstance(e, TrialEnded) and e.seconds is not None}
     rows = []
     for t in sorted(study.get_trials(deepcopy=False, states=FINISHED),
                     key=lambda t: t.datetime_start):
@@ -165,7 +166,7 @@ def run_search(space_file: Path, out: Path, *, trials: int, workers: int) -> dic
         by_worker.setdefault(row["worker"], []).append(row)
     # When each worker was ready to train: the first trial's start; a worker that found the
     # reference trial taken says so (progress event ``waiting_reference``) before it waits.
-    ready_events = [when for when, e, _ in events if e == "waiting_reference"]
+    ready_events = [when for when, e in events if isinstance(e, WaitingForReference)]
     startup: dict[str, float] = {}
     for worker, mine in by_worker.items():
         first = mine[0]

@@ -24,6 +24,7 @@ import yaml
 
 import policysearch as ps
 from policysearch.data import get_dataset
+from policysearch.events import BenchmarkEvent, RunEnded, SearchEvent, TrialEnded
 
 OUT = Path("runs/quickstart")
 # The built-in ``shapes`` dataset is generated on first use and cached (default:
@@ -58,7 +59,18 @@ ps.check(space=space_file)  # validates the file without training (raises ps.Use
 # Running the same call again resumes the study (finished trials are kept). threads=1: these
 # tiny models gain nothing from more CPU threads per trial (and more threads than free cores
 # slow torch down badly); device="auto" would pick a GPU when there is one.
-outcome = ps.search(space=space_file, trials=3, out=OUT, device="cpu", threads=1, seed=0)
+# progress= is given every progress event, a dataclass of policysearch.events; this one prints
+# a line per finished trial (the CLI's printers are listeners like it).
+
+
+def progress(event: SearchEvent) -> None:
+    match event:
+        case TrialEnded(trial=number, state=state, role=role):
+            print(f"  trial {number} ({role}): {state}")
+
+
+outcome = ps.search(space=space_file, trials=3, out=OUT, device="cpu", threads=1, seed=0,
+                    progress=progress)
 print(f"search done: {len(outcome.table)} trials in {outcome.out_dir}")
 for path in outcome.files:  # results.csv/.md, best_policy.yaml + one JSON per task, report.html
     print(f"  wrote {path}")
@@ -101,8 +113,18 @@ print(f"report: {report}")
 # The searched policy against baselines on the *test* split. The dataset and budget are the
 # search's (found beside best_policy.yaml). One seed and one baseline keep it tiny; a real
 # benchmark uses seeds=3 or more and all baselines (the default).
+# events= is given each run's events (policysearch.events.BenchmarkEvent).
+
+
+def bench_events(event: BenchmarkEvent) -> None:
+    match event:
+        case RunEnded(run=run, runs=runs, contender=contender, seconds=seconds):
+            print(f"  benchmark run {run}/{runs}: {contender} ({seconds:.1f} s)")
+
+
 bench = ps.benchmark(OUT / "best_policy.yaml", baselines=["none"], reference="flipcrop",
-                     seeds=1, device="cpu", threads=1, out=OUT / "benchmark")
+                     seeds=1, device="cpu", threads=1, out=OUT / "benchmark",
+                     events=bench_events)
 for _, row in bench.summary.iterrows():  # one row per contender (mean ± std over seeds)
     print(f"benchmark {row['contender']:>8}: test Δm% vs flipcrop {row['delta_m']:+.2f}")
 for verdict in bench.verdicts:  # with several seeds: paired test, and "beyond seed noise?"

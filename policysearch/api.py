@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
     from policysearch.config import SearchSpace
     from policysearch.evaluation.benchmark import BenchmarkOutcome
+    from policysearch.events import BenchmarkListener, SearchListener
     from policysearch.exports.best_policy import ExportResult
     from policysearch.records import MetricsInfo, StudyRecords
     from policysearch.search.driver import SearchOutcome
@@ -30,8 +31,6 @@ RESULTS_FORMATS = ("frame", "csv", "md", "json")
 # policysearch.evaluation.benchmark.ALL_BASELINES (not imported: it needs pandas)
 BENCHMARK_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugment")
 PathLike = str | Path
-Progress = Callable[[str, dict[str, Any]], None]
-"""Structured progress: called with ``(event, data)``."""
 Say = Callable[[str], None]
 """Line progress: called with each line."""
 
@@ -67,7 +66,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            ray_address: str | None = None, ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
-           progress: Progress | None = None) -> SearchOutcome:
+           progress: SearchListener | None = None) -> SearchOutcome:
     """Run or resume a search (``policysearch search``) and return its outcome.
 
     The keyword arguments are the fields of ``policysearch.search.options.SearchOptions``, with
@@ -75,8 +74,9 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
     ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
     apply to ray). ``objective``: delta_m or pareto. ``log_to``: tensorboard or mlflow.
-    ``report``: keep ``out/report.html`` current. ``progress``: a callable taking
-    ``(event, data)`` per event, e.g. ``policysearch.reporting.progress.JsonLogPrinter()``.
+    ``report``: keep ``out/report.html`` current. ``progress``: a callable taking each event,
+    a ``policysearch.events.SearchEvent``, e.g.
+    ``policysearch.reporting.progress.JsonLogPrinter()``.
     Running the same call again resumes the study.
     """
     from policysearch.search.driver import SearchOptions
@@ -228,7 +228,8 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
               encoder: str | None = None, weights: str | None = None, seeds: int = 3,
               seed: int = 1, device: str = "auto", threads: int | None = None,
               significance: str = "ttest", out: PathLike = Path("runs/benchmark"),
-              progress: Say | None = None, events: Progress | None = None) -> BenchmarkOutcome:
+              progress: Say | None = None,
+              events: BenchmarkListener | None = None) -> BenchmarkOutcome:
     """Benchmark a searched policy file against the baselines on the test split
     (``policysearch benchmark``) and return the outcome; the files go into ``out``, where
     stored runs are reused.
@@ -240,8 +241,8 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
     folder) or ``storage`` + ``study``: the search whose dataset, budget and cost to use;
     ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``;
     ``significance``: ttest or wilcoxon. ``progress``: a callable taking each line;
-    ``events``: one taking ``(event, data)`` per run and epoch
-    (``policysearch.evaluation.benchmark.Events``).
+    ``events``: one taking each run's events, a ``policysearch.events.BenchmarkEvent`` (start,
+    every epoch, end).
     """
     from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 

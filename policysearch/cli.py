@@ -238,8 +238,8 @@ def search(
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
             report=report, log_to=log_to.value if log_to else None, progress=printer)
     if json_logs:
-        printer("done", {"files": [str(p) for p in outcome.files],
-                         "best": _best_row(outcome.table)})
+        printer.write("done", {"files": [str(p) for p in outcome.files],
+                               "best": _best_row(outcome.table)})
         return
     if not quiet:
         _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
@@ -499,7 +499,7 @@ def benchmark(
 
     def progress(line: str) -> None:
         if json_logs:
-            printer("benchmark", {"message": line})
+            printer.write("benchmark", {"message": line})
         elif not quiet:
             out_console.print(line, highlight=False)
 
@@ -517,8 +517,8 @@ def benchmark(
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]
         report = json.loads(found[0].read_text()) if found else {}
-        printer("done", {"files": [str(p) for p in outcome.files],
-                         "summary": report.get("summary")})
+        printer.write("done", {"files": [str(p) for p in outcome.files],
+                               "summary": report.get("summary")})
         return
     if not quiet:
         out_console.print((outcome.files[0]).read_text().split("\n## Every run")[0],

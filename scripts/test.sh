@@ -6,6 +6,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh" || exit 1
 cd "$ROOT"
 "$ROOT/.venv/bin/ruff" check policysearch tests benchmarks || exit 1
+# The type check (files and settings: [tool.mypy] in pyproject.toml): a progress event built
+# or read with the wrong fields fails here.
+"$ROOT/.venv/bin/python" -m mypy || exit 1
 "$ROOT/.venv/bin/python" -m pytest "$@"
 rc=$?
 if [[ $rc -eq 5 ]]; then

@@ -14,8 +14,9 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 # script -> lines its output must contain (each script also checks itself and exits non-zero
 # when the registered extension was not used)
 EXPECTED = {
-    "quickstart_api.py": ["search done: 3 trials", "best trial:", "report: ", "benchmark searched:",
-                          "quickstart OK"],
+    "quickstart_api.py": ["trial 0 (reference): complete", "search done: 3 trials",
+                          "best trial:", "report: ", "benchmark run 3/3: ",
+                          "benchmark searched:", "quickstart OK"],
     "custom_dataset.py": ["on the registered dataset 'squares'", "custom dataset OK"],
     "custom_encoder.py": ["with encoder 'tiny_sep'", "custom encoder OK"],
     "custom_op.py": ["gamma photometric", "shape's slots ['gamma']", "custom op OK"],

@@ -1,7 +1,7 @@
 """The import rules of docs/architecture.md, checked on the source: no import cycle inside the
 package (function-level imports included; imports for type checking only are not run), the
-augmentation package imports no training or search module, training imports no engine, and
-no engine imports another."""
+augmentation package imports no training or search module, training imports no engine, the
+events module imports only the core layer, and no engine imports another."""
 
 from __future__ import annotations
 
@@ -125,6 +125,12 @@ def test_a_layer_imports_nothing_above_it(importer: str, forbidden: tuple[str, .
     bad = {m: sorted(t for t in targets if t.startswith(forbidden))
            for m, targets in mine.items()}
     assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_the_events_module_imports_only_the_core_layer() -> None:
+    core = {"policysearch.config", "policysearch.records", "policysearch.errors",
+            "policysearch.weighting_schema"}
+    assert _graph()["policysearch.events"] <= core
 
 
 def test_no_engine_imports_another() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
+from policysearch.events import TrialEnded, to_dict
 from policysearch.search import lifecycle as lc
 from policysearch.training import TrialFailed, TrialPruned, TrialResult
 from tests.conftest import TINY_SPACE
@@ -83,8 +84,23 @@ def test_how_a_training_ends_becomes_its_outcome(raised: Exception, state: str,
     record = outcome.record(4, role="search", policy={"x": 1}, started_at=10.0)
     assert (record.number, record.state, record.error) == (4, state, outcome.error)
     event = outcome.end_event(4, "search")
-    assert event["state"] == state and ("error" in event) == (state == "failed")
+    assert isinstance(event, TrialEnded) and (event.trial, event.state) == (4, state)
+    assert ("error" in to_dict(event)) == (state == "failed")
     assert lc.TrialOutcome.from_dict(outcome.to_dict()) == outcome
+
+
+def test_the_end_event_carries_what_each_state_reports() -> None:
+    done = lc.TrialOutcome("complete", value=2.5, seconds=1.5, task_deltas={"shape": 1.0})
+    assert done.end_event(3, "search") == TrialEnded(
+        trial=3, state="complete", role="search", delta_m=2.5, seconds=1.5,
+        task_deltas={"shape": 1.0})
+    assert done.end_event(0, "reference").delta_m == 0.0
+    pruned = lc.TrialOutcome("pruned", error="pruned after epoch 1")
+    assert to_dict(pruned.end_event(5, "search")) == {
+        "event": "trial_end", "trial": 5, "state": "pruned", "role": "search"}
+    failed = lc.TrialOutcome("failed", error="nan", kind=lc.FAULT)
+    assert to_dict(failed.end_event(6, "search")) == {
+        "event": "trial_end", "trial": 6, "state": "failed", "role": "search", "error": "nan"}
 
 
 def test_failure_rules_stop_after_repeated_failures() -> None:

@@ -16,6 +16,7 @@ from policysearch.augment import get_baseline
 from policysearch.cli import app
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
+from policysearch.events import PruningOff, TrialEnded
 from policysearch.exports.best_policy import pick_trial
 from policysearch.records import StudyRecords, TrialRecord, delta_m, task_deltas
 from policysearch.reporting.tables import pareto_optimal, results_frame, to_markdown
@@ -174,7 +175,7 @@ def _fake_search(out: Path, objective: str, n_trials: int = 6) -> tuple[list, li
         return TrialResult(metrics=metrics, epochs=1, weights={"cls": 1.5, "depth": 0.5})
 
     optimize(space, tasks=TASKS, metrics_info=INFO, dataset_name="fake", runner=run,
-             n_trials=n_trials, out_dir=out, progress=lambda e, d: events.append((e, d)))
+             n_trials=n_trials, out_dir=out, progress=events.append)
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / JOURNAL_NAME)))
     return optuna.load_study(study_name="fake", storage=storage).get_trials(), events
@@ -182,7 +183,7 @@ def _fake_search(out: Path, objective: str, n_trials: int = 6) -> tuple[list, li
 
 def test_the_engine_tells_one_value_per_task_and_never_prunes(tmp_path: Path) -> None:
     trials, events = _fake_search(tmp_path, "pareto")
-    assert [e for e, _ in events].count("pruning_off") == 1
+    assert sum(isinstance(e, PruningOff) for e in events) == 1
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials) and len(trials) == 6
     assert trials[0].user_attrs["role"] == "reference" and trials[0].values == [0.0, 0.0]
     ref = trials[0].user_attrs["metrics"]
@@ -190,13 +191,13 @@ def test_the_engine_tells_one_value_per_task_and_never_prunes(tmp_path: Path) ->
         expected = task_deltas(t.user_attrs["metrics"], ref, INFO)[0]
         assert t.values == pytest.approx([expected["cls"], expected["depth"]])
         assert t.user_attrs["final_weights"] == {"cls": 1.5, "depth": 0.5}
-    ends = [d for e, d in events if e == "trial_end" and d.get("role") == "search"]
-    assert set(ends[0]["task_deltas"]) == {"cls", "depth"}
+    ends = [e for e in events if isinstance(e, TrialEnded) and e.role == "search"]
+    assert set(ends[0].task_deltas or {}) == {"cls", "depth"}
 
 
 def test_a_delta_m_study_refuses_export_front(tmp_path: Path) -> None:
     trials, events = _fake_search(tmp_path, "delta_m", n_trials=3)
-    assert "pruning_off" not in [e for e, _ in events]
+    assert not any(isinstance(e, PruningOff) for e in events)
     assert len(trials[0].values) == 1
     result = runner.invoke(app, ["export", "--out", str(tmp_path), "--front"])
     assert result.exit_code == 2

@@ -12,6 +12,16 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from policysearch.cli import app
+from policysearch.events import (
+    EpochEnded,
+    RunEnded,
+    RunEpochEnded,
+    RunStarted,
+    SearchStarted,
+    TrialEnded,
+    TrialStarted,
+    to_dict,
+)
 from policysearch.reporting.progress import BenchmarkBar, JsonLogPrinter, ProgressPrinter
 from tests.conftest import TINY_SPACE
 
@@ -35,17 +45,17 @@ def test_the_live_bar_follows_trials_and_epochs() -> None:
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     with ProgressPrinter(console) as printer:
         assert printer.live  # a terminal
-        printer("start", {"study": "s", "finished": 0, "target": 5, "epochs": 4})
-        printer("trial_start", {"trial": 0, "role": "reference", "policy": "hflip"})
-        printer("epoch", {"trial": 0, "epoch": 2, "metrics": {}})
+        printer(SearchStarted(study="s", finished=0, target=5, epochs=4))
+        printer(TrialStarted(trial=0, role="reference", policy="hflip", finished=0, target=5,
+                             task=None))
+        printer(EpochEnded(trial=0, epoch=2, metrics={}))
         task = printer._bar.tasks[0]
         assert task.description == "trial 1 of 5"
         assert "trial 0: epoch 3/4" in task.fields["status"]
-        printer("trial_end", {"trial": 0, "state": "complete", "role": "reference",
-                              "delta_m": 0.0})
-        printer("trial_start", {"trial": 1, "role": "search", "policy": "rotate"})
-        printer("trial_end", {"trial": 1, "state": "complete", "role": "search",
-                              "delta_m": 1.5})
+        printer(TrialEnded(trial=0, state="complete", role="reference", delta_m=0.0))
+        printer(TrialStarted(trial=1, role="search", policy="rotate", finished=1, target=5,
+                             task=None))
+        printer(TrialEnded(trial=1, state="complete", role="search", delta_m=1.5))
         task = printer._bar.tasks[0]
         assert (task.completed, task.description) == (2, "trial 3 of 5")
         assert "best Δm% +1.50 (#1)" in task.fields["status"] and "ETA" in task.fields["status"]
@@ -56,15 +66,41 @@ def test_the_live_bar_follows_trials_and_epochs() -> None:
 def test_not_a_terminal_gives_lines_and_no_bar() -> None:
     console = Console(file=io.StringIO(), force_terminal=False)
     printer = ProgressPrinter(console)
-    printer("start", {"study": "s", "finished": 0, "target": 1})
+    printer(SearchStarted(study="s", finished=0, target=1, epochs=1))
     assert not printer.live and printer._bar is None
 
 
 def test_json_logs_turn_nan_into_null() -> None:
     stream = io.StringIO()
-    JsonLogPrinter(stream)("trial_end", {"trial": 3, "delta_m": float("nan")})
+    JsonLogPrinter(stream)(TrialEnded(trial=3, state="complete", role="search",
+                                      delta_m=float("nan"), seconds=1.0))
     record = json.loads(stream.getvalue())
     assert record["event"] == "trial_end" and record["delta_m"] is None
+
+
+def test_json_log_lines_are_the_event_fields_after_its_kind_and_time() -> None:
+    stream = io.StringIO()
+    printer = JsonLogPrinter(stream)
+    printer(TrialEnded(trial=3, state="failed", role="search", error="boom"))
+    printer(TrialEnded(trial=4, state="complete", role="search", delta_m=1.25, seconds=2.0,
+                       task_deltas={"seg": 0.5}))
+    printer(TrialEnded(trial=5, state="pruned", role="search"))
+    printer(SearchStarted(study="s", target=8, epochs=2, finished=0))
+    printer(TrialStarted(trial=0, role="reference", policy="", finished=0, target=8,
+                         task=None))
+    lines = stream.getvalue().splitlines()
+    for line in lines:  # "time" follows "event": the rest is byte for byte the fields
+        assert line.startswith('{"event": "') and ', "time": ' in line
+    rest = [line.split(", ", 2)[2] for line in lines]
+    assert rest == ['"trial": 3, "state": "failed", "role": "search", "error": "boom"}',
+                    '"trial": 4, "state": "complete", "role": "search", "delta_m": 1.25, '
+                    '"seconds": 2.0, "task_deltas": {"seg": 0.5}}',
+                    '"trial": 5, "state": "pruned", "role": "search"}',
+                    '"study": "s", "target": 8, "epochs": 2, "finished": 0}',
+                    '"trial": 0, "role": "reference", "policy": "", "finished": 0, '
+                    '"target": 8, "task": null}']
+    assert to_dict(RunEpochEnded(run=1, epoch=0, metrics={})) == {
+        "event": "epoch", "run": 1, "epoch": 0, "metrics": {}}
 
 
 def test_search_quiet_prints_only_the_files(tmp_path: Path) -> None:
@@ -114,19 +150,19 @@ def test_the_benchmark_bar_follows_runs_and_epochs() -> None:
     console = Console(file=io.StringIO(), force_terminal=True, width=120)
     with BenchmarkBar(console) as bar:
         assert bar.live
-        bar("run_start", {"run": 1, "runs": 3, "contender": "searched", "seed": 1, "epochs": 4})
-        bar("epoch", {"run": 1, "epoch": 1, "metrics": {}})
+        bar(RunStarted(run=1, runs=3, contender="searched", seed=1, epochs=4))
+        bar(RunEpochEnded(run=1, epoch=1, metrics={}))
         task = bar._bar.tasks[0]
         assert task.description == "run 1 of 3: searched, seed 1"
         assert task.fields["status"] == "epoch 2/4"  # no ETA before a run has finished
-        bar("run_end", {"run": 1, "seconds": 40.0})
-        bar("run_start", {"run": 2, "runs": 3, "contender": "none", "seed": 1, "epochs": 4})
-        bar("epoch", {"run": 2, "epoch": 0, "metrics": {}})
+        bar(RunEnded(run=1, runs=3, contender="searched", seed=1, seconds=40.0))
+        bar(RunStarted(run=2, runs=3, contender="none", seed=1, epochs=4))
+        bar(RunEpochEnded(run=2, epoch=0, metrics={}))
         task = bar._bar.tasks[0]
         assert task.description == "run 2 of 3: none, seed 1" and task.completed == 1.25
         # 40 s a run: the rest of this run (3 of 4 epochs) and one more run = 70 s.
         assert task.fields["status"] == "epoch 1/4  ETA 1:10"
     assert bar._bar is None
     quiet = BenchmarkBar(Console(file=io.StringIO(), force_terminal=False))
-    quiet("run_start", {"run": 1, "runs": 1, "contender": "none", "seed": 1, "epochs": 1})
+    quiet(RunStarted(run=1, runs=1, contender="none", seed=1, epochs=1))
     assert quiet._bar is None  # not a terminal: no bar

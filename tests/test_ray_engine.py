@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 
 from policysearch.cli import app
 from policysearch.errors import UserError
+from policysearch.events import PruningOff, SearchEvent, TrialEnded
 from policysearch.records import TrialRecord
 from policysearch.reporting.tables import results_frame
 from policysearch.search import ray_results as rr
@@ -315,18 +316,18 @@ def test_pareto_search_with_single_task_references(ray_engine, ray_head: RayHead
 
     ray_head.join(monkeypatch)
     space = _space_file(tmp_path, {**ASHA_SPACE, "single_task_reference": True})
-    events: list[tuple[str, dict]] = []
+    events: list[SearchEvent] = []
     outcome = search(SearchOptions(space=space, engine="ray", trials=5, workers=2,
                                    device="cpu", out=tmp_path / "p", objective="pareto",
                                    ray_address="auto"),
-                     progress=lambda event, data: events.append((event, data)))
+                     progress=events.append)
     records = {r.number: r for r in outcome.study.records}
     assert len(records) == 5 and all(r.state == "complete" for r in records.values())
     references = [r for r in records.values() if r.role == "reference"]
     assert sorted(r.reference_task for r in references) == sorted(TASKS)
-    assert [e for e, _ in events].count("pruning_off") == 1  # ASHA cannot stop them
-    ends = [d for e, d in events if e == "trial_end" and d["role"] == "search"]
-    assert ends and set(ends[0]["task_deltas"]) == set(TASKS)
+    assert sum(isinstance(e, PruningOff) for e in events) == 1  # ASHA cannot stop them
+    ends = [e for e in events if isinstance(e, TrialEnded) and e.role == "search"]
+    assert ends and set(ends[0].task_deltas or {}) == set(TASKS)
     frame = results_frame(outcome.study, warn=False)
     assert "pareto" in frame.columns and frame["pareto"].any()
     assert (tmp_path / "p" / "best_policy.yaml").exists()

@@ -14,6 +14,7 @@ import yaml
 
 from policysearch.config import load_space
 from policysearch.errors import UserError
+from policysearch.events import SearchEvent, TrialExploited
 from policysearch.search import ray_pbt
 from tests.conftest import TINY_SPACE
 
@@ -97,15 +98,15 @@ def test_a_tiny_pbt_search_exports_a_replayable_schedule(tmp_path: Path, space, 
     options = SearchOptions(space=space_file, engine="ray", scheduler="pbt", trials=3,
                             workers=2, seed=0, device="cpu", threads=1, cpus_per_trial=1.0,
                             out=tmp_path / "out")
-    events: list[tuple[str, dict]] = []
-    outcome = search(options, progress=lambda event, data: events.append((event, data)))
+    events: list[SearchEvent] = []
+    outcome = search(options, progress=events.append)
     records = outcome.study
 
     assert [r.role for r in records.records] == ["reference", "search", "search"]
     assert all(r.state == "complete" and r.epochs == 4 for r in records.records)
-    kinds = [e for e, _ in events]
+    kinds = [e.kind for e in events]
     assert kinds.count("trial_start") == 3 and kinds.count("trial_end") == 3
-    exploits = [d for e, d in events if e == "exploit"]
+    exploits = [e for e in events if isinstance(e, TrialExploited)]
     # Two members, perturbed after epochs 1, 2 and 3: the worse one copies the better each time.
     assert len(exploits) == 3
     # The records on disk read back (without ray) as the same study; the table ranks them.

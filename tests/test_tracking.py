@@ -81,16 +81,18 @@ def test_a_store_that_cannot_be_opened_is_one_line_before_any_trial(tiny_space: 
 
 
 def test_a_failing_tracker_is_switched_off_and_the_search_goes_on() -> None:
+    from policysearch.events import EpochEnded, SearchEvent, TrackingFailed, TrialStarted
     from policysearch.reporting.tracking import TrackedProgress, _Tracker
 
     class Broken(_Tracker):
         def metrics(self, number: int, values: dict, step: int) -> None:
             raise OSError("database is locked")
 
-    seen: list[tuple[str, dict]] = []
-    tracked = TrackedProgress(Broken(), lambda event, data: seen.append((event, data)))
-    tracked("trial_start", {"trial": 0, "role": "reference", "policy": "hflip"})
-    tracked("epoch", {"trial": 0, "epoch": 0, "metrics": {"shape": {"accuracy": 0.5}}})
-    tracked("epoch", {"trial": 0, "epoch": 1, "metrics": {"shape": {"accuracy": 0.6}}})
-    assert [e for e, _ in seen] == ["trial_start", "tracking_failed", "epoch", "epoch"]
-    assert seen[1][1] == {"error": "database is locked"} and tracked.tracker is None
+    seen: list[SearchEvent] = []
+    tracked = TrackedProgress(Broken(), seen.append)
+    tracked(TrialStarted(trial=0, role="reference", policy="hflip", finished=0, target=2,
+                         task=None))
+    tracked(EpochEnded(trial=0, epoch=0, metrics={"shape": {"accuracy": 0.5}}))
+    tracked(EpochEnded(trial=0, epoch=1, metrics={"shape": {"accuracy": 0.6}}))
+    assert [e.kind for e in seen] == ["trial_start", "tracking_failed", "epoch", "epoch"]
+    assert seen[1] == TrackingFailed(error="database is locked") and tracked.tracker is None

@@ -28,6 +28,7 @@ import pandas as pd
 from policysearch.augment import Policy, is_baseline, load_policy
 from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
+from policysearch.events import BenchmarkListener, RunEnded, RunEpochEnded, RunStarted
 from policysearch.records import (
     MetricsInfo,
     StudyRecords,
@@ -45,19 +46,16 @@ SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
 ALPHA = 0.05
 RUN_SCHEMA = "policysearch.benchmark-run/v1"
 Say = Callable[[str], None]
-# Structured progress for bars and log collectors: ("run_start", {"run", "runs", "contender",
-# "seed", "epochs"}), ("epoch", {"run", "epoch", "metrics"}), ("run_end", {"run", "seconds"}).
-Events = Callable[[str, dict[str, Any]], None]
 
 
 class _EpochEvents:
-    """A training reporter that passes each epoch on as an ``epoch`` event."""
+    """A training reporter that passes each epoch on as a ``RunEpochEnded`` event."""
 
-    def __init__(self, events: Events, run: int):
+    def __init__(self, events: BenchmarkListener, run: int):
         self.events, self.run = events, run
 
     def report(self, epoch: int, metrics: dict[str, dict[str, float]]) -> None:
-        self.events("epoch", {"run": self.run, "epoch": epoch, "metrics": metrics})
+        self.events(RunEpochEnded(run=self.run, epoch=epoch, metrics=metrics))
 
 
 @dataclass
@@ -198,7 +196,7 @@ def _write_run(path: Path, data: dict[str, Any]) -> None:
 
 def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpace,
                 dataset: MultiTaskDataset, options: BenchmarkOptions, say: Say,
-                events: Events | None = None
+                events: BenchmarkListener | None = None
                 ) -> tuple[dict[tuple[str, int], dict[str, Any]], int, int]:
     from policysearch.training import train_policy
 
@@ -219,8 +217,8 @@ def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpac
     threads = options.threads or max(1, os.cpu_count() or 1)
     for i, (c, seed, path, fingerprint) in enumerate(todo, 1):
         if events is not None:
-            events("run_start", {"run": i, "runs": len(todo), "contender": c.name, "seed": seed,
-                                 "epochs": space.budget.epochs})
+            events(RunStarted(run=i, runs=len(todo), contender=c.name, seed=seed,
+                              epochs=space.budget.epochs))
         result = train_policy(c.policy, dataset, space.budget, seed=seed, device=options.device,
                               threads=threads, eval_split="test",
                               reporter=_EpochEvents(events, i) if events is not None else None)
@@ -231,8 +229,8 @@ def _train_runs(contenders: list[Contender], seeds: list[int], space: SearchSpac
         _write_run(path, data)
         runs[(c.name, seed)] = data
         if events is not None:
-            events("run_end", {"run": i, "runs": len(todo), "contender": c.name, "seed": seed,
-                               "seconds": round(result.seconds, 3)})
+            events(RunEnded(run=i, runs=len(todo), contender=c.name, seed=seed,
+                            seconds=round(result.seconds, 3)))
         say(f"run {i}/{len(todo)}: {c.name}, seed {seed} ({result.seconds:.1f} s)")
     return runs, len(todo), reused
 
@@ -469,12 +467,13 @@ def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> P
 
 
 def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
-                  events: Events | None = None) -> BenchmarkOutcome:
+                  events: BenchmarkListener | None = None) -> BenchmarkOutcome:
     """Train every contender for every seed (reusing stored runs), evaluate on the test split
     and write ``benchmark.md``, ``benchmark.csv`` (one row per contender), ``runs.csv`` (one
     row per run), ``benchmark.json`` and ``benchmark.png`` into ``options.out``.
 
-    ``progress`` gets a line per step; ``events`` the structured events of ``Events``."""
+    ``progress`` gets a line per step; ``events`` each run's ``BenchmarkEvent`` (start, every
+    epoch, end)."""
     from policysearch.data.loading import load_dataset
     from policysearch.training import resolve_device
 

@@ -1,8 +1,9 @@
 """Search progress for people and machines: ``ProgressPrinter`` (a line per finished trial,
 and on a terminal a live bar with the running trial's epoch, the best Δm% and the time left),
 ``JsonLogPrinter`` (one JSON object per event, ``--json-logs``) and ``QuietPrinter``
-(``--quiet``). Each is a ``progress(event, data)`` callable for ``policysearch.search``;
-``BenchmarkBar`` is the live bar of ``policysearch benchmark``."""
+(``--quiet``). Each is a listener for ``policysearch.search(progress=...)``, called with each
+event (``policysearch.events``); ``BenchmarkBar`` is the live bar of ``policysearch
+benchmark``."""
 
 from __future__ import annotations
 
@@ -14,6 +15,29 @@ from typing import Any, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn
+
+from policysearch.events import (
+    BenchmarkEvent,
+    DatasetLoaded,
+    EpochEnded,
+    Interrupted,
+    PruningOff,
+    RunEnded,
+    RunEpochEnded,
+    RunStarted,
+    SearchEvent,
+    SearchStarted,
+    TimedOut,
+    TrackingFailed,
+    TrialEnded,
+    TrialExploited,
+    TrialRetried,
+    TrialStale,
+    TrialStarted,
+    WaitingForReference,
+    WorkerDied,
+    to_dict,
+)
 
 
 def _fmt_time(seconds: float) -> str:
@@ -77,90 +101,89 @@ class ProgressPrinter:
         mean = sum(self.durations) / len(self.durations) if self.durations else 0.0
         return remaining * mean / max(1, self.workers)
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "epoch":
-            self._update_bar(data.get("epoch"), data.get("trial"))
-            return
-        if event == "dataset":
-            sizes = ", ".join(f"{k} {v}" for k, v in data["sizes"].items())
-            self.console.print(f"dataset {data['name']}: {sizes}", highlight=False)
-            for note in data["notes"]:
-                self.console.print(f"  {note}", highlight=False)
-        elif event == "start":
-            self.finished, self.target = data["finished"], data["target"]
-            self.workers = data.get("workers", 1)
-            self.epochs = data.get("epochs", self.epochs)
-            self._start_bar()
-            resumed = f", resuming with {self.finished} finished" if self.finished else ""
-            by = f", {self.workers} workers" if self.workers > 1 else ""
-            self.console.print(f"study {data['study']}: target {self.target} finished "
-                               f"trials{resumed}{by}", highlight=False)
-        elif event == "exploit":
-            self.console.print(f"  trial {data.get('trial')} continues from trial "
-                               f"{data.get('from_trial')} at epoch {data.get('epoch')}: "
-                               f"{data.get('policy') or '(no ops)'}", highlight=False,
-                               style="dim")
-        elif event == "trial_retry":
-            self.console.print(f"  trial {data['trial']}: {data.get('error', 'failed')}; "
-                               f"retry {data.get('retries', 1)}", highlight=False)
-        elif event == "waiting_reference":
-            self.console.print("waiting for the reference trial, which another worker runs",
-                               highlight=False)
-        elif event == "worker_died":
-            self.console.print(f"worker {data['worker']} died ({data['why']}); its trials "
-                               f"{data['trials'] or '-'} are marked failed and their parameters "
-                               "run again", highlight=False)
-        elif event == "pruning_off":
-            self.console.print(data["message"], highlight=False)
-        elif event == "stale":
-            self.console.print(f"trial {data['trial']} was left running by an interrupted "
-                               "search: marked failed, its parameters run again",
-                               highlight=False)
-        elif event == "trial_start":
-            self.trial_started[data["trial"]] = time.monotonic()
-            self._update_bar(None, data["trial"])
-            what = "reference" if data["role"] == "reference" else "trial"
-            if data.get("task"):
-                what = f"reference (single task {data['task']})"
-            self.console.print(f"  {what} {data['trial']}: {data['policy'] or '(no ops)'}",
-                               highlight=False, style="dim")
-        elif event == "trial_end":
-            self._trial_end(data)
-        elif event == "interrupted":
-            states = data["states"]
-            counts = ", ".join(f"{states.get(s, 0)} {s}" for s in ("complete", "pruned", "failed"))
-            best = (f"; best Δm% {data['best'][0]:+.2f} (trial {data['best'][1]})"
-                    if data.get("best") else "")
-            self.console.print(f"interrupted: {counts}{best}; results so far in {data['out']}",
-                               highlight=False)
-        elif event == "tracking_failed":
-            self.console.print(f"--log-to stopped logging: {data['error']}; the search goes on",
-                               highlight=False)
-        elif event == "timeout":
-            self.console.print(f"timeout reached: stopping with {data['finished']} of "
-                               f"{data['target']} trials finished; run the same command to "
-                               "continue", highlight=False)
+    def __call__(self, event: SearchEvent) -> None:
+        say = self.console.print
+        match event:
+            case EpochEnded():
+                self._update_bar(event.epoch, event.trial)
+                return
+            case DatasetLoaded():
+                sizes = ", ".join(f"{k} {v}" for k, v in event.sizes.items())
+                say(f"dataset {event.name}: {sizes}", highlight=False)
+                for note in event.notes:
+                    say(f"  {note}", highlight=False)
+            case SearchStarted():
+                self.finished, self.target = event.finished, event.target
+                self.workers = event.workers if event.workers is not None else 1
+                self.epochs = event.epochs
+                self._start_bar()
+                resumed = f", resuming with {self.finished} finished" if self.finished else ""
+                by = f", {self.workers} workers" if self.workers > 1 else ""
+                say(f"study {event.study}: target {self.target} finished trials{resumed}{by}",
+                    highlight=False)
+            case TrialExploited():
+                say(f"  trial {event.trial} continues from trial {event.from_trial} at epoch "
+                    f"{event.epoch}: {event.policy or '(no ops)'}", highlight=False, style="dim")
+            case TrialRetried():
+                say(f"  trial {event.trial}: {event.error}; retry {event.retries}",
+                    highlight=False)
+            case WaitingForReference():
+                say("waiting for the reference trial, which another worker runs",
+                    highlight=False)
+            case WorkerDied():
+                say(f"worker {event.worker} died ({event.why}); its trials "
+                    f"{event.trials or '-'} are marked failed and their parameters run again",
+                    highlight=False)
+            case PruningOff():
+                say(event.message, highlight=False)
+            case TrialStale():
+                say(f"trial {event.trial} was left running by an interrupted search: marked "
+                    "failed, its parameters run again", highlight=False)
+            case TrialStarted():
+                self.trial_started[event.trial] = time.monotonic()
+                self._update_bar(None, event.trial)
+                what = "reference" if event.role == "reference" else "trial"
+                if event.task:
+                    what = f"reference (single task {event.task})"
+                say(f"  {what} {event.trial}: {event.policy or '(no ops)'}", highlight=False,
+                    style="dim")
+            case TrialEnded():
+                self._trial_end(event)
+            case Interrupted():
+                states = event.states
+                counts = ", ".join(f"{states.get(s, 0)} {s}"
+                                   for s in ("complete", "pruned", "failed"))
+                best = (f"; best Δm% {event.best[0]:+.2f} (trial {event.best[1]})"
+                        if event.best else "")
+                say(f"interrupted: {counts}{best}; results so far in {event.out}",
+                    highlight=False)
+            case TrackingFailed():
+                say(f"--log-to stopped logging: {event.error}; the search goes on",
+                    highlight=False)
+            case TimedOut():
+                say(f"timeout reached: stopping with {event.finished} of {event.target} trials "
+                    "finished; run the same command to continue", highlight=False)
 
-    def _trial_end(self, data: dict[str, Any]) -> None:
-        took = time.monotonic() - self.trial_started.pop(data["trial"], time.monotonic())
+    def _trial_end(self, event: TrialEnded) -> None:
+        took = time.monotonic() - self.trial_started.pop(event.trial, time.monotonic())
         self.durations.append(took)
-        state = data["state"]
+        state = event.state
         if state in ("complete", "pruned"):
             self.finished += 1
-        value = data.get("delta_m")
+        value = event.delta_m
         if state == "complete" and value is not None and (self.best is None
                                                           or value > self.best[0]):
-            self.best = (value, data["trial"])
+            self.best = (value, event.trial)
         eta = self._eta()
         delta = f"Δm% {value:+7.2f}" if value is not None else f"{'':12}"
         best = f"best {self.best[0]:+.2f} (#{self.best[1]})" if self.best else "best -"
-        if data.get("role") == "reference":
+        if event.role == "reference":
             delta = "Δm%    0.00 (reference)"
-        note = f"  {data['error']}" if data.get("error") else ""
-        if data.get("task_deltas") and data.get("role") != "reference":
-            note = "  Δ% " + ", ".join(f"{t} {v:+.2f}" for t, v in data["task_deltas"].items())
+        note = f"  {event.error}" if event.error else ""
+        if event.task_deltas and event.role != "reference":
+            note = "  Δ% " + ", ".join(f"{t} {v:+.2f}" for t, v in event.task_deltas.items())
         self.console.print(
-            f"[{self.finished}/{self.target}] trial {data['trial']:>3} {state:<8} {delta}  "
+            f"[{self.finished}/{self.target}] trial {event.trial:>3} {state:<8} {delta}  "
             f"{best}  {took:5.1f} s  elapsed {_fmt_time(time.monotonic() - self.started)}  "
             f"remaining ~{_fmt_time(eta)}{note}", highlight=False)
         self._update_bar()
@@ -169,7 +192,7 @@ class ProgressPrinter:
 class BenchmarkBar:
     """``benchmark`` on a terminal: a live bar below the printed lines with the run being
     trained (k of N, contender, seed), its epoch and the time left, estimated from the runs
-    done so far. Takes the benchmark's events (``policysearch.evaluation.benchmark.Events``);
+    done so far. Takes the benchmark's events (``policysearch.events.BenchmarkEvent``);
     a no-op when ``live`` is False (not a terminal). Use it as a context manager."""
 
     def __init__(self, console: Console, live: bool | None = None):
@@ -179,7 +202,7 @@ class BenchmarkBar:
         self._task: Any = None
         self.durations: list[float] = []
         self.run_started = time.monotonic()
-        self.current: dict[str, Any] = {}
+        self.current: RunStarted | None = None
 
     def __enter__(self) -> BenchmarkBar:
         return self
@@ -197,21 +220,22 @@ class BenchmarkBar:
         mean = sum(self.durations) / len(self.durations)
         return max(0.0, mean * (runs_left - epoch_fraction))
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "run_start":
-            self.current, self.run_started = dict(data), time.monotonic()
-            self._show(0)
-        elif event == "epoch":
-            self._show(int(data["epoch"]) + 1)
-        elif event == "run_end":
-            self.durations.append(float(data.get("seconds") or
-                                        time.monotonic() - self.run_started))
+    def __call__(self, event: BenchmarkEvent) -> None:
+        match event:
+            case RunStarted():
+                self.current, self.run_started = event, time.monotonic()
+                self._show(0)
+            case RunEpochEnded():
+                self._show(event.epoch + 1)
+            case RunEnded():
+                self.durations.append(float(event.seconds or
+                                            time.monotonic() - self.run_started))
 
     def _show(self, epochs_done: int) -> None:
-        if not self.live or not self.current:
+        if not self.live or self.current is None:
             return
-        runs, run = int(self.current["runs"]), int(self.current["run"])
-        epochs = int(self.current.get("epochs") or 1)
+        runs, run = self.current.runs, self.current.run
+        epochs = self.current.epochs or 1
         eta = self.eta(runs - run + 1, epochs_done / epochs)
         if self._bar is None:
             self._bar = Progress(TextColumn("{task.description}"), BarColumn(),
@@ -221,15 +245,15 @@ class BenchmarkBar:
             self._bar.start()
         left = f"  ETA {_fmt_time(eta)}" if eta is not None else ""
         self._bar.update(self._task, completed=run - 1 + epochs_done / epochs, total=runs,
-                         description=f"run {run} of {runs}: {self.current['contender']}, "
-                                     f"seed {self.current['seed']}",
+                         description=f"run {run} of {runs}: {self.current.contender}, "
+                                     f"seed {self.current.seed}",
                          status=f"epoch {epochs_done}/{epochs}{left}")
 
 
 class QuietPrinter:
     """``--quiet``: prints nothing while the search runs (errors still end the command)."""
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: SearchEvent | BenchmarkEvent) -> None:
         return None
 
     def __enter__(self) -> QuietPrinter:
@@ -240,15 +264,22 @@ class QuietPrinter:
 
 
 class JsonLogPrinter:
-    """``--json-logs``: one JSON object per line and event — ``{"event": ..., "time": unix
-    seconds, ...the event's data}`` — for log collectors. Events: dataset, start, trial_start,
-    epoch (with the metrics), trial_end (state, Δm%, error), stale, worker_died, timeout,
-    interrupted, and the end (``done``, with the files written)."""
+    """``--json-logs``: one JSON object per line and event — ``{"event": kind, "time": unix
+    seconds, ...the event's fields}`` (``policysearch.events.to_dict``) — for log collectors.
+    Events: those of a search (dataset, start, trial_start, epoch with the metrics, trial_end
+    with the state, Δm% or error, stale, worker_died, timeout, interrupted, ...) or of a
+    benchmark (run_start, epoch, run_end); the command writes its own lines with ``write``
+    (the end, ``done``, with the files written)."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: SearchEvent | BenchmarkEvent) -> None:
+        data = to_dict(event)
+        self.write(data.pop("event"), data)
+
+    def write(self, event: str, data: dict[str, Any]) -> None:
+        """One line: ``{"event": event, "time": ..., **data}``."""
         stream = self.stream or sys.stdout
         record = _finite({"event": event, "time": round(time.time(), 3), **data})
         stream.write(json.dumps(record, default=str, allow_nan=False) + "\n")

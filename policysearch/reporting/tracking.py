@@ -1,11 +1,13 @@
 """Per-trial metrics to TensorBoard or MLflow (``search --log-to``), in local files only.
 
-A tracker listens to the search's progress events, which reach the driver from every engine
-(Optuna with one or several workers, Ray Tune), so both engines log the same way:
+A tracker listens to the search's progress events (``policysearch.events``), which reach the
+driver from every engine (Optuna with one or several workers, Ray Tune), so both engines log the
+same way:
 
-- ``trial_start``: a run per trial (``trial-00003``), tagged with its role and policy;
-- ``epoch``: every task's validation metrics at that epoch (step = epochs trained);
-- ``trial_end``: its state and, when complete, its Δm% (and each task's Δ% for a pareto study);
+- ``TrialStarted``: a run per trial (``trial-00003``), tagged with its role and policy;
+- ``EpochEnded``: every task's validation metrics at that epoch (step = epochs trained);
+- ``TrialEnded``: its state and, when complete, its Δm% (and each task's Δ% for a pareto
+  study);
 - after each trial (``record``): the searched parameter values the trial's policy came from.
 
 TensorBoard: one event folder per trial under ``OUT/tensorboard`` (``tensorboard --logdir
@@ -24,6 +26,14 @@ from pathlib import Path
 from typing import Any
 
 from policysearch.errors import UserError
+from policysearch.events import (
+    EpochEnded,
+    SearchEvent,
+    SearchListener,
+    TrackingFailed,
+    TrialEnded,
+    TrialStarted,
+)
 from policysearch.records import StudyRecords
 
 LOG_TARGETS = ("tensorboard", "mlflow")
@@ -48,24 +58,23 @@ class _Tracker:
         self.steps: dict[int, int] = {}
         self.params_logged: set[int] = set()
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
-        if event == "trial_start":
-            self.steps[data["trial"]] = 0
-            self.start(data["trial"], data)
-        elif event == "epoch" and data.get("trial") in self.steps:
-            step = int(data["epoch"]) + 1
-            self.steps[data["trial"]] = step
-            self.metrics(data["trial"], _scalars(data.get("metrics") or {}), step)
-        elif event == "trial_end" and data.get("trial") in self.steps:
-            number = data["trial"]
-            final = {}
-            if data.get("state") == "complete" and "delta_m" in data:
-                final["delta_m"] = float(data["delta_m"])
-                final.update({f"delta/{t}": float(v)
-                              for t, v in (data.get("task_deltas") or {}).items()})
-            final = {k: v for k, v in final.items() if math.isfinite(v)}
-            self.end(number, str(data.get("state", "failed")), final,
-                     max(self.steps.get(number, 0), 1))
+    def __call__(self, event: SearchEvent) -> None:
+        match event:
+            case TrialStarted(trial=number):
+                self.steps[number] = 0
+                self.start(number, role=event.role, policy=event.policy)
+            case EpochEnded(trial=number) if number in self.steps:
+                step = event.epoch + 1
+                self.steps[number] = step
+                self.metrics(number, _scalars(event.metrics or {}), step)
+            case TrialEnded(trial=number) if number in self.steps:
+                final: dict[str, float] = {}
+                if event.state == "complete" and event.delta_m is not None:
+                    final["delta_m"] = float(event.delta_m)
+                    final.update({f"delta/{t}": float(v)
+                                  for t, v in (event.task_deltas or {}).items()})
+                final = {k: v for k, v in final.items() if math.isfinite(v)}
+                self.end(number, event.state, final, max(self.steps.get(number, 0), 1))
 
     def record(self, study: StudyRecords) -> None:
         """Log the searched parameter values of trials that ended since the last call."""
@@ -77,7 +86,7 @@ class _Tracker:
                     self.params(rec.number, dict(rec.params))
 
     # Implemented by each tracker:
-    def start(self, number: int, data: dict[str, Any]) -> None: ...
+    def start(self, number: int, *, role: str, policy: str) -> None: ...
     def metrics(self, number: int, values: dict[str, float], step: int) -> None: ...
     def end(self, number: int, state: str, final: dict[str, float], step: int) -> None: ...
     def params(self, number: int, values: dict[str, Any]) -> None: ...
@@ -102,10 +111,10 @@ class TensorBoardTracker(_Tracker):
             self.writers[number] = self._writer_class(log_dir=str(self.root / run_name(number)))
         return self.writers[number]
 
-    def start(self, number: int, data: dict[str, Any]) -> None:
+    def start(self, number: int, *, role: str, policy: str) -> None:
         writer = self._writer(number)
-        writer.add_text("policy", str(data.get("policy") or "(no ops)"), 0)
-        writer.add_text("role", str(data.get("role", "search")), 0)
+        writer.add_text("policy", policy or "(no ops)", 0)
+        writer.add_text("role", role, 0)
 
     def metrics(self, number: int, values: dict[str, float], step: int) -> None:
         writer = self._writer(number)
@@ -168,10 +177,10 @@ class MlflowTracker(_Tracker):
             logger.setLevel(level)
         self.runs: dict[int, str] = {}
 
-    def start(self, number: int, data: dict[str, Any]) -> None:
+    def start(self, number: int, *, role: str, policy: str) -> None:
         run = self.client.create_run(self.experiment_id, run_name=run_name(number), tags={
-            "policysearch.trial": str(number), "policysearch.role": str(data.get("role")),
-            "policysearch.policy": str(data.get("policy") or "(no ops)")})
+            "policysearch.trial": str(number), "policysearch.role": role,
+            "policysearch.policy": policy or "(no ops)"})
         self.runs[number] = run.info.run_id
 
     def metrics(self, number: int, values: dict[str, float], step: int) -> None:
@@ -224,11 +233,11 @@ def make_tracker(target: str, out_dir: Path, study_name: str) -> _Tracker:
 
 
 class TrackedProgress:
-    """The search's progress callable with a tracker listening in. A tracker that fails
-    (a locked database, a full disk) is switched off with one ``tracking_failed`` event: the
+    """The search's progress listener with a tracker listening in. A tracker that fails
+    (a locked database, a full disk) is switched off with one ``TrackingFailed`` event: the
     trials go on."""
 
-    def __init__(self, tracker: _Tracker, progress: Any = None):
+    def __init__(self, tracker: _Tracker, progress: SearchListener | None = None):
         self.tracker: _Tracker | None = tracker
         self.progress = progress
 
@@ -241,13 +250,13 @@ class TrackedProgress:
             self.tracker = None
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             if self.progress is not None:
-                self.progress("tracking_failed", {"error": reason})
+                self.progress(TrackingFailed(error=reason))
 
-    def __call__(self, event: str, data: dict[str, Any]) -> None:
+    def __call__(self, event: SearchEvent) -> None:
         if self.tracker is not None:
-            self._guard(self.tracker, event, data)
+            self._guard(self.tracker, event)
         if self.progress is not None:
-            self.progress(event, data)
+            self.progress(event)
 
     def record(self, study: StudyRecords) -> None:
         if self.tracker is not None:

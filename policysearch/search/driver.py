@@ -12,12 +12,12 @@ from typing import Any
 import pandas as pd
 
 from policysearch.errors import UserError
+from policysearch.events import Interrupted, SearchListener
 from policysearch.exports.best_policy import ExportResult, export_policy, pick_trial
 from policysearch.records import StudyRecords
 from policysearch.reporting.tables import results_frame, write_results
 from policysearch.search.options import (
     OBJECTIVES,
-    Progress,
     SearchOptions,
     SearchRun,
     load_run,
@@ -120,7 +120,7 @@ class _Checkpoint:
             self.report.final(study) if final else self.report.after_trial(study)
 
 
-def search(options: SearchOptions, progress: Progress | None = None) -> SearchOutcome:
+def search(options: SearchOptions, progress: SearchListener | None = None) -> SearchOutcome:
     """Run (or resume) a policy search and write results and the best policy into ``out``.
 
     With ``objective: pareto`` the study has one objective per task and runs without a pruner
@@ -198,7 +198,7 @@ def _report_interrupt(run: SearchRun, checkpoint: Callable[[StudyRecords], None]
     ranked = frame[frame["rank"].notna()].sort_values("rank")
     best = (None if ranked.empty
             else (float(ranked["delta_m"].iloc[0]), int(ranked["trial"].iloc[0])))
-    run.emit("interrupted", {"states": states, "best": best, "out": str(run.out_dir)})
+    run.emit(Interrupted(states=states, best=best, out=str(run.out_dir)))
 
 
 def _search_in_process(run: SearchRun) -> StudyRecords:

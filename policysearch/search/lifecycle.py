@@ -28,6 +28,7 @@ from typing import Any
 from policysearch.augment import Policy, Weighting, get_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
+from policysearch.events import TrialEnded
 from policysearch.records import Metrics, MetricsInfo, TrialRecord, delta_m, task_deltas
 from policysearch.search.space import policy_from_params
 from policysearch.training import (
@@ -210,17 +211,17 @@ class TrialOutcome:
             final_weights=self.final_weights, started_at=started_at,
             device=device or self.device, params=params)
 
-    def end_event(self, number: int, role: str) -> dict[str, Any]:
-        """The ``trial_end`` progress event's data."""
-        data: dict[str, Any] = {"trial": number, "state": self.state, "role": role}
-        if self.state == "failed":
-            data["error"] = self.error
-        if self.state == "complete":
-            data["delta_m"] = self.value if role == "search" else 0.0
-            data["seconds"] = self.seconds
-            if self.task_deltas is not None:
-                data["task_deltas"] = dict(self.task_deltas)
-        return data
+    def end_event(self, number: int, role: str) -> TrialEnded:
+        """The ``trial_end`` progress event: the error of a failed trial; Δm% (0 for a
+        reference) and the training's seconds of a complete one."""
+        complete = self.state == "complete"
+        return TrialEnded(
+            trial=number, state=self.state, role=role,
+            error=self.error if self.state == "failed" else None,
+            delta_m=(self.value if role == "search" else 0.0) if complete else None,
+            seconds=self.seconds if complete else None,
+            task_deltas=dict(self.task_deltas) if complete and self.task_deltas is not None
+            else None)
 
 
 class TrialReporter:

@@ -8,10 +8,11 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from policysearch.config import SearchSpace, SpaceOverrides, load_space, validate_tasks
 from policysearch.errors import UserError
+from policysearch.events import DatasetLoaded, SearchEvent, SearchListener
 
 if TYPE_CHECKING:
     from policysearch.augment import Policy
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     from policysearch.training import Reporter, TrialResult
 
 OBJECTIVES = ("delta_m", "pareto")
-Progress = Callable[[str, dict[str, Any]], None]
 
 
 @dataclass
@@ -99,12 +99,13 @@ class SearchRun:
     study_name: str
     out_dir: Path
     threads: int
-    progress: Progress | None = None
+    progress: SearchListener | None = None
     on_trial_end: Callable[[StudyRecords], None] | None = field(default=None, repr=False)
 
-    def emit(self, event: str, data: dict[str, Any]) -> None:
+    def emit(self, event: SearchEvent) -> None:
+        """Pass ``event`` to the search's listener, if any."""
         if self.progress is not None:
-            self.progress(event, data)
+            self.progress(event)
 
     def runner(self) -> Callable[[Policy, Reporter], TrialResult]:
         """How every trial of the search trains: its policy on the dataset, under the
@@ -120,7 +121,7 @@ class SearchRun:
 
 
 def load_run(options: SearchOptions, space: SearchSpace, *, study_name: str, out_dir: Path,
-             threads: int, progress: Progress | None = None) -> SearchRun:
+             threads: int, progress: SearchListener | None = None) -> SearchRun:
     """Load the dataset once, read its tasks and check them against the space: the run every
     engine (and every worker process) is given. Emits ``dataset``."""
     from policysearch.data.loading import dataset_notes, load_dataset
@@ -129,8 +130,8 @@ def load_run(options: SearchOptions, space: SearchSpace, *, study_name: str, out
     dataset = load_dataset(space)
     notes = dataset_notes(dataset)
     if progress is not None:
-        progress("dataset", {"name": space.dataset, "notes": notes,
-                             "sizes": {s: len(dataset.split(s)) for s in ("train", "val", "test")}})
+        progress(DatasetLoaded(name=space.dataset, notes=notes, sizes={
+            s: len(dataset.split(s)) for s in ("train", "val", "test")}))
     tasks, info = task_setup(dataset)
     validate_tasks(space, list(tasks), f"search space {space.name}")
     return SearchRun(options=options, space=space, dataset=dataset, tasks=tasks,

@@ -24,6 +24,17 @@ from optuna.trial import Trial, TrialState
 from policysearch.augment import Policy
 from policysearch.config import SearchSpace
 from policysearch.errors import SearchAborted
+from policysearch.events import (
+    EpochEnded,
+    PruningOff,
+    SearchEvent,
+    SearchListener,
+    SearchStarted,
+    TimedOut,
+    TrialStale,
+    TrialStarted,
+    WaitingForReference,
+)
 from policysearch.records import Metrics, MetricsInfo, StudyRecords
 from policysearch.search.lifecycle import (
     FailureRules,
@@ -51,11 +62,10 @@ PRUNING_OFF = "pruning is off: Optuna cannot prune multi-objective trials"
 STALE_ERROR = "left running by an interrupted search"
 
 TrialRunner = Callable[[Policy, Reporter], TrialResult]
-Progress = Callable[[str, dict[str, Any]], None]
 
 
-def _ignore(event: str, data: dict[str, Any]) -> None:
-    """A progress callback that drops every event."""
+def _ignore(event: SearchEvent) -> None:
+    """A progress listener that drops every event."""
 
 
 def _claim_reference(study: optuna.Study, space: SearchSpace,
@@ -119,8 +129,8 @@ class _Heartbeat:
     def __init__(self, study: optuna.Study, trial: Trial):
         import threading
 
-        storage = study._storage
-        self._beat = getattr(storage, "record_heartbeat", None)
+        storage: Any = study._storage
+        self._beat: Any = getattr(storage, "record_heartbeat", None)
         interval = storage.get_heartbeat_interval() if self._beat else None
         self._stop = threading.Event()
         self._thread = None
@@ -168,22 +178,23 @@ class OptunaReporter(TrialReporter):
 def prepare_study(space: SearchSpace, *, tasks: Mapping[str, str], metrics_info: MetricsInfo,
                   dataset_name: str, dataset_notes: Sequence[str], out_dir: Path,
                   storage: str | None, study_name: str, seed: int, target: int,
-                  emit: Progress, fail_stale: bool = True, **start: Any) -> optuna.Study:
+                  emit: SearchListener, fail_stale: bool = True,
+                  workers: int | None = None) -> optuna.Study:
     """Open (or resume) the study for a search and say so: trials a dead search left running
     failed and enqueued again (a local journal only, ``fail_stale``: only one driver writes
     it), ``pruning_off`` for a pareto space that asks for a pruner, then ``start`` (with
-    ``start``'s extra data)."""
+    ``workers`` when several processes share the study)."""
     study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
                                 seed=seed, metrics_info=metrics_info, tasks=tasks,
                                 dataset=dataset_name, dataset_notes=dataset_notes)
     if is_file and fail_stale:
         for number in fail_trials_of(study, None, STALE_ERROR):
-            emit("stale", {"trial": number})
+            emit(TrialStale(trial=number))
     if space.objective == "pareto" and space.pruner.name != "none":
-        emit("pruning_off", {"message": PRUNING_OFF})
-    emit("start", {"study": study_name, "target": target, "epochs": space.budget.epochs,
-                   "finished": len(study.get_trials(deepcopy=False, states=FINISHED)),
-                   **start})
+        emit(PruningOff(message=PRUNING_OFF))
+    emit(SearchStarted(study=study_name, target=target, epochs=space.budget.epochs,
+                       finished=len(study.get_trials(deepcopy=False, states=FINISHED)),
+                       workers=workers))
     return study
 
 
@@ -191,7 +202,7 @@ class _Trials:
     """The trials of one process on a study: what runs next, and running it."""
 
     def __init__(self, study: optuna.Study, space: SearchSpace, tasks: Mapping[str, str],
-                 scoring: Scoring, *, runner: TrialRunner, emit: Progress, seed: int,
+                 scoring: Scoring, *, runner: TrialRunner, emit: SearchListener, seed: int,
                  target: int, worker: str | None, device: str | None, salt: int):
         self.study, self.space, self.tasks, self.scoring = study, space, dict(tasks), scoring
         self.runner, self.emit, self.seed, self.target = runner, emit, seed, target
@@ -238,12 +249,12 @@ class _Trials:
         the trial is stored."""
         role = trial.user_attrs["role"]
         number = trial.number
-        self.emit("trial_start", {"trial": number, "role": role, "policy": policy.summary(),
-                                  "finished": self.finished(), "target": self.target,
-                                  "task": trial.user_attrs.get("reference_task")})
+        self.emit(TrialStarted(trial=number, role=role, policy=policy.summary(),
+                               finished=self.finished(), target=self.target,
+                               task=trial.user_attrs.get("reference_task")))
         reporter = OptunaReporter(trial, self.scoring, reference,
                                   on_epoch=lambda e, m: self.emit(
-                                      "epoch", {"trial": number, "epoch": e, "metrics": m}),
+                                      EpochEnded(trial=number, epoch=e, metrics=m)),
                                   prune=not self.scoring.pareto)
         try:
             with _Heartbeat(self.study, trial):
@@ -255,7 +266,7 @@ class _Trials:
         self._store(trial, outcome)
         if role == "reference" and outcome.state == "complete":
             _drop_duplicate_references(self.study, trial.user_attrs.get("reference_task"))
-        self.emit("trial_end", outcome.end_event(number, role))
+        self.emit(outcome.end_event(number, role))
         if user_error is not None:
             raise user_error
         return outcome
@@ -286,7 +297,7 @@ def optimize(
     study_name: str | None = None,
     seed: int = 0,
     timeout: float | None = None,
-    progress: Progress | None = None,
+    progress: SearchListener | None = None,
     on_trial_end: Callable[[StudyRecords], None] | None = None,
     fail_stale: bool = True,
     worker: str | None = None,
@@ -318,12 +329,12 @@ def optimize(
     said_waiting = False
     while trials.finished() < n_trials:
         if deadline is not None and time.monotonic() >= deadline:
-            emit("timeout", {"finished": trials.finished(), "target": n_trials})
+            emit(TimedOut(finished=trials.finished(), target=n_trials))
             break
         planned = trials.next_trial()
         if planned is None:  # another worker runs the reference: wait, then look again
             if not said_waiting:
-                emit("waiting_reference", {})
+                emit(WaitingForReference())
                 said_waiting = True
             time.sleep(REFERENCE_POLL_S)
             continue

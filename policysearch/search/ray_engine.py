@@ -48,6 +48,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from policysearch.config import SearchSpace
+from policysearch.events import PruningOff, TimedOut
 from policysearch.records import StudyRecords
 from policysearch.search import ray_results as rr
 from policysearch.search.lifecycle import Scoring, reference_run_policy, search_trial_policy
@@ -101,8 +102,10 @@ class PolicySearcher(Searcher):
 
     def __init__(self, ledger: Ledger, optuna_search: OptunaSearch, metric: str | list[str]):
         super().__init__()
-        self._metric, self._mode = metric, ("max" if isinstance(metric, str)
+        # Ray annotates one metric name; a pareto search has one per task.
+        self._metric, self._mode = metric, ("max" if isinstance(metric, str)  # type: ignore
                                             else ["max"] * len(metric))
+        self._metrics = [metric] if isinstance(metric, str) else list(metric)
         self.ledger = ledger
         self._optuna = optuna_search  # not ".searcher": Ray would try to save it as a wrapper
         self._search_ids: set[str] = set()
@@ -111,7 +114,8 @@ class PolicySearcher(Searcher):
                               **spec: Any) -> bool:
         return True  # our metric and mode are fixed; the space is define-by-run
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Ray annotates suggest as returning a dict or None; Searcher.FINISHED is a str.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         ledger = self.ledger
         if ledger.stop_reason() is not None:
             return Searcher.FINISHED
@@ -145,8 +149,7 @@ class PolicySearcher(Searcher):
             return
         state = "failed" if error else trial_outcome(
             result, self.ledger.space.budget.epochs).state
-        values = [result.get(m) for m in ([self._metric] if isinstance(self._metric, str)
-                                          else self._metric)] if result else []
+        values = [result.get(m) for m in self._metrics] if result else []
         if state == "complete" and all(isinstance(v, float) and math.isfinite(v)
                                        for v in values):
             self._optuna.on_trial_complete(trial_id, result)
@@ -244,7 +247,7 @@ def _run_missing(run: SearchRun, ledger: Ledger) -> None:
     space, options = run.space, run.options
     scoring = Scoring.of(space, run.tasks, run.metrics_info)
     if scoring.pareto and options.scheduler == "asha" and space.pruner.name != "none":
-        run.emit("pruning_off", {"message": PRUNING_OFF_PARETO})
+        run.emit(PruningOff(message=PRUNING_OFF_PARETO))
     with ray_connected(options) as resources:
         setup = TrialSetup(budget=space.budget, seed=options.seed, device=options.device,
                            threads=max(1, int(resources["cpu"])), scoring=scoring)
@@ -287,4 +290,4 @@ def _fit(run: SearchRun, ledger: Ledger, setup: TrialSetup,
     )
     fit(tuner, callback)
     if ledger.timed_out and ledger.finished() < ledger.target:
-        run.emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
+        run.emit(TimedOut(finished=ledger.finished(), target=ledger.target))

@@ -51,6 +51,13 @@ from ray.tune.search import Searcher
 
 from policysearch.augment import Policy
 from policysearch.errors import UserError
+from policysearch.events import (
+    EpochEnded,
+    SearchListener,
+    TimedOut,
+    TrialExploited,
+    TrialStarted,
+)
 from policysearch.records import Metrics, StudyRecords, TrialRecord
 from policysearch.search.lifecycle import (
     DATA_ERROR,
@@ -67,7 +74,6 @@ from policysearch.search.ray_runtime import (
     TIME_ATTR,
     Detached,
     Ledger,
-    Progress,
     RecordsCallback,
     TrialSetup,
     error_line,
@@ -266,7 +272,8 @@ class _References(Searcher):
                               **spec: Any) -> bool:
         return True
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+    # Ray annotates suggest as returning a dict or None; Searcher.FINISHED is a str.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         return self.configs.pop(0) if self.configs else Searcher.FINISHED
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
@@ -283,7 +290,7 @@ class MembersCallback(Callback):
     when a member continues from another's checkpoint. A member's number is fixed at its first
     start (its config, ``number`` included, is the donor's after an exploit)."""
 
-    def __init__(self, ledger: Ledger, *, run_name: str, emit: Progress, epochs: int,
+    def __init__(self, ledger: Ledger, *, run_name: str, emit: SearchListener, epochs: int,
                  on_trial_end: Callable[[StudyRecords], None] | None = None):
         self.ledger = ledger
         self.run_name = run_name
@@ -305,9 +312,9 @@ class MembersCallback(Callback):
                              policy=policy.to_dict(), started_at=time.time())
         self.ledger.write(record, ray_trial_id=trial.trial_id, run=self.run_name,
                           scheduler=SCHEDULER)
-        self.emit("trial_start", {"trial": number, "role": "search", "policy": policy.summary(),
-                                  "finished": self.ledger.finished(),
-                                  "target": self.ledger.target, "task": None})
+        self.emit(TrialStarted(trial=number, role="search", policy=policy.summary(),
+                               finished=self.ledger.finished(), target=self.ledger.target,
+                               task=None))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -325,11 +332,11 @@ class MembersCallback(Callback):
             donor = self.numbers.get(str(result["exploited_from"]), -1)
             step = {"epoch": int(result["exploited_at"]), "from_trial": donor}
             self.exploits.setdefault(number, []).append(step)
-            self.emit("exploit", {"trial": number, "from_trial": donor, "epoch": step["epoch"],
-                                  "policy": Policy.from_dict(record.policy).summary()})
+            self.emit(TrialExploited(trial=number, from_trial=donor, epoch=step["epoch"],
+                                     policy=Policy.from_dict(record.policy).summary()))
         self.ledger.write(record, exploits=self.exploits.get(number, []))
-        self.emit("epoch", {"trial": number, "epoch": record.epochs - 1,
-                            "metrics": record.metrics})
+        self.emit(EpochEnded(trial=number, epoch=int(result[TIME_ATTR]) - 1,
+                             metrics=result["metrics"]))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         # A member stopped before the end of the budget was stopped by --timeout.
@@ -354,7 +361,7 @@ class MembersCallback(Callback):
             record.final_weights = last.final_weights
         ledger.write(record, exploits=self.exploits.get(number, []))
         ledger.end(outcome)
-        self.emit("trial_end", outcome.end_event(number, "search"))
+        self.emit(outcome.end_event(number, "search"))
         if self.on_trial_end is not None:
             self.on_trial_end(ledger.study())
 
@@ -395,7 +402,7 @@ def optimize_pbt(run: SearchRun) -> StudyRecords:
         if options.timeout:
             timeout = options.timeout - (time.monotonic() - started)
             if timeout <= 0:
-                run.emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
+                run.emit(TimedOut(finished=ledger.finished(), target=ledger.target))
                 return ledger.study()
         _fit_population(run, ledger, setup, reference, resources, timeout)
     return ledger.study()
@@ -482,11 +489,11 @@ def _fit_population(run: SearchRun, ledger: Ledger, setup: TrialSetup, reference
             failure_config=tune.FailureConfig(max_failures=0),
             callbacks=[callback]),
     )
-    pbt_module = sys.modules[PopulationBasedTraining.__module__]
+    pbt_module: Any = sys.modules[PopulationBasedTraining.__module__]
     saved_random, pbt_module.random = pbt_module.random, rng
     try:
         fit(tuner, callback)
     finally:
         pbt_module.random = saved_random
     if timeout is not None and ledger.finished() < ledger.target:
-        run.emit("timeout", {"finished": ledger.finished(), "target": ledger.target})
+        run.emit(TimedOut(finished=ledger.finished(), target=ledger.target))

@@ -24,6 +24,14 @@ from ray.tune import Callback, Stopper
 from policysearch.augment import Policy
 from policysearch.config import Budget, SearchSpace
 from policysearch.errors import SearchAborted, UserError
+from policysearch.events import (
+    EpochEnded,
+    SearchListener,
+    SearchStarted,
+    TrialRetried,
+    TrialStale,
+    TrialStarted,
+)
 from policysearch.records import Metrics, MetricsInfo, StudyRecords, TrialRecord
 from policysearch.search import ray_results as rr
 from policysearch.search.lifecycle import (
@@ -44,8 +52,6 @@ if TYPE_CHECKING:
     from policysearch.data.base import MultiTaskDataset
     from policysearch.search.options import SearchOptions, SearchRun
     from policysearch.training import Reporter, TrialResult
-
-Progress = Callable[[str, dict[str, Any]], None]
 
 METRIC = "delta_m"  # what ASHA, TPE and PBT compare: Δm% against the reference, every epoch
 TASK_METRIC = "delta_task."  # + task name: one objective per task (objective: pareto)
@@ -131,7 +137,7 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
     if ray.is_initialized():
         yield
         return
-    common = {"include_dashboard": False, "logging_level": logging.ERROR,
+    common: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.ERROR,
               "log_to_driver": False, "configure_logging": False}
     if address is None:
         kwargs: dict[str, Any] = {"address": "local", "num_cpus": num_cpus or os.cpu_count()}
@@ -262,7 +268,8 @@ class TuneReporter(TrialReporter):
 
     def payload(self, state: str, metrics: Metrics | None) -> dict[str, Any]:
         """A report after ``self.epochs`` epochs, scored from ``metrics``."""
-        value, per_task = math.nan, {}
+        value: float = math.nan
+        per_task: dict[str, float] = {}
         if metrics is not None:
             value, per_task = self.scoring.deltas(metrics, self.reference)
         data: dict[str, Any] = {TIME_ATTR: self.epochs, METRIC: value, "state": state,
@@ -472,7 +479,7 @@ class RecordsCallback(Callback):
     """Writes each trial's record as it starts and ends, and emits the progress events of the
     Optuna engine (``trial_start``, ``epoch``, ``trial_end``) on the driver."""
 
-    def __init__(self, ledger: Ledger, *, run_name: str, emit: Progress,
+    def __init__(self, ledger: Ledger, *, run_name: str, emit: SearchListener,
                  on_trial_end: Callable[[StudyRecords], None] | None = None):
         self.ledger = ledger
         self.run_name = run_name
@@ -494,24 +501,22 @@ class RecordsCallback(Callback):
         self.ledger.write(self._running_record(trial), ray_trial_id=trial.trial_id,
                           run=self.run_name, started_at=started)
         policy = Policy.from_dict(trial.config["policy"])
-        self.emit("trial_start", {"trial": number, "role": trial.config["role"],
-                                  "policy": policy.summary(), "finished":
-                                  self.ledger.finished(), "target": self.ledger.target,
-                                  "task": trial.config.get("reference_task")})
+        self.emit(TrialStarted(trial=number, role=trial.config["role"],
+                               policy=policy.summary(), finished=self.ledger.finished(),
+                               target=self.ledger.target,
+                               task=trial.config.get("reference_task")))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         if result.get("state") == "running" and result.get("metrics"):
-            self.emit("epoch", {"trial": self._number(trial),
-                                "epoch": int(result[TIME_ATTR]) - 1,
-                                "metrics": result["metrics"]})
+            self.emit(EpochEnded(trial=self._number(trial), epoch=int(result[TIME_ATTR]) - 1,
+                                 metrics=result["metrics"]))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         number = self._number(trial)
         retries = self.ledger.extras.get(number, {}).get("retries", 0) + 1
         self.ledger.extras.setdefault(number, {})["retries"] = retries
-        self.emit("trial_retry", {"trial": number, "retries": retries,
-                                  "error": "its worker process died"})
+        self.emit(TrialRetried(trial=number, retries=retries, error="its worker process died"))
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         outcome = trial_outcome(trial.last_result or None, self.ledger.space.budget.epochs)
@@ -540,7 +545,7 @@ class RecordsCallback(Callback):
         worker = f"{result['hostname']}:{result['pid']}" if "pid" in result else None
         ledger.write(record, worker=worker, ray_trial_id=trial.trial_id, ended_at=time.time())
         ledger.end(outcome)
-        self.emit("trial_end", outcome.end_event(number, config["role"]))
+        self.emit(outcome.end_event(number, config["role"]))
         if self.on_trial_end is not None:
             self.on_trial_end(ledger.study())
 
@@ -572,12 +577,12 @@ def open_ledger(run: SearchRun, deadline: float | None = None) -> Ledger:
                                  tasks=run.tasks, dataset=run.dataset.name,
                                  dataset_notes=run.dataset_notes, scheduler=options.scheduler)
     for number in rr.mark_stale(experiment):
-        run.emit("stale", {"trial": number})
+        run.emit(TrialStale(trial=number))
     ledger = Ledger.load(experiment, space=run.space, tasks=dict(run.tasks),
                          target=options.trials, deadline=deadline)
-    run.emit("start", {"study": run.study_name, "finished": ledger.finished(),
-                       "target": options.trials, "workers": options.workers,
-                       "epochs": run.space.budget.epochs})
+    run.emit(SearchStarted(study=run.study_name, target=options.trials,
+                           epochs=run.space.budget.epochs, finished=ledger.finished(),
+                           workers=options.workers))
     return ledger
 
 

@@ -4,9 +4,10 @@ The driver validates everything, opens the study and fails what a dead search le
 then it starts K worker processes (``spawn``: a fresh interpreter each, so torch and its threads
 are never forked). Each worker loads the dataset once and runs the same loop as a single search
 (``optuna_engine.optimize``) on the shared storage, labelling its trials ``host:pid``; its
-progress reaches the driver through a queue. When a worker dies (killed, out of memory), the
-driver fails the trials it was running, enqueues their parameters again and starts a
-replacement. A worker whose driver died stops itself, so a killed search leaves no orphans.
+progress events (``policysearch.events``, pickled) reach the driver through a queue. When a
+worker dies (killed, out of memory), the driver fails the trials it was running, enqueues their
+parameters again and starts a replacement. A worker whose driver died stops itself, so a killed
+search leaves no orphans.
 """
 
 from __future__ import annotations
@@ -25,14 +26,21 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from policysearch.errors import SearchAborted, UserError
+from policysearch.events import (
+    PruningOff,
+    SearchEvent,
+    SearchListener,
+    SearchStarted,
+    TrialEnded,
+    TrialStale,
+    WaitingForReference,
+    WorkerDied,
+)
 
 if TYPE_CHECKING:
     from policysearch.records import StudyRecords
     from policysearch.search.options import SearchOptions
 
-Progress = Callable[[str, dict[str, Any]], None]
-# Events every worker sends that the driver reports once, itself.
-_DRIVER_EVENTS = ("start", "pruning_off", "stale")
 # A replacement worker is started at most this many times per worker slot.
 MAX_RESTARTS_PER_WORKER = 3
 _POLL_S = 0.5
@@ -104,8 +112,8 @@ def worker_main(job: WorkerJob, events: Any) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, _stop_on_sigterm)
 
-    def send(event: str, data: dict[str, Any]) -> None:
-        events.put(("event", job.index, event, data))
+    def send(event: SearchEvent) -> None:
+        events.put(("event", job.index, event))
 
     try:
         options = job.options
@@ -135,7 +143,7 @@ class _WorkerPool:
     """The driver's side of K worker processes: start, watch, replace, stop."""
 
     def __init__(self, options: SearchOptions, *, threads: int, study_name: str,
-                 out_dir: Any, study: Any, emit: Progress):
+                 out_dir: Any, study: Any, emit: SearchListener):
         self.options, self.threads, self.study_name = options, threads, study_name
         self.out_dir, self.study, self.emit = out_dir, study, emit
         self.ctx = multiprocessing.get_context("spawn")
@@ -185,7 +193,7 @@ class _WorkerPool:
             label = worker_label(proc.pid)
             why = f"exit code {code}" if code >= 0 else f"killed by signal {-code}"
             failed = fail_trials_of(self.study, label, f"its worker process died ({why})")
-            self.emit("worker_died", {"worker": label, "why": why, "trials": failed})
+            self.emit(WorkerDied(worker=label, why=why, trials=failed))
             finished = len(self.study.get_trials(deepcopy=False, states=FINISHED))
             restarts = self.restarts.get(index, 0)
             if finished < self.options.trials and restarts < MAX_RESTARTS_PER_WORKER:
@@ -194,15 +202,15 @@ class _WorkerPool:
 
 
 def run_workers(options: SearchOptions, *, n_workers: int, threads: int, study_name: str,
-                out_dir: Any, study: Any, progress: Progress | None,
+                out_dir: Any, study: Any, progress: SearchListener | None,
                 on_trial_end: Callable[[StudyRecords], None] | None) -> StudyRecords:
     """Run ``n_workers`` worker processes on ``study`` until its target is reached."""
     from policysearch.search.optuna_study import study_records
 
-    emit = progress or (lambda event, data: None)
+    emit: SearchListener = progress or (lambda event: None)
     pool = _WorkerPool(options, threads=threads, study_name=study_name, out_dir=out_dir,
                        study=study, emit=emit)
-    said: set[str] = set()
+    waiting_said = False
     failure: tuple[Any, ...] | None = None
     for index in range(n_workers):
         pool.start(index)
@@ -220,12 +228,16 @@ def run_workers(options: SearchOptions, *, n_workers: int, threads: int, study_n
                     failure = message
                     pool.stop_all()
                 continue
-            _, _, event, data = message
-            if event in _DRIVER_EVENTS or (event == "waiting_reference" and event in said):
-                continue
-            said.add(event)
-            emit(event, data)
-            if event == "trial_end" and on_trial_end is not None:
+            event: SearchEvent = message[2]
+            match event:
+                case SearchStarted() | PruningOff() | TrialStale():
+                    continue  # every worker sends these; the driver said them once, itself
+                case WaitingForReference() if waiting_said:
+                    continue
+                case WaitingForReference():
+                    waiting_said = True
+            emit(event)
+            if isinstance(event, TrialEnded) and on_trial_end is not None:
                 on_trial_end(study_records(study))
     except KeyboardInterrupt:
         pool.stop_all()
