@@ -8,6 +8,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# CI (CI=true) draws the same examples on every run (Hypothesis' derandomize), so that a red CI
+# means a change broke something; a developer's run explores new examples each time.
+settings.register_profile("ci", derandomize=True)
+if os.environ.get("CI", "").lower() == "true":
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session", autouse=True)

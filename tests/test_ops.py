@@ -320,7 +320,9 @@ def assert_targets_follow(sample: dict, out: dict, *, image_aligned: bool = True
             inside, outside = _erode(inside), _erode(outside)
         assert bright[inside].all()
         assert not bright[outside].any()
-        if obj_px.sum() >= 150:
+        # The interpolated edge ring may disagree: about 2 of the 4s edge pixels per unit of
+        # side s, so IoU >= 1 - 2/s, which is >= 0.9 from s = 20 (400 pixels) on.
+        if obj_px.sum() >= 400:
             assert _iou(obj_px, bright) >= 0.9
     if len(out["boxes"]):
         assert out["box_labels"].tolist() == [7]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -23,11 +23,14 @@ from policysearch.augment.ops import (
     get_op,
     set_output_size,
 )
-from policysearch.augment.types import RandAugmentSpec, Shared, SubPolicies, TrivialAugmentSpec
+from policysearch.augment.types import (
+    PolicyData,
+    RandAugmentSpec,
+    Shared,
+    SubPolicies,
+    TrivialAugmentSpec,
+)
 from policysearch.errors import UserError
-
-if TYPE_CHECKING:
-    from policysearch.augment.policy import Policy
 
 # The bbox rules of every view: clipped to the image, dropped (with their labels) when less than
 # 30% stays visible or a side gets under 2 px.
@@ -71,7 +74,7 @@ def compile_shared(shared: Shared) -> tuple[list[A.BasicTransform], list[Op]]:
     )
 
 
-def task_compose(policy: Policy, task: str, *, size: tuple[int, int] | None = None,
+def task_compose(policy: PolicyData, task: str, *, size: tuple[int, int] | None = None,
                  seed: int | None = None) -> A.Compose:
     """``Policy.to_albumentations`` of a policy without a schedule and one of its tasks: the
     shared structure, then ``task``'s slots, with albumentations' keys for the task's kind."""

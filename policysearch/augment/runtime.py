@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -21,11 +21,8 @@ from policysearch.augment.compile import box_params, compile_shared, transforms_
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import FILL_MASK
-from policysearch.augment.types import SHARED, STRUCTURES, Shared
+from policysearch.augment.types import SHARED, STRUCTURES, PolicyData, Shared
 from policysearch.errors import UserError
-
-if TYPE_CHECKING:
-    from policysearch.augment.policy import Policy
 
 
 class _View:
@@ -83,7 +80,7 @@ class MultiTaskAugment:
     (a phase that cannot work fails here, not epochs later); all share one random stream.
     """
 
-    def __init__(self, policy: Policy, *, task: str | None = None, seed: int | None = None,
+    def __init__(self, policy: PolicyData, *, task: str | None = None, seed: int | None = None,
                  epoch: int | None = None) -> None:
         if policy.structure not in STRUCTURES:
             raise UserError(f"structure {policy.structure!r} is not supported", field="structure")

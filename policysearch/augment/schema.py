@@ -31,6 +31,7 @@ from policysearch.augment.types import (
     STRUCTURE_OF,
     STRUCTURES,
     Phase,
+    PolicyData,
     RandAugmentSpec,
     Slot,
     SubPolicies,
@@ -40,7 +41,6 @@ from policysearch.augment.types import (
 from policysearch.errors import UserError
 
 if TYPE_CHECKING:
-    from policysearch.augment.policy import Policy
     from policysearch.augment.types import Shared
 
 SCHEMA = "policysearch.policy/v1"
@@ -224,7 +224,7 @@ def _copy(value: Any) -> Any:
 # --- checking a policy -----------------------------------------------------------------------
 
 
-def check_policy(policy: Policy, source: str) -> None:
+def check_policy(policy: PolicyData, source: str) -> None:
     """Check every value of ``policy`` once; raise ``UserError`` naming ``source`` and the
     field. Run by ``Policy``'s constructor."""
     tasks = _mapping(policy.tasks, source, "tasks")
@@ -325,7 +325,7 @@ def _check_per_task(per_task: Any, tasks: Mapping[str, Any], source: str, where:
         _check_slots(slots, source, f"{where}.{name}")
 
 
-def _check_schedule(policy: Policy, tasks: Mapping[str, Any], source: str) -> None:
+def _check_schedule(policy: PolicyData, tasks: Mapping[str, Any], source: str) -> None:
     """Phases: the first from epoch 0, then increasing; the policy's structure; slots for the
     same tasks in every phase; the policy's own slots equal to the last phase's."""
     schedule = policy.schedule

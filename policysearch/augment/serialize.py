@@ -12,14 +12,13 @@ import numpy as np
 import yaml
 
 from policysearch.augment.schema import SCHEMA
-from policysearch.augment.types import RandAugmentSpec, SubPolicies, TrivialAugmentSpec
+from policysearch.augment.types import PolicyData, RandAugmentSpec, SubPolicies, TrivialAugmentSpec
 
 if TYPE_CHECKING:
-    from policysearch.augment.policy import Policy
     from policysearch.augment.types import Phase, Shared, Slot, Weighting
 
 
-def policy_dict(policy: Policy) -> dict[str, Any]:
+def policy_dict(policy: PolicyData) -> dict[str, Any]:
     """The YAML mapping of ``policy``: schema, tasks, structure, shared, per_task, weighting,
     provenance, and ``schedule`` only when set."""
     data = {
@@ -36,7 +35,7 @@ def policy_dict(policy: Policy) -> dict[str, Any]:
     return data
 
 
-def write_yaml(policy: Policy, path: str | Path) -> Path:
+def write_yaml(policy: PolicyData, path: str | Path) -> Path:
     """Write ``policy`` as a YAML file at ``path``; returns ``path``."""
     path = Path(path)
     data = policy_dict(policy)

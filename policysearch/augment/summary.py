@@ -13,14 +13,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from policysearch.augment.types import RandAugmentSpec, SubPolicies, TrivialAugmentSpec
+from policysearch.augment.types import PolicyData, RandAugmentSpec, SubPolicies, TrivialAugmentSpec
 
 if TYPE_CHECKING:
-    from policysearch.augment.policy import Policy
     from policysearch.augment.types import Shared, Slot, Weighting
 
 
-def policy_summary(policy: Policy) -> str:
+def policy_summary(policy: PolicyData) -> str:
     """The one-line summary of ``policy`` (see the module docstring)."""
     if policy.schedule:
         texts = [f"e{p.from_epoch}: {_slots_text(policy.tasks, p.shared, p.per_task)}"

@@ -47,7 +47,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 from policysearch.augment.ops import RANDAUGMENT_OPS, TRIVIALAUGMENT_OPS
 
@@ -171,3 +171,33 @@ def _tuple_slots(per_task: Any) -> Any:
         return per_task
     return {name: tuple(slots) if isinstance(slots, (list, tuple)) else slots
             for name, slots in per_task.items()}
+
+
+class PolicyData(Protocol):
+    """What the modules that check, compile, run, write and describe a policy read of it.
+    ``policysearch.augment.policy.Policy`` is the one implementation; a protocol lets those
+    modules sit below ``Policy`` without importing it (``Policy``'s methods call them)."""
+
+    tasks: dict[str, str]
+    shared: Shared
+    per_task: dict[str, tuple[Slot, ...]]
+    structure: str | None
+    weighting: Weighting
+    provenance: dict[str, Any]
+    schedule: tuple[Phase, ...]
+
+    def at_epoch(self, epoch: int) -> PolicyData:
+        """The plain policy in force at ``epoch``."""
+        ...
+
+    def phase_index(self, epoch: int) -> int:
+        """Which phase of the schedule is in force at ``epoch``."""
+        ...
+
+    def view_of(self, task: str) -> str:
+        """The view ``task`` trains on."""
+        ...
+
+    def summary(self) -> str:
+        """One line of text."""
+        ...
