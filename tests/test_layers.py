@@ -138,3 +138,14 @@ def test_no_engine_imports_another() -> None:
     for engine in ENGINES:
         assert engine in graph
         assert not graph[engine] & (set(ENGINES) - {engine}), engine
+
+
+def test_no_function_of_the_search_package_is_over_80_lines() -> None:
+    long = []
+    for path in (PACKAGE / "search").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                lines = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if lines > 80:
+                    long.append(f"{path.name}:{node.lineno} {node.name} ({lines} lines)")
+    assert long == []
