@@ -405,3 +405,17 @@ def test_repeated_errors_stop_a_ray_search_as_they_stop_an_optuna_search(ray_eng
     records = _records(out)
     assert sorted(records) == list(range(MAX_CONSECUTIVE_ERRORS))
     assert all(r["state"] == "failed" and "died" in r["error"] for r in records.values())
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_ray_session_leaves_the_environment_as_it_found_it(ray_engine,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    # ray.init sets RAY_AUTH_MODE=token (among others) in the process: a driver started later
+    # from this process (an API user's subprocess) could then not schedule on a plain cluster.
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    before = dict(os.environ)
+    with ray_engine.ray_session(None, num_cpus=1):
+        pass
+    assert dict(os.environ) == before

@@ -145,9 +145,14 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
         check_reachable(address)
         kwargs = {"address": address}
         common.pop("include_dashboard")
+    # ray.init writes into this process's environment (RAY_AUTH_MODE=token, …); every later
+    # process it starts would inherit that, and a driver started with it cannot schedule on a
+    # cluster without tokens. The environment is put back as it was at the end.
+    saved = dict(os.environ)
     try:
         ray.init(**kwargs, **common)
     except (ConnectionError, RuntimeError, ValueError) as err:
+        _restore_environment(saved)
         hint = ("" if address is None else "; if the cluster uses token authentication, set "
                 "RAY_AUTH_MODE=token (and its token) in this shell")
         raise UserError(f"cannot start or join Ray: {err}".splitlines()[0] + hint,
@@ -156,6 +161,16 @@ def ray_session(address: str | None, *, num_cpus: int | None = None) -> Iterator
         yield
     finally:
         ray.shutdown()
+        _restore_environment(saved)
+
+
+def _restore_environment(saved: Mapping[str, str]) -> None:
+    """``os.environ`` as ``saved``: keys added since removed, changed ones put back."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def check_resources(cpus: float, gpus: float) -> None:
