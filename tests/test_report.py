@@ -138,6 +138,30 @@ def test_report_writer_throttles_and_never_raises(single: Path, tmp_path: Path) 
     assert broken.error and "cannot write the report" in broken.error
 
 
+def test_report_writer_listens_to_the_search_events(single: Path, tmp_path: Path) -> None:
+    from policysearch.events import EpochEnded, TrialEnded
+    from policysearch.records import StudyRecords
+
+    reads: list[int] = []
+
+    def records() -> StudyRecords:
+        reads.append(1)
+        return ps.records(single)
+
+    path = tmp_path / "r.html"
+    writer = ReportWriter(path, every_s=3600.0, records=records)
+    writer(EpochEnded(trial=1, epoch=0, metrics={}))  # not the end of a trial: nothing
+    assert not path.exists() and not reads
+    writer(TrialEnded(trial=1, state="complete", role="search", delta_m=1.0, seconds=2.0))
+    assert path.read_text().startswith("<!DOCTYPE html>") and len(reads) == 1
+    writer(TrialEnded(trial=2, state="failed", role="search", error="nan"))
+    assert len(reads) == 1  # within the hour: the study is not even read again
+    failing = ReportWriter(tmp_path / "f.html", every_s=0.0, records=lambda: ps.records(
+        tmp_path / "no-study"))
+    failing(TrialEnded(trial=1, state="complete", role="search"))  # kept, never raised
+    assert failing.error and "no study here" in failing.error
+
+
 def test_report_command_from_out_and_from_storage(single: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["report", "--out", str(single), "--to",
                                  str(tmp_path / "a.html"), "--no-preview"])

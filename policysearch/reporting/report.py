@@ -18,12 +18,14 @@ import os
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from policysearch.errors import UserError
+from policysearch.events import SearchEvent, TrialEnded
 from policysearch.records import StudyRecords, search_cost
 from policysearch.reporting.tables import results_frame
 
@@ -144,19 +146,35 @@ def write_report(study: StudyRecords, path: str | Path, **options: Any) -> Path:
 
 
 class ReportWriter:
-    """Keeps ``report.html`` current during a search: ``after_trial`` rewrites it when
-    ``every_s`` seconds have passed since the last write (the first trial's end always
-    writes), ``final`` always does. A failure after a trial never stops the search: it is kept
-    in ``error`` and the next trial tries again."""
+    """Keeps ``report.html`` current during a search. As a search listener (``__call__``) it
+    rewrites the report when a trial ends (``TrialEnded``), from the study as ``records``
+    reads it; ``after_trial`` does the same with the study given. Either writes only when
+    ``every_s`` seconds have passed since the last write (the first trial's end always writes);
+    ``final`` always does. A failure during the search never stops it: it is kept in ``error``
+    and the next trial tries again."""
 
-    def __init__(self, path: Path, *, dataset: Any = None, every_s: float = 60.0):
+    def __init__(self, path: Path, *, dataset: Any = None, every_s: float = 60.0,
+                 records: Callable[[], StudyRecords] | None = None):
         self.path, self.dataset, self.every_s = Path(path), dataset, every_s
+        self.records = records
         self.last: float | None = None
         self.error: str | None = None
 
+    def _due(self) -> bool:
+        return self.last is None or time.monotonic() - self.last >= self.every_s
+
+    def __call__(self, event: SearchEvent) -> None:
+        if not isinstance(event, TrialEnded) or self.records is None or not self._due():
+            return
+        try:
+            study = self.records()
+        except Exception as err:  # noqa: BLE001 - the report is a view; the trials go on
+            self.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return
+        self.after_trial(study)
+
     def after_trial(self, study: StudyRecords) -> None:
-        now = time.monotonic()
-        if self.last is not None and now - self.last < self.every_s:
+        if not self._due():
             return
         try:
             write_report(study, self.path, dataset=self.dataset)

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from policysearch.errors import UserError
-from policysearch.events import Interrupted, SearchListener
+from policysearch.events import Interrupted, SearchEvent, SearchListener
 from policysearch.exports.best_policy import ExportResult, export_policy, pick_trial
 from policysearch.records import StudyRecords
 from policysearch.reporting.tables import results_frame, write_results
@@ -101,23 +101,40 @@ def _study_lock(options: SearchOptions, out_dir: Path) -> Iterator[None]:
 
 
 class _Checkpoint:
-    """What is rewritten after every trial: the results table, the trackers' study view, the
-    report (at most once a minute, ``REPORT_EVERY_S``)."""
+    """What is rewritten after every trial: the results table and the trackers' study view;
+    with ``final`` (Ctrl-C) the report too. During the search the report follows the events
+    (``ReportWriter`` is a listener)."""
 
     def __init__(self, run: SearchRun, tracked: Any):
         from policysearch.reporting.report import REPORT_EVERY_S, REPORT_NAME, ReportWriter
 
+        options = run.options
         self.out_dir = run.out_dir
         self.tracked = tracked
-        self.report = (ReportWriter(run.out_dir / REPORT_NAME, dataset=run.dataset,
-                                    every_s=REPORT_EVERY_S) if run.options.report else None)
+        self.report = None
+        if options.report:
+            self.report = ReportWriter(
+                run.out_dir / REPORT_NAME, dataset=run.dataset, every_s=REPORT_EVERY_S,
+                records=lambda: load_study_records(None if options.storage else run.out_dir,
+                                                   options.storage, run.study_name))
 
     def __call__(self, study: StudyRecords, final: bool = False) -> None:
         write_results(results_frame(study, warn=False), self.out_dir)
         if self.tracked is not None:
             self.tracked.record(study)
-        if self.report is not None:
-            self.report.final(study) if final else self.report.after_trial(study)
+        if final and self.report is not None:
+            self.report.final(study)
+
+
+def _fan_out(*listeners: SearchListener | None) -> SearchListener:
+    """One listener passing each event to every given one, in order."""
+    chosen = [listener for listener in listeners if listener is not None]
+
+    def emit(event: SearchEvent) -> None:
+        for listener in chosen:
+            listener(event)
+
+    return emit
 
 
 def search(options: SearchOptions, progress: SearchListener | None = None) -> SearchOutcome:
@@ -151,6 +168,7 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
         run = load_run(options, space, study_name=study_name, out_dir=out_dir,
                        threads=options.trial_threads(), progress=progress)
         checkpoint = run.on_trial_end = _Checkpoint(run, tracked)
+        run.progress = _fan_out(run.progress, checkpoint.report)
         try:
             with _study_lock(options, out_dir):
                 records = _engine(options)(run)
