@@ -185,6 +185,9 @@ def search(
         help="Leave out (and count) samples whose files are bad instead of stopping.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16 mixed precision (CUDA only).")] = None,
+    loader_workers: Annotated[str | None, typer.Option(
+        help="Processes preparing each trial's batches ahead of the step: a number, or auto "
+             "(0 on the CPU; on a GPU, the trial's CPUs but one).")] = None,
     storage: Annotated[str | None,
                        typer.Option(help="Optuna storage URL or .journal file.")] = None,
     study: Annotated[str | None, typer.Option(help="Study name (default: the space's).")] = None,
@@ -231,7 +234,8 @@ def search(
         outcome = api.search(
             space=space, dataset=dataset, engine=engine.value, trials=trials, epochs=epochs,
             batch_size=batch_size, lr=lr, image_size=size, amp=amp, encoder=encoder,
-            weights=weights, skip_bad_samples=skip_bad_samples, storage=storage, study=study,
+            weights=weights, loader_workers=parse_loader_workers(loader_workers),
+            skip_bad_samples=skip_bad_samples, storage=storage, study=study,
             out=out, workers=workers, device=device.value, seed=seed, timeout=timeout,
             threads=threads, objective=objective.value if objective else None,
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
@@ -288,6 +292,16 @@ def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
         raise UserError(f"expected S or HxW (e.g. 64 or 288x384), got {text!r}",
                         field="--image-size")
     return sides[0] if len(sides) == 1 else (sides[0], sides[1])
+
+
+def parse_loader_workers(text: str | None) -> int | str | None:
+    """``--loader-workers``: ``auto`` or a count of processes (0: in the training process)."""
+    if text is None or text == "auto":
+        return text
+    if not text.isdigit() or int(text) > 64:
+        raise UserError(f"expected 'auto' or a number of processes from 0 to 64, got {text!r}",
+                        field="--loader-workers")
+    return int(text)
 
 
 def parse_task_weights(items: list[str] | None) -> dict[str, float] | None:
@@ -479,6 +493,9 @@ def benchmark(
     weights: Annotated[str | None, typer.Option(help="Local encoder state-dict file.")] = None,
     amp: Annotated[bool | None, typer.Option("--amp/--no-amp",
                                              help="bf16 mixed precision (CUDA only).")] = None,
+    loader_workers: Annotated[str | None, typer.Option(
+        help="Processes preparing each trial's batches ahead of the step: a number, or auto "
+             "(0 on the CPU; on a GPU, the trial's CPUs but one).")] = None,
     significance: Annotated[Significance, typer.Option(
         help="Paired test of searched vs each baseline, paired by seed.")
     ] = Significance.ttest,
@@ -511,7 +528,8 @@ def benchmark(
             policy, baselines=[b.strip() for b in baselines.split(",") if b.strip()],
             reference=reference, search=search, storage=storage, study=study, space=space,
             dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, image_size=size,
-            amp=amp, encoder=encoder, weights=weights, seeds=seeds, seed=seed,
+            amp=amp, encoder=encoder, weights=weights,
+            loader_workers=parse_loader_workers(loader_workers), seeds=seeds, seed=seed,
             device=device.value, threads=threads, significance=significance.value, out=out,
             progress=progress, events=printer if json_logs else bar)
     if json_logs:

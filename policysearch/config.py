@@ -219,6 +219,17 @@ class Budget(_Strict):
     amp: bool = False
     encoder: str = "small"
     encoder_weights: str | None = None
+    # DataLoader worker processes preparing each trial's batches ahead of the step; "auto":
+    # 0 on the CPU, the trial's CPU share but one on a GPU (input_pipeline.default_loader_workers).
+    # The numbers do not depend on it, so a study may resume with another value.
+    loader_workers: int | Literal["auto"] = "auto"
+
+    @field_validator("loader_workers")
+    @classmethod
+    def _loader_workers(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 0 <= value <= 64:
+            raise ValueError(f"must be 'auto' or between 0 and 64, got {value!r}")
+        return value
 
     @field_validator("image_size")
     @classmethod
@@ -397,6 +408,7 @@ class SearchSpace(_Strict):
         """Everything that defines the study: a resume must match it exactly."""
         data = self.model_dump(mode="json")
         data.pop("description", None)
+        data["budget"].pop("loader_workers", None)  # changes no number
         if not data["weights"].get("params"):  # as stored before the field existed
             data["weights"].pop("params", None)
         return data
@@ -419,12 +431,14 @@ class SpaceOverrides:
     amp: bool | None = None
     encoder: str | None = None
     weights: str | None = None  # the encoder's weights file
+    loader_workers: int | str | None = None  # an int or "auto"
 
     def apply(self, space: SearchSpace) -> SearchSpace:
         """``space`` with these overrides."""
         space = space.with_budget(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr,
                                   image_size=self.image_size, amp=self.amp,
-                                  encoder=self.encoder, encoder_weights=self.weights)
+                                  encoder=self.encoder, encoder_weights=self.weights,
+                                  loader_workers=self.loader_workers)
         if self.dataset is not None:
             space = space.model_copy(update={"dataset": self.dataset})
         return space

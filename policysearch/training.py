@@ -20,10 +20,16 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from policysearch.augment import MultiTaskAugment, Policy
+from policysearch.augment import Policy
 from policysearch.config import Budget
 from policysearch.data.base import MultiTaskDataset, Sample, TaskSubset
 from policysearch.errors import UserError
+from policysearch.input_pipeline import (
+    BatchRequest,
+    InputPipeline,
+    WorkerLost,
+    default_loader_workers,
+)
 from policysearch.models import build_network
 from policysearch.tasks import Task, make_task
 from policysearch.weighting import make_weighting
@@ -70,10 +76,71 @@ def _out_of_memory_fails(epoch: int, stage: str) -> Iterator[None]:
                           "trials") from None
 
 
+@contextlib.contextmanager
+def _worker_loss_fails(epoch: int) -> Iterator[None]:
+    """A loader worker that dies fails the trial with the reason. (Torch may also say so from
+    its SIGCHLD handler, wherever the training process is at the time.)"""
+    try:
+        yield
+    except (WorkerLost, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and not str(err).startswith("DataLoader worker"):
+            raise
+        reason = str(err).splitlines()[0]
+        raise TrialFailed(f"a loader worker died at epoch {epoch}: {reason}") from None
+
+
+class _EpochClock:
+    """How long an epoch's training step waited for its batches, against the epoch's wall
+    time. The GPU is synchronised at the epoch's ends, so that the wall time covers its work;
+    with 0 loader workers the whole preparation is waiting."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.waited = 0.0
+        self._sync()
+        self.started = time.perf_counter()
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def waiting(self, batches: Iterator[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+        """``batches``, timing each wait for the next one."""
+        while True:
+            start = time.perf_counter()
+            batch = next(batches, None)
+            self.waited += time.perf_counter() - start
+            if batch is None:
+                return
+            yield batch
+
+    def wait_fraction(self) -> float:
+        self._sync()
+        wall = time.perf_counter() - self.started
+        return min(1.0, self.waited / wall) if wall > 0 else 0.0
+
+
 class Reporter(Protocol):
     def report(self, epoch: int, metrics: Metrics) -> None:
         """Called after each epoch's evaluation; may raise TrialPruned."""
         ...
+
+
+@dataclass(frozen=True)
+class Seeds:
+    """The three seeds of a training, which can be set apart (a noise study varies one at a
+    time): ``model`` initialises the network (and seeds a random weighting method), ``order``
+    shuffles each epoch's batches, ``augment`` keys every augmentation draw. ``Seeds.of(s)``,
+    what ``seed=s`` means, gives all three ``s``; the streams stay apart because each is derived
+    with its own role."""
+
+    model: int
+    order: int
+    augment: int
+
+    @classmethod
+    def of(cls, seed: int | Seeds) -> Seeds:
+        return seed if isinstance(seed, Seeds) else cls(seed, seed, seed)
 
 
 @dataclass
@@ -90,6 +157,9 @@ class TrialResult:
     # every epoch.
     weights: dict[str, float] = field(default_factory=dict)
     weight_history: list[dict[str, float]] = field(default_factory=list)
+    # Per epoch: the share of its wall time the training step waited for the next batch.
+    data_wait: list[float] = field(default_factory=list)
+    loader_workers: int = 0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -105,8 +175,12 @@ def resolve_device(device: str) -> torch.device:
 
 def images_to_tensor(samples: Sequence[Sample]) -> torch.Tensor:
     """Stack H×W×3 uint8 images into a normalised float B×3×H×W tensor."""
-    batch = torch.from_numpy(np.stack([s["image"] for s in samples]))
-    return (batch.permute(0, 3, 1, 2).float().div_(255.0) - _MEAN) / _STD
+    return normalise(torch.from_numpy(np.stack([s["image"] for s in samples])))
+
+
+def normalise(images: torch.Tensor) -> torch.Tensor:
+    """B×H×W×3 uint8 (on any device) to the network's normalised float B×3×H×W."""
+    return (images.permute(0, 3, 1, 2).float().div_(255.0) - _MEAN) / _STD
 
 
 def _epoch_seed(seed: int, epoch: int, stream: int) -> int:
@@ -158,18 +232,21 @@ class Trainer:
     search checkpoints ``state_dict()`` after an epoch and continues — in another trial, under
     another policy — with ``load_state_dict``. The state holds the model, optimizer, learning
     rate schedule, weighting state, epoch counter, history, the torch random state and the
-    policies trained under so far (``trained_policy()``); augmentation and batch order draw
-    from streams seeded by (seed, epoch), so a resumed run gives the numbers of an
-    uninterrupted one on the CPU.
+    policies trained under so far (``trained_policy()``); the batch order draws from a stream
+    seeded by (order seed, epoch) and each augmentation draw is keyed by (augmentation seed,
+    epoch, sample, view, slot), so a resumed run gives the numbers of an uninterrupted one on
+    the CPU, whatever the number of loader workers.
 
     The network, optimizer and weighting are built once from ``policy`` (its weighting); a
-    policy given to ``train_epoch`` changes only the augmentation.
+    policy given to ``train_epoch`` changes only the augmentation. Batches are prepared by an
+    ``InputPipeline`` (``budget.loader_workers`` worker processes, persisting across epochs):
+    ``close()`` stops them, as leaving a ``with Trainer(...)`` block does.
     """
 
     STATE_VERSION = 1
 
     def __init__(self, policy: Policy, dataset: MultiTaskDataset, budget: Budget, *,
-                 seed: int = 0, device: str = "auto", threads: int | None = None,
+                 seed: int | Seeds = 0, device: str = "auto", threads: int | None = None,
                  eval_split: str = "val"):
         self._started = time.perf_counter()
         self._seconds_before = 0.0
@@ -178,7 +255,7 @@ class Trainer:
         self.device = resolve_device(device)
         self.policy = policy
         self.budget = budget
-        self.seed = seed
+        self.seeds = Seeds.of(seed)
         self.train = dataset.split("train")
         self.evaluation = dataset.split(eval_split)
         self.tasks = [make_task(spec) for spec in dataset.tasks]
@@ -186,7 +263,7 @@ class Trainer:
         self._check_tasks(policy)
         dev = self.device
 
-        torch.manual_seed(seed)
+        torch.manual_seed(self.seeds.model)
         self.model = build_network(self.tasks, budget.encoder,
                                    weights=budget.encoder_weights).to(dev)
         if budget.optimizer == "adamw":
@@ -198,7 +275,8 @@ class Trainer:
                                              nesterov=True)
         w = policy.weighting
         self.weighting = make_weighting(w.method, self.task_names, w.weights, w.params,
-                                        shared=self.model.encoder.parameters(), seed=seed,
+                                        shared=self.model.encoder.parameters(),
+                                        seed=self.seeds.model,
                                         device=dev)
         if self.weighting.parameters():
             # Before the scheduler is made, so that it schedules these too; no weight decay,
@@ -216,12 +294,18 @@ class Trainer:
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
-        self._augments: dict[tuple, MultiTaskAugment] = {}
-        self._augment_for(policy.at_epoch(0))
+        workers = budget.loader_workers
+        self.loader_workers = (default_loader_workers(self.device, torch.get_num_threads())
+                               if workers == "auto" else int(workers))
+        self.pipeline = InputPipeline(self.train, self.tasks, workers=self.loader_workers,
+                                      device=self.device)
 
         self.epoch = 0  # epochs trained so far
         self.history: list[Metrics] = []  # validation metrics after each epoch
         self.weight_history: list[dict[str, float]] = []
+        self.data_wait: list[float] = []  # per epoch
+        # A policy that cannot work fails here, in this process, before any epoch.
+        self.pipeline.batches.augment_for(self._requests(policy.at_epoch(0), [[0]])[0])
         self.images_seen = 0
         # (first epoch, policy as a dict) of each run of epochs trained under one policy.
         self._phases: list[tuple[int, dict]] = []
@@ -242,22 +326,18 @@ class Trainer:
         policy = self.policy if policy is None else policy
         self._check_tasks(policy)
         phase = policy.at_epoch(self.epoch)
-        epoch, dev, budget, tasks = self.epoch, self.device, self.budget, self.tasks
-        augment = self._augment_for(phase)
-        views = {t.name: phase.view_of(t.name) for t in tasks}
+        epoch, dev, tasks = self.epoch, self.device, self.tasks
         self.model.train()
         loss_sums = torch.zeros(len(tasks), device=dev)
         # Whether each task's loss was ever non-zero: a task loss is exactly 0 only when the
         # batch holds no valid target (the Task contract), e.g. every box cropped away.
         signal = torch.zeros(len(tasks), dtype=torch.bool, device=dev)
         steps = 0
-        augment.set_seed(_epoch_seed(self.seed, epoch, 0))
-        order = np.random.default_rng(_epoch_seed(self.seed, epoch, 1)).permutation(
-            len(self.train))
-        with _out_of_memory_fails(epoch, "training"):
-            for batch in _batches(order, budget.batch_size):
-                drawn = [augment(self.train[int(i)]) for i in batch]
-                losses = self._step_losses(drawn, views)
+        requests = self._requests(phase, self.batch_order(epoch))
+        clock = _EpochClock(dev)
+        with _out_of_memory_fails(epoch, "training"), _worker_loss_fails(epoch):
+            for batch in clock.waiting(self.pipeline.epoch(requests)):
+                losses = self._step_losses(batch)
                 self.optimizer.zero_grad(set_to_none=True)
                 total = self.weighting.backward(losses)
                 if not torch.isfinite(total):
@@ -266,11 +346,12 @@ class Trainer:
                                       f"(tasks: {', '.join(bad) or 'the weighted total'})")
                 self.optimizer.step()
                 self.scheduler.step()
-                self.images_seen += len(batch)
+                self.images_seen += batch["size"]
                 step_losses = torch.stack([losses[n].detach() for n in self.task_names])
                 loss_sums += step_losses
                 signal |= step_losses != 0
                 steps += 1
+        self.data_wait.append(clock.wait_fraction())
         empty = [n for n, s in zip(self.task_names, signal.tolist(), strict=True) if not s]
         if steps and empty:
             raise TrialFailed(f"the policy leaves no target for task {', '.join(empty)} in "
@@ -284,19 +365,30 @@ class Trainer:
         self.epoch += 1
         return mean_losses
 
-    def _step_losses(self, drawn: list[dict[str, Any]], views: dict[str, str]
-                     ) -> dict[str, torch.Tensor]:
-        """Each task's loss on one batch of augmented samples (one encoder pass per view)."""
+    def batch_order(self, epoch: int) -> list[np.ndarray]:
+        """The sample indices of each batch of ``epoch``, in order (from the order seed)."""
+        order = np.random.default_rng(_epoch_seed(self.seeds.order, epoch, 1)).permutation(
+            len(self.train))
+        return _batches(order, self.budget.batch_size)
+
+    def _requests(self, phase: Policy, batches: Sequence[Sequence[int]]
+                  ) -> list[BatchRequest]:
+        key = phase.augmentation_key()
+        return [BatchRequest(epoch=self.epoch, indices=tuple(int(i) for i in b),
+                             seed=self.seeds.augment, phase=phase, key=key) for b in batches]
+
+    def _step_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """Each task's loss on one prepared batch (one encoder pass per view)."""
         dev, amp = self.device, self.budget.amp
         features = {}
-        for view in sorted(set(views.values())):
-            images = images_to_tensor([d[view] for d in drawn]).to(dev, non_blocking=True)
+        for view, images in batch["images"].items():
             with _autocast(dev, amp):
-                features[view] = self.model.features(images)
+                features[view] = self.model.features(
+                    normalise(images.to(dev, non_blocking=True)))
         losses = {}
         for task in self.tasks:
-            view = views[task.name]
-            targets = task.to_device(task.collate([d[view] for d in drawn]), dev)
+            view = batch["views"][task.name]
+            targets = task.to_device(batch["targets"][task.name], dev)
             with _autocast(dev, amp):
                 output = self.model.head_forward(task.name, features[view])
             losses[task.name] = task.loss(_to_float(output), targets)
@@ -306,7 +398,7 @@ class Trainer:
         """Metrics of every task on the evaluation split; after a trained epoch they are also
         that epoch's entry of ``history``. A NaN or infinite metric fails the trial: it is
         never recorded."""
-        with _out_of_memory_fails(self.epoch, "evaluation"):
+        with _out_of_memory_fails(self.epoch, "evaluation"), _worker_loss_fails(self.epoch):
             metrics = evaluate(self.model, self.tasks, self.evaluation, self.device,
                                amp=self.budget.amp)
         bad = non_finite(metrics)
@@ -340,6 +432,8 @@ class Trainer:
             device=str(self.device),
             weights=self.weighting.weights(),
             weight_history=list(self.weight_history),
+            data_wait=list(self.data_wait),
+            loader_workers=self.loader_workers,
         )
 
     @property
@@ -368,6 +462,7 @@ class Trainer:
             "images_seen": self.images_seen,
             "seconds": self.seconds,
             "phases": [[start, data] for start, data in self._phases],
+            "data_wait": list(self.data_wait),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -389,6 +484,17 @@ class Trainer:
         self._seconds_before = float(state["seconds"])
         self._started = time.perf_counter()
         self._phases = [(int(start), data) for start, data in state["phases"]]
+        self.data_wait = [float(w) for w in state.get("data_wait", [])]
+
+    def close(self) -> None:
+        """Stop the loader workers (idempotent); the trainer can still evaluate and report."""
+        self.pipeline.close()
+
+    def __enter__(self) -> Trainer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -397,14 +503,6 @@ class Trainer:
         if missing:
             raise UserError("the policy names tasks the dataset lacks: "
                             f"{', '.join(sorted(missing))}", field="tasks")
-
-    def _augment_for(self, phase: Policy) -> MultiTaskAugment:
-        """One compiled augmentation per distinct plain policy (reseeded every epoch)."""
-        key = phase.augmentation_key()
-        augment = self._augments.get(key)
-        if augment is None:
-            augment = self._augments[key] = phase.transform(seed=self.seed)
-        return augment
 
     def _record_phase(self, phase: Policy) -> None:
         if self._phases:
@@ -480,7 +578,7 @@ def run_trial(
     dataset: MultiTaskDataset,
     budget: Budget,
     *,
-    seed: int = 0,
+    seed: int | Seeds = 0,
     device: str = "auto",
     reporter: Reporter | None = None,
     threads: int | None = None,
@@ -488,24 +586,27 @@ def run_trial(
 ) -> TrialResult:
     """Train under ``policy`` for ``budget`` and evaluate on ``eval_split`` after each epoch.
 
-    The same (policy, budget, seed) on the CPU gives the same metrics. ``threads`` bounds the
-    CPU threads of this process so that parallel trials do not fight over cores. The policy's
+    The same (policy, budget, seed) on the CPU gives the same metrics, whatever the budget's
+    ``loader_workers``; ``seed`` may set the model, order and augmentation seeds apart
+    (``Seeds``). ``threads`` bounds the CPU threads of this process so that parallel trials do
+    not fight over cores. The policy's
     weighting (policysearch.weighting) owns each step's backward pass, sees the encoder's
     parameters as the shared ones and each epoch's mean loss per task; the weights it ends with
     are ``TrialResult.weights``. A policy with a schedule trains each epoch under
     ``policy.at_epoch(epoch)``. (One ``Trainer`` does the work.)
     """
-    trainer = Trainer(policy, dataset, budget, seed=seed, device=device, threads=threads,
-                      eval_split=eval_split)
-    while not trainer.done:
-        trainer.train_epoch()
-        metrics = trainer.evaluate()
-        if reporter is not None:
-            reporter.report(trainer.epoch - 1, metrics)
-    return trainer.result()
+    with Trainer(policy, dataset, budget, seed=seed, device=device, threads=threads,
+                 eval_split=eval_split) as trainer:
+        while not trainer.done:
+            trainer.train_epoch()
+            metrics = trainer.evaluate()
+            if reporter is not None:
+                reporter.report(trainer.epoch - 1, metrics)
+        return trainer.result()
 
 
-def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *, seed: int,
+def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *,
+                 seed: int | Seeds,
                  device: str, threads: int | None, reporter: Reporter | None = None,
                  eval_split: str = "val") -> TrialResult:
     """Train and evaluate one policy; a policy for fewer tasks than the dataset has (a

@@ -112,6 +112,8 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
                               "policysearch.models", "policysearch.tasks")),
     ("policysearch.training", ("policysearch.search", "policysearch.evaluation",
                                "policysearch.reporting")),
+    ("policysearch.input_pipeline", ("policysearch.training", "policysearch.search",
+                                     "policysearch.evaluation", "policysearch.reporting")),
     ("policysearch.records", ("policysearch.search", "policysearch.training")),
     ("policysearch.reporting", ("policysearch.search.optuna_engine",
                                 "policysearch.search.ray_engine", "policysearch.search.ray_pbt",

@@ -279,32 +279,35 @@ def _plain(dataset, shared: tuple = ROTATE, method: str = "static") -> Policy:  
                   weighting=Weighting(method, weights))
 
 
-def test_training_applies_the_phase_of_each_epoch(dataset, monkeypatch) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_applies_the_phase_of_each_epoch(dataset, monkeypatch, workers) -> None:  # noqa: ANN001
+    # With a loader worker too: a worker that persists across epochs gets each epoch's phase.
     import policysearch.training as training
 
     originals = {dataset.split("train")[i]["image"].tobytes() for i in range(32)}
     inverted = {(255 - dataset.split("train")[i]["image"]).tobytes() for i in range(32)}
     seen: list[str] = []
-    real = training.images_to_tensor
+    real = training.normalise
 
-    def spy(samples):  # noqa: ANN001, ANN202
-        for s in samples:
-            key = s["image"].tobytes()
+    def spy(images):  # noqa: ANN001, ANN202
+        for image in images.numpy():
+            key = image.tobytes()
             if key in inverted:
                 seen.append("inverted")
             elif key in originals:
                 seen.append("original")
-        return real(samples)
+        return real(images)
 
     class Epochs:
         def report(self, epoch: int, metrics: dict) -> None:
             seen.append(f"end {epoch}")
 
-    monkeypatch.setattr(training, "images_to_tensor", spy)
+    monkeypatch.setattr(training, "normalise", spy)
     tasks = _tasks(dataset)
     policy = Policy(tasks=tasks, weighting=Weighting("equal"),
                     schedule=[Phase(0, INVERT), Phase(1, ()), Phase(2, INVERT)])
-    run_trial(policy, dataset, BUDGET, seed=0, device="cpu", threads=1, reporter=Epochs())
+    budget = BUDGET.model_copy(update={"loader_workers": workers})
+    run_trial(policy, dataset, budget, seed=0, device="cpu", threads=1, reporter=Epochs())
     epochs, current = [], []
     for item in seen:
         if item.startswith("end"):

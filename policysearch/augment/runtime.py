@@ -9,7 +9,6 @@ normals turned with the image (``policysearch.augment.normals``).
 
 from __future__ import annotations
 
-import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -18,6 +17,7 @@ import cv2
 import numpy as np
 
 from policysearch.augment.compile import box_params, compile_shared, transforms_of_type
+from policysearch.augment.draws import SlotRandom, draw_key
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import FILL_MASK
@@ -26,9 +26,10 @@ from policysearch.errors import UserError
 
 
 class _View:
-    """One view's compiled pipeline."""
+    """One view's compiled pipeline, and the generators of its slots (``draws``)."""
 
-    __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported")
+    __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported",
+                 "randoms")
 
     def __init__(self, name: str, shared: Shared) -> None:
         self.name = name
@@ -40,6 +41,7 @@ class _View:
         self.sized: list[A.BasicTransform] = []
         # Leaf transforms that move pixels but have no rule to turn surface normals.
         self.unsupported = normals_unsupported(transforms)
+        self.randoms: list[SlotRandom] = []
         if not transforms:
             return
         if self.spatial:
@@ -56,6 +58,17 @@ class _View:
             # Cutout erases the image only; without a bbox processor it leaves boxes alone
             # (with one it would shrink or drop boxes under the hole).
             t.set_processors({})
+        # Slot 0: the Compose's own draws; slot i: the i-th top-level transform and its
+        # children. (A seeded Compose would hand every transform the same generator.)
+        self.randoms = [SlotRandom() for _ in range(len(self.compose.transforms) + 1)]
+        self.compose.set_random_state(self.randoms[0].numpy, self.randoms[0].python)
+        for t, r in zip(self.compose.transforms, self.randoms[1:], strict=True):
+            t.set_random_state(r.numpy, r.python)
+
+    def reseed(self, seed: int, epoch: int, index: int) -> None:
+        """Key every slot's draws to (seed, epoch, sample index, this view, slot)."""
+        for slot, r in enumerate(self.randoms):
+            r.reseed(draw_key(seed, epoch, index, self.name, slot))
 
 
 class MultiTaskAugment:
@@ -72,12 +85,17 @@ class MultiTaskAugment:
     ``policysearch.augment.normals``; zero vectors where pixels come from outside);
     ``instance_masks`` N×H×W, one per box (nearest, kept or dropped with their box, 0 outside).
     Other keys pass through unchanged (not copied).
-    Not thread-safe; in DataLoader workers pass ``worker_init_fn=policysearch.augment.seed_worker``
-    (a seed per worker and per epoch; see policysearch.augment.seeding).
+
+    Random draws: each slot's derive from (``seed``, ``epoch``, sample index, view, slot)
+    (``policysearch.augment.draws``). Pass the sample's index, ``augment(sample, index=i)``, and
+    the result depends on nothing else: not on the process, the order or what ran before (in
+    DataLoader workers too). Without it, the index is a count of calls since ``set_seed``; in
+    DataLoader workers then pass ``worker_init_fn=policysearch.augment.seed_worker``. Not
+    thread-safe.
 
     A policy with a schedule: the augmentation of the phase in force at the current ``epoch``
     (``epoch`` at construction, default 0; then ``set_epoch``). Every phase is compiled up front
-    (a phase that cannot work fails here, not epochs later); all share one random stream.
+    (a phase that cannot work fails here, not epochs later).
     """
 
     def __init__(self, policy: PolicyData, *, task: str | None = None, seed: int | None = None,
@@ -105,19 +123,16 @@ class MultiTaskAugment:
 
     def set_epoch(self, epoch: int) -> None:
         """Switch to the phase of the schedule in force at ``epoch`` (counted from 0); without
-        a schedule only ``epoch`` is recorded. The random stream goes on as it was."""
+        a schedule only ``epoch`` is recorded. ``epoch`` is part of every draw's key."""
         index = self.policy.phase_index(epoch)
         self.epoch = epoch
         self._shared, self._task_views = self._phases[index]
 
     def set_seed(self, seed: int | None) -> None:
-        """Reseed every view (one stream for all): same seed + same samples -> same outputs."""
-        self._rng = np.random.default_rng(seed)
-        self._py_random = random.Random(seed)
-        for shared, task_views in self._phases:
-            for view in (shared, *task_views):
-                if view.compose is not None:
-                    view.compose.set_random_state(self._rng, self._py_random)
+        """The seed of every draw (None: a fresh one from the OS); restarts the call count,
+        so the same seed and samples give the same outputs."""
+        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        self._calls = 0
 
     @property
     def views(self) -> tuple[str, ...]:
@@ -134,15 +149,23 @@ class MultiTaskAugment:
                 return v.compose
         raise UserError(f"unknown view {view!r}; views: {', '.join(self.views)}", field="view")
 
-    def __call__(self, sample: Mapping[str, Any]) -> dict[str, Any]:
-        """``{view: sample}`` for ``sample`` (with ``task``: that task's view sample)."""
-        shared = _apply(self._shared, sample)
+    def __call__(self, sample: Mapping[str, Any], index: int | None = None) -> dict[str, Any]:
+        """``{view: sample}`` for ``sample`` (with ``task``: that task's view sample);
+        ``index``: the sample's index in its split, which keys the draws."""
+        if index is None:
+            index = self._calls
+            self._calls += 1
+        shared = self._run(self._shared, sample, index)
         if self.task is not None:
-            return _apply(self._task_views[0], shared) if self._task_views else shared
+            return self._run(self._task_views[0], shared, index) if self._task_views else shared
         views = {SHARED: shared}
         for view in self._task_views:
-            views[view.name] = _apply(view, shared)
+            views[view.name] = self._run(view, shared, index)
         return views
+
+    def _run(self, view: _View, sample: Mapping[str, Any], index: int) -> dict[str, Any]:
+        view.reseed(self.seed, self.epoch, index)
+        return _apply(view, sample)
 
     def __repr__(self) -> str:
         return f"MultiTaskAugment({self.policy.summary()!r}, views={list(self.views)})"

@@ -1,7 +1,8 @@
 """Seeding augmentation inside torch DataLoader worker processes.
 
-Each worker gets a copy of the dataset and of the ``MultiTaskAugment`` it holds; left alone,
-every worker would replay the same random stream. ``seed_worker`` as the DataLoader's
+A ``MultiTaskAugment`` called with the sample's index (``augment(sample, index=i)``) draws the
+same numbers in every worker (``policysearch.augment.draws``). Called without one, its draws key
+on a call counter, and each worker needs a seed of its own: ``seed_worker`` as the DataLoader's
 ``worker_init_fn`` reseeds them from torch's per-worker seed, which differs per worker and per
 epoch (each new iterator draws a new base seed) and is reproducible when the DataLoader is given
 a seeded ``generator``. Imports torch only when called (in a worker).
@@ -27,7 +28,9 @@ def augments_of(dataset: Any) -> list[MultiTaskAugment]:
 
 def seed_worker(worker_id: int) -> None:  # noqa: ARG001 - the DataLoader's signature
     """``DataLoader(..., worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(S))``:
-    reseed every ``MultiTaskAugment`` of the worker's dataset with the worker's torch seed."""
+    reseed every ``MultiTaskAugment`` of the worker's dataset with the worker's torch seed.
+    Needed only when the dataset calls ``augment(sample)`` without ``index=``; with the sample's
+    index the draws are the same in every worker."""
     import torch.utils.data
 
     info = torch.utils.data.get_worker_info()

@@ -38,6 +38,7 @@ missing or unreadable file, or a size other than the JSON's width/height, is an 
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -370,24 +371,26 @@ def _check_size(record: _Image, size: tuple[int, int]) -> None:
 
 
 def _loader(index: dict[int, int], with_mask: bool) -> Callable[[_Image], Sample]:
-    def load_sample(record: _Image) -> Sample:
-        image = read_image(record.path)
-        _check_size(record, image.shape[:2])
-        objects = [o for o in record.objects if not o.crowd]
-        present = np.zeros(len(index), dtype=np.int64)
-        present[[index[o.category] for o in objects]] = 1
-        boxed = [o for o in objects if o.box is not None]
-        sample: Sample = {
-            "image": image,
-            "boxes": np.array([o.box for o in boxed], dtype=np.float32).reshape(-1, 4),
-            "box_labels": np.array([index[o.category] for o in boxed], dtype=np.int64),
-            "attributes": present,
-        }
-        if with_mask:
-            sample["mask"] = _semantic_mask(record, index)
-        return sample
+    # A partial, not a closure: loader worker processes may receive it pickled.
+    return functools.partial(_load_sample, index=index, with_mask=with_mask)
 
-    return load_sample
+
+def _load_sample(record: _Image, *, index: dict[int, int], with_mask: bool) -> Sample:
+    image = read_image(record.path)
+    _check_size(record, image.shape[:2])
+    objects = [o for o in record.objects if not o.crowd]
+    present = np.zeros(len(index), dtype=np.int64)
+    present[[index[o.category] for o in objects]] = 1
+    boxed = [o for o in objects if o.box is not None]
+    sample: Sample = {
+        "image": image,
+        "boxes": np.array([o.box for o in boxed], dtype=np.float32).reshape(-1, 4),
+        "box_labels": np.array([index[o.category] for o in boxed], dtype=np.int64),
+        "attributes": present,
+    }
+    if with_mask:
+        sample["mask"] = _semantic_mask(record, index)
+    return sample
 
 
 def _semantic_mask(record: _Image, index: dict[int, int]) -> np.ndarray:

@@ -73,6 +73,7 @@ from train, deterministically by seed, and the notes say so (``policysearch.data
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import math
 from collections import Counter
@@ -672,21 +673,24 @@ def _checker(tasks: dict[str, _Task]) -> Callable[[_Record], None]:
 
 
 def _loader(tasks: dict[str, _Task], keys: dict[str, str]) -> Callable[[_Record], Sample]:
-    def load_sample(record: _Record) -> Sample:
-        image = read_image(record.image)
-        hw = (int(image.shape[0]), int(image.shape[1]))
-        sample: Sample = {"image": image}
-        for name, target in record.targets.items():
-            task = tasks[name]
-            if isinstance(target, DataError):
-                raise target
-            if isinstance(task, _FolderTask):
-                sample.update(task.load(target, hw))
-            else:
-                key = keys[name] or TARGET_KEYS[task.kind][0]
-                sample[key] = target.copy() if isinstance(target, np.ndarray) else target
-        return sample
-    return load_sample
+    # A partial, not a closure: loader worker processes may receive it pickled.
+    return functools.partial(_load_sample, tasks=tasks, keys=keys)
+
+
+def _load_sample(record: _Record, *, tasks: dict[str, _Task], keys: dict[str, str]) -> Sample:
+    image = read_image(record.image)
+    hw = (int(image.shape[0]), int(image.shape[1]))
+    sample: Sample = {"image": image}
+    for name, target in record.targets.items():
+        task = tasks[name]
+        if isinstance(target, DataError):
+            raise target
+        if isinstance(task, _FolderTask):
+            sample.update(task.load(target, hw))
+        else:
+            key = keys[name] or TARGET_KEYS[task.kind][0]
+            sample[key] = target.copy() if isinstance(target, np.ndarray) else target
+    return sample
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -38,6 +38,7 @@ and val only, so ``assemble`` uses val as test and carves val from train (and sa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,7 +90,8 @@ def load(path: Path, options: LoadOptions, *,
                         "depth/, normal/ folders of .npy files)", source=str(path))
     # assemble makes the given val split the test split and carves val from train.
     records = {split: _records(path, split) for split in SPLIT_DIRS}
-    return assemble("nyuv2", TASKS, records, lambda rec: _load(rec, matrix),
+    # A partial, not a closure: loader worker processes may receive it pickled.
+    return assemble("nyuv2", TASKS, records, functools.partial(_load, matrix=matrix),
                     _checker(options), options, source=str(path))
 
 

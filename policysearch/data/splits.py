@@ -81,6 +81,11 @@ class LazySplit(SampleSequence, Generic[R]):
     def __len__(self) -> int:
         return len(self.records)
 
+    def divide_cache(self, parts: int) -> None:
+        """Keep this process's share of the cache budget: each of ``parts`` loader workers
+        decodes and caches what it reads, so together they stay within the budget."""
+        self._cache_left //= max(1, parts)
+
     def _get(self, i: int) -> Sample:
         cached = self._cache.get(i)
         if cached is not None:

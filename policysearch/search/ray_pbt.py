@@ -190,12 +190,11 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
     every epoch, checkpoint every ``interval`` epochs."""
     import torch
 
-    from policysearch.training import Trainer, TrialFailed
+    from policysearch.training import Trainer
 
     assert dataset is not None and space is not None and setup is not None
     assert reference is not None
     trial_id = tune.get_context().get_trial_id()
-    epochs = space.budget.epochs
 
     def fail(message: str, kind: str, epoch: int) -> None:
         outcome = TrialOutcome("failed", epochs=epoch, error=message, kind=kind)
@@ -219,6 +218,19 @@ def run_member(config: dict[str, Any], dataset: MultiTaskDataset | None = None,
     except UserError as err:
         fail(str(err), DATA_ERROR, 0)
         return
+    with trainer:  # its loader workers stop however the member ends
+        _train_member(trainer, policy, setup, reference, trial_id, exploited, interval, fail)
+
+
+def _train_member(trainer: Any, policy: Any, setup: TrialSetup, reference: Metrics,
+                  trial_id: str, exploited: dict[str, Any], interval: int,
+                  fail: Callable[[str, str, int], None]) -> None:
+    """``run_member``'s epochs: train, evaluate, report, checkpoint."""
+    import torch
+
+    from policysearch.training import TrialFailed
+
+    epochs = trainer.budget.epochs
     while not trainer.done:
         try:
             trainer.train_epoch(policy)

@@ -1,0 +1,212 @@
+"""The input pipeline of a trial: each epoch's batches, augmented and collated ahead of the
+training step, in DataLoader worker processes (``budget.loader_workers``) or, with 0 workers,
+in the training process.
+
+Whatever the number of workers, the batches are the same: a batch is asked for by a
+``BatchRequest`` that carries everything it depends on — the epoch, the sample indices, the
+augmentation seed and the policy in force (the phase of a schedule, a PBT member's policy after
+an exploit) — and every augmentation draw is keyed by (seed, epoch, sample index, view, slot)
+(``policysearch.augment.draws``), never by a stream a worker has consumed. Workers persist
+across epochs; each compiles a policy the first time a request names it.
+
+How workers start (``start_method``): ``fork`` in a process that runs no other thread, so that
+the workers share the dataset copy-on-write; ``forkserver`` where other threads run (Optuna's
+heartbeat, a Ray actor, a progress bar's refresher), because a forked copy of a process with
+threads can inherit a lock that another thread held and hang. Under ``forkserver`` each worker
+unpickles the dataset: the file formats carry paths and memory-mapped files, the generated
+datasets (a few MB) are copied.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import pickle
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.utils.data
+
+from policysearch.augment import MultiTaskAugment, Policy
+from policysearch.data.base import Sample
+from policysearch.errors import UserError
+from policysearch.tasks import Task
+
+# Compiled policies a worker keeps (a PBT member may change policy every few epochs).
+_CACHED_POLICIES = 8
+# Batches each worker prepares ahead of the one the training step asks for.
+PREFETCH = 2
+
+
+def default_loader_workers(device: torch.device, threads: int) -> int:
+    """Loader workers when the budget says ``auto``: none for a CPU trial, whose cores the
+    model's step uses already (a worker competes with it; see benchmarks/input_pipeline.md);
+    on a GPU, all of the trial's CPU share but one, which feeds the GPU."""
+    if device.type != "cuda":
+        return 0
+    return max(1, min(16, threads - 1))
+
+
+def start_method() -> str:
+    """How loader workers start in this process (see the module's docstring)."""
+    methods = multiprocessing.get_all_start_methods()
+    if threading.active_count() == 1 and "fork" in methods:
+        return "fork"
+    return "forkserver" if "forkserver" in methods else "spawn"
+
+
+@dataclass(frozen=True)
+class BatchRequest:
+    """One batch to prepare: everything its numbers depend on."""
+
+    epoch: int
+    indices: tuple[int, ...]
+    seed: int  # the augmentation seed
+    phase: Policy  # plain: the policy in force this epoch
+    key: tuple  # phase.augmentation_key(), computed once in the training process
+
+
+@dataclass
+class WorkerError:
+    """An exception raised while a worker prepared a batch, handed back as data: the DataLoader
+    would re-raise it as its own multi-line message, losing the one line a user error is."""
+
+    error: BaseException
+
+
+class PreparedBatches(torch.utils.data.Dataset):
+    """A split seen as batches: ``self[request]`` augments and collates the samples a
+    ``BatchRequest`` names into ``{"images": {view: B×H×W×3 uint8}, "targets": {task: ...},
+    "views": {task: view}, "size": B}``."""
+
+    def __init__(self, samples: Sequence[Sample], tasks: Sequence[Task]):
+        self.samples = samples
+        self.tasks = list(tasks)
+        self._augments: dict[tuple, MultiTaskAugment] = {}
+
+    def augment_for(self, request: BatchRequest) -> MultiTaskAugment:
+        """The compiled augmentation of the request's phase, set to its seed and epoch."""
+        augment = self._augments.get(request.key)
+        if augment is None:
+            if len(self._augments) >= _CACHED_POLICIES:
+                del self._augments[next(iter(self._augments))]
+            augment = self._augments[request.key] = MultiTaskAugment(request.phase)
+        if augment.seed != request.seed:
+            augment.set_seed(request.seed)
+        augment.set_epoch(request.epoch)
+        return augment
+
+    def __getitem__(self, request: BatchRequest) -> dict[str, Any] | WorkerError:  # type: ignore[override]
+        try:
+            return self.prepare(request)
+        except Exception as err:
+            if torch.utils.data.get_worker_info() is None:
+                raise
+            err.__traceback__ = None
+            return WorkerError(err)
+
+    def prepare(self, request: BatchRequest) -> dict[str, Any]:
+        augment = self.augment_for(request)
+        drawn = [augment(self.samples[i], index=i) for i in request.indices]
+        views = {t.name: request.phase.view_of(t.name) for t in self.tasks}
+        images = {view: torch.from_numpy(np.stack([d[view]["image"] for d in drawn]))
+                  for view in sorted(set(views.values()))}
+        targets = {t.name: t.collate([d[views[t.name]] for d in drawn]) for t in self.tasks}
+        return {"images": images, "targets": targets, "views": views, "size": len(drawn)}
+
+    def __len__(self) -> int:  # a sampler of requests drives it; len is the samples'
+        return len(self.samples)
+
+
+class _Requests(torch.utils.data.Sampler):
+    """The current epoch's requests (set before each epoch's iterator)."""
+
+    def __init__(self) -> None:
+        self.requests: list[BatchRequest] = []
+
+    def __iter__(self) -> Iterator[BatchRequest]:
+        return iter(self.requests)
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+
+class WorkerLost(Exception):
+    """A loader worker process died (killed, out of memory): the trial cannot go on."""
+
+
+def _as_is(batch: Any) -> Any:
+    return batch
+
+
+def _init_worker(worker_id: int) -> None:  # noqa: ARG001 - the DataLoader's signature
+    import cv2
+
+    cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
+    info = torch.utils.data.get_worker_info()
+    # A split that caches decoded samples (data.splits.LazySplit) keeps a worker's share.
+    divide = getattr(getattr(info.dataset, "samples", None), "divide_cache", None)
+    if callable(divide):
+        divide(info.num_workers)
+
+
+class InputPipeline:
+    """A trial's batches, epoch after epoch: ``epoch(requests)`` yields them prepared, in
+    order; ``close()`` stops the workers (a ``Trainer`` closes its pipeline when it ends)."""
+
+    def __init__(self, samples: Sequence[Sample], tasks: Sequence[Task], *, workers: int,
+                 device: torch.device):
+        self.workers = workers
+        self.batches = PreparedBatches(samples, tasks)
+        self._requests = _Requests()
+        parallel: dict[str, Any] = {}
+        if workers:
+            method = start_method()
+            context = multiprocessing.get_context(method)
+            if method == "forkserver":
+                # Imported once in the server, not in every worker it forks.
+                context.set_forkserver_preload(["policysearch.input_pipeline"])
+            parallel = {"multiprocessing_context": context, "persistent_workers": True,
+                        "prefetch_factor": PREFETCH, "worker_init_fn": _init_worker}
+        self.loader = torch.utils.data.DataLoader(
+            self.batches, batch_size=None, sampler=self._requests, num_workers=workers,
+            collate_fn=_as_is, pin_memory=device.type == "cuda",
+            # Seeds the workers' torch streams (which no draw uses); without a generator the
+            # loader would draw that seed from the global torch stream, moving the model's.
+            generator=torch.Generator().manual_seed(0), **parallel)
+
+    def epoch(self, requests: list[BatchRequest]) -> Iterator[dict[str, Any]]:
+        """The prepared batches of ``requests``, in order. Compiles a new policy here first,
+        so that a policy that cannot work fails in the training process with its own error."""
+        for request in requests[:1]:
+            self.batches.augment_for(request)
+        self._requests.requests = requests
+        try:
+            batches = iter(self.loader)
+        except (AttributeError, TypeError, pickle.PicklingError) as err:
+            if "pickle" not in str(err):
+                raise
+            raise UserError(f"the dataset cannot be sent to {start_method()} loader workers "
+                            f"({str(err).splitlines()[0]}); make it picklable or set 0",
+                            field="loader_workers") from None
+        try:
+            for batch in batches:
+                if isinstance(batch, WorkerError):
+                    raise batch.error
+                yield batch
+        except RuntimeError as err:
+            # How the DataLoader says that a worker process died (killed, out of memory).
+            if str(err).startswith("DataLoader worker"):
+                raise WorkerLost(str(err).splitlines()[0]) from None
+            raise
+
+    def close(self) -> None:
+        """Stop the worker processes (idempotent). The DataLoader keeps persistent workers
+        until its iterator is collected; this does not wait for the collector."""
+        iterator = getattr(self.loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+        self.loader._iterator = None
