@@ -10,9 +10,11 @@ an exploit) — and every augmentation draw is keyed by (seed, epoch, sample ind
 across epochs; each compiles a policy the first time a request names it.
 
 How workers start (``start_method``): ``fork`` in a process that runs no other thread, so that
-the workers share the dataset copy-on-write; ``forkserver`` where other threads run (Optuna's
-heartbeat, a Ray actor, a progress bar's refresher), because a forked copy of a process with
-threads can inherit a lock that another thread held and hang. Under ``forkserver`` each worker
+the workers share the dataset copy-on-write; ``forkserver`` where other threads run — Optuna's
+heartbeat, a Ray actor, a progress bar's refresher, and the thread pools of OpenCV and torch once
+they have worked — because a forked copy of a process with threads can inherit a lock that
+another thread held and hang (a child forked after OpenCV's pool started hangs in its first
+parallel call). Under ``forkserver`` each worker
 unpickles the dataset: the file formats carry paths and memory-mapped files, the generated
 datasets (a few MB) are copied.
 """
@@ -20,6 +22,7 @@ datasets (a few MB) are copied.
 from __future__ import annotations
 
 import multiprocessing
+import os
 import pickle
 import threading
 from collections.abc import Iterator, Sequence
@@ -53,9 +56,19 @@ def default_loader_workers(device: torch.device, threads: int) -> int:
 def start_method() -> str:
     """How loader workers start in this process (see the module's docstring)."""
     methods = multiprocessing.get_all_start_methods()
-    if threading.active_count() == 1 and "fork" in methods:
+    if "fork" in methods and _threads() == 1:
         return "fork"
     return "forkserver" if "forkserver" in methods else "spawn"
+
+
+def _threads() -> int:
+    """The threads of this process, native ones included: OpenCV's and torch's thread pools
+    are invisible to ``threading``, and a child forked while OpenCV's pool exists hangs in its
+    first parallel call. Where the OS does not say (no /proc), as if there were several."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return max(2, threading.active_count())
 
 
 @dataclass(frozen=True)
@@ -100,13 +113,15 @@ class PreparedBatches(torch.utils.data.Dataset):
         return augment
 
     def __getitem__(self, request: BatchRequest) -> dict[str, Any] | WorkerError:  # type: ignore[override]
+        in_worker = torch.utils.data.get_worker_info() is not None
         try:
-            return self.prepare(request)
+            batch = self.prepare(request)
         except Exception as err:
-            if torch.utils.data.get_worker_info() is None:
+            if not in_worker:
                 raise
             err.__traceback__ = None
             return WorkerError(err)
+        return _pack(batch) if in_worker else batch
 
     def prepare(self, request: BatchRequest) -> dict[str, Any]:
         augment = self.augment_for(request)
@@ -119,6 +134,44 @@ class PreparedBatches(torch.utils.data.Dataset):
 
     def __len__(self) -> int:  # a sampler of requests drives it; len is the samples'
         return len(self.samples)
+
+
+# Tensors up to this size leave a worker by value (pickled): the DataLoader would move each
+# into its own shared-memory segment, which costs far more for the many small target tensors
+# of a batch (a detection batch has two per sample).
+_BY_VALUE_BYTES = 1 << 20
+
+
+@dataclass
+class _ByValue:
+    array: np.ndarray
+
+    def pin_memory(self) -> torch.Tensor:  # the DataLoader's pin-memory thread calls it
+        return torch.from_numpy(self.array).pin_memory()
+
+
+def _pack(obj: Any) -> Any:
+    """``obj`` with every small tensor inside as a ``_ByValue`` NumPy array."""
+    if isinstance(obj, torch.Tensor):
+        if obj.numel() * obj.element_size() <= _BY_VALUE_BYTES:
+            return _ByValue(obj.numpy())
+        return obj
+    if isinstance(obj, dict):
+        return {k: _pack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pack(v) for v in obj)
+    return obj
+
+
+def _unpack(obj: Any) -> Any:
+    """What ``_pack`` packed, as tensors again (sharing the arrays' memory)."""
+    if isinstance(obj, _ByValue):
+        return torch.from_numpy(obj.array)
+    if isinstance(obj, dict):
+        return {k: _unpack(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_unpack(v) for v in obj)
+    return obj
 
 
 class _Requests(torch.utils.data.Sampler):
@@ -196,7 +249,7 @@ class InputPipeline:
             for batch in batches:
                 if isinstance(batch, WorkerError):
                     raise batch.error
-                yield batch
+                yield _unpack(batch) if self.workers else batch
         except RuntimeError as err:
             # How the DataLoader says that a worker process died (killed, out of memory).
             if str(err).startswith("DataLoader worker"):

@@ -192,7 +192,9 @@ def test_trivialaugment_rotation_angle_is_uniform_over_the_wide_range() -> None:
 
 
 def test_trivialaugment_unsigned_strength_is_uniform_too() -> None:
-    aug = Policy(tasks=CLS, shared=TrivialAugmentSpec(ops=("solarize",))).transform(seed=4)
+    # (Seed 4 drew a 1-in-500 sample under the keyed draws of seeding version 2: KS·√n 1.89;
+    # seeds 0-7 give 0.44-1.02 otherwise.)
+    aug = Policy(tasks=CLS, shared=TrivialAugmentSpec(ops=("solarize",))).transform(seed=0)
     log: list = []
     _record(_root(aug), log, "solarize")
     thresholds = []

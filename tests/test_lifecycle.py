@@ -131,3 +131,17 @@ def test_resume_check_names_the_first_difference() -> None:
     other = _space(budget={**TINY_SPACE["budget"], "epochs": 3})
     with pytest.raises(UserError, match=r"budget\.epochs: 2 → 3"):
         lc.check_resume(stored, other, 0, where="x", study_name="tiny")
+    # Resuming with another number of loader workers is fine: it changes no number.
+    workers = _space(budget={**TINY_SPACE["budget"], "loader_workers": 2})
+    lc.check_resume(stored, workers, 0, where="x", study_name="tiny")
+
+
+def test_a_study_seeded_under_another_seeding_version_is_not_resumed() -> None:
+    space = _space()
+    old = {k: v for k, v in lc.definition(space, 0).items() if k != "seeding"}  # version 1
+    with pytest.raises(UserError) as caught:
+        lc.check_resume(old, space, 0, where="runs/x/study.journal", study_name="tiny")
+    line = str(caught.value)
+    assert line.startswith("runs/x/study.journal: study tiny: refusing to resume: the study was "
+                           "seeded under seeding version 1")
+    assert f"under version {lc.SEEDING_VERSION}" in line and "\n" not in line

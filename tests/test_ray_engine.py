@@ -82,8 +82,9 @@ def _no_ray_env() -> dict[str, str]:
 
 def test_records_round_trip_pointer_and_stale_trials(tmp_path: Path) -> None:
     exp = tmp_path / "shared" / "study"
-    info = rr.experiment_info(study="study", space_canonical={"budget": {"image_size": 32}},
-                              seed=3, metrics_info={"shape": {"accuracy": {
+    info = rr.experiment_info(study="study", definition={
+                                  "space": {"budget": {"image_size": 32}}, "seed": 3},
+                              metrics_info={"shape": {"accuracy": {
                                   "higher": True, "primary": True}}}, tasks={"shape": "cls"},
                               reference="flipcrop", dataset="shapes", dataset_notes=["n"],
                               scheduler="asha")

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from policysearch.augment import Policy, Weighting, get_baseline
+from policysearch.augment.draws import SEEDING_VERSION
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
 from policysearch.events import TrialEnded
@@ -55,8 +56,9 @@ FAULT, DATA_ERROR, UNEXPECTED = "trial", "user", "internal"
 
 
 def definition(space: SearchSpace, seed: int) -> dict[str, Any]:
-    """What a resume must match: the space (canonical form) and the seed."""
-    return {"space": space.canonical(), "seed": seed}
+    """What a resume must match: the space (canonical form), the seed and the seeding version
+    (how seeds became random numbers: ``augment.draws.SEEDING_VERSION``)."""
+    return {"space": space.canonical(), "seed": seed, "seeding": SEEDING_VERSION}
 
 
 def first_difference(old: Any, new: Any, path: str = "") -> str:
@@ -73,6 +75,12 @@ def check_resume(stored: Any, space: SearchSpace, seed: int, *, where: str,
     """Refuse to resume a study whose stored definition (None: a new study) differs from
     this search's, naming the first difference."""
     wanted = definition(space, seed)
+    if stored is not None and stored.get("seeding", 1) != SEEDING_VERSION:
+        raise UserError(f"refusing to resume: the study was seeded under seeding version "
+                        f"{stored.get('seeding', 1)}, and this policysearch draws its random "
+                        f"numbers under version {SEEDING_VERSION}, so its trials would not "
+                        "repeat or compare; start a new study (another --study or --out)",
+                        source=where, field=f"study {study_name}")
     if stored is not None and stored != wanted:
         raise UserError("refusing to resume: the search space differs from the study's "
                         f"({first_difference(stored, wanted)}); use another --study or --out",

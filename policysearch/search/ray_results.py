@@ -130,7 +130,7 @@ def is_ray_experiment(path: Path) -> bool:
 # --- the experiment file ----------------------------------------------------------------------
 
 
-def experiment_info(*, study: str, space_canonical: Mapping[str, Any], seed: int,
+def experiment_info(*, study: str, definition: Mapping[str, Any],
                     metrics_info: MetricsInfo, tasks: Mapping[str, str], reference: str,
                     dataset: str, dataset_notes: Sequence[str], scheduler: str
                     ) -> dict[str, Any]:
@@ -138,7 +138,7 @@ def experiment_info(*, study: str, space_canonical: Mapping[str, Any], seed: int
     return {
         "schema": EXPERIMENT_SCHEMA,
         "study": study,
-        "definition": {"space": dict(space_canonical), "seed": seed},
+        "definition": dict(definition),
         "metrics_info": metrics_info,
         "tasks": dict(tasks),
         "reference": reference,

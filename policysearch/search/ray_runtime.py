@@ -42,6 +42,7 @@ from policysearch.search.lifecycle import (
     TrialOutcome,
     TrialReporter,
     check_resume,
+    definition,
     missing_references,
     run_training,
 )
@@ -218,8 +219,8 @@ def open_experiment(space: SearchSpace, *, out_dir: Path, ray_storage: str | Non
     check_resume(None if info is None else info.get("definition"), space, seed, where=where,
                  study_name=study_name)
     if info is None:
-        info = rr.experiment_info(study=study_name, space_canonical=space.canonical(),
-                                  seed=seed, metrics_info=metrics_info, tasks=tasks,
+        info = rr.experiment_info(study=study_name, definition=definition(space, seed),
+                                  metrics_info=metrics_info, tasks=tasks,
                                   reference=space.reference, dataset=dataset,
                                   dataset_notes=dataset_notes, scheduler=scheduler)
     elif "pbt" in (info.get("scheduler"), scheduler) and info.get("scheduler") != scheduler:

@@ -1,0 +1,213 @@
+"""The input pipeline alone, and its effect on a real trial: feed rate (samples/s) with 0, 1,
+2, … loader workers and a stand-in model of zero cost; scaling against the one-worker rate;
+the data-wait fraction of a default trial with and without workers.
+
+Writes benchmarks/results/input_pipeline.md (or --out). Method:
+  * feed rate: ``policysearch.input_pipeline.InputPipeline`` over the training split of
+    ``shapes`` (every target: class, mask, boxes, depth), batch 32, the batches consumed and
+    dropped (the stand-in model). The workers persist; the first epoch starts them and fills the
+    dataset's cache, so each configuration is timed over the next ``EPOCHS`` epochs and the best
+    one is reported. 64×64 and 224×224 images; the baselines and a searched policy with per-task
+    views (``SEARCHED``). With 0 workers the batches are prepared in this process.
+  * scaling efficiency: rate(k workers) / (k × rate(1 worker)), up to the cores present; the
+    projection to a 16-core GPU host assumes the efficiency measured at the most workers here.
+  * data wait: a trial of the default search space (its dataset and budget, fewer epochs), the
+    share of each epoch's wall time its step waited for a batch, and the trial's time, with 0
+    and 1 loader worker, on this CPU (``threads`` = all cores for the model in both).
+
+GPU rows are measured by benchmarks/gpu.py where a GPU is lent.
+
+    .venv/bin/python benchmarks/input_pipeline.py             # ~6 minutes on 2 cores
+    .venv/bin/python benchmarks/input_pipeline.py --smoke-test
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+from _machine import cpu_model, write_result  # benchmarks/_machine.py, beside this script
+
+HERE = Path(__file__).resolve().parent
+BASELINE_NAMES = ("flipcrop", "randaugment", "trivialaugment", "autoaugment")
+# A policy of the default space's shape: shared slots and a per-task view for seg and depth.
+SEARCHED = {
+    "shared": [{"op": "hflip", "p": 0.5, "magnitude": 1.0},
+               {"op": "crop", "p": 0.6, "magnitude": 0.3},
+               {"op": "rotate", "p": 0.4, "magnitude": 0.4}],
+    "per_task": {"seg": [{"op": "brightness", "p": 0.5, "magnitude": 0.5},
+                         {"op": "contrast", "p": 0.3, "magnitude": 0.4}],
+                 "depth": [{"op": "blur", "p": 0.3, "magnitude": 0.5}]},
+}
+BATCH = 32
+EPOCHS = 2
+
+
+def policies(tasks: dict[str, str]) -> dict[str, object]:
+    from policysearch.augment import SCHEMA, Policy, get_baseline
+
+    found: dict[str, object] = {name: get_baseline(name, tasks) for name in BASELINE_NAMES}
+    found["searched (per-task views)"] = Policy.from_dict({"schema": SCHEMA, "tasks": tasks,
+                                                           **SEARCHED},
+                                                          source="input_pipeline.py")
+    return found
+
+
+def feed_rate(samples, tasks, policy, workers: int, epochs: int) -> float:  # noqa: ANN001
+    """Best samples/s over ``epochs`` timed epochs, after one that starts the workers."""
+    import numpy as np
+    import torch
+
+    from policysearch.input_pipeline import BatchRequest, InputPipeline
+
+    pipeline = InputPipeline(samples, tasks, workers=workers, device=torch.device("cpu"))
+    key = policy.augmentation_key()
+    rates = []
+    try:
+        for epoch in range(epochs + 1):
+            order = np.random.default_rng(epoch).permutation(len(samples))
+            requests = [BatchRequest(epoch=epoch, indices=tuple(int(i) for i in order[s:s + BATCH]),
+                                     seed=0, phase=policy, key=key)
+                        for s in range(0, len(order), BATCH)]
+            start = time.perf_counter()
+            count = sum(batch["size"] for batch in pipeline.epoch(requests))
+            if epoch:  # the first epoch starts the workers
+                rates.append(count / (time.perf_counter() - start))
+    finally:
+        pipeline.close()
+    return max(rates)
+
+
+def feed_table(sizes: tuple[int, ...], n_train: dict[int, int], worker_counts: list[int],
+               epochs: int) -> tuple[list[str], dict[tuple[int, str], dict[int, float]]]:
+    from policysearch.data import get_dataset
+    from policysearch.tasks import make_task
+
+    rows, rates = [], {}
+    for size in sizes:
+        dataset = get_dataset("shapes", size=size, n_train=n_train[size], n_val=8, n_test=8)
+        tasks = {t.name: t.kind for t in dataset.tasks}
+        task_objects = [make_task(spec) for spec in dataset.tasks]
+        samples = dataset.split("train")
+        for name, policy in policies(tasks).items():
+            by_workers = {w: feed_rate(samples, task_objects, policy, w, epochs)
+                          for w in worker_counts}
+            rates[(size, name)] = by_workers
+            one = by_workers.get(1)
+            cells = []
+            for w in worker_counts:
+                eff = (f" ({by_workers[w] / (w * one):.2f})" if one and w >= 1 else "")
+                cells.append(f"{by_workers[w]:,.0f}{eff}")
+            rows.append(f"| {size}×{size} | {name} | " + " | ".join(cells) + " |")
+            print(rows[-1], flush=True)
+    return rows, rates
+
+
+def trial_wait(workers: int, epochs: int, smoke: bool) -> tuple[list[float], float]:
+    """Per-epoch data-wait fractions and the wall time of one default trial."""
+    from policysearch.config import load_space
+    from policysearch.data.loading import load_dataset
+    from policysearch.search.lifecycle import reference_policy
+    from policysearch.training import run_trial
+
+    space = load_space("default")
+    budget = space.budget.model_copy(update={"epochs": epochs, "loader_workers": workers})
+    if smoke:
+        data = space.dataset_options.model_copy(update={"n_train": 64, "n_val": 16, "n_test": 8})
+        space = space.model_copy(update={"dataset_options": data})
+        budget = budget.model_copy(update={"image_size": 32})
+    space = space.model_copy(update={"budget": budget})
+    dataset = load_dataset(space)
+    tasks = {t.name: t.kind for t in dataset.tasks}
+    policy = reference_policy(space.reference, tasks)
+    start = time.perf_counter()
+    result = run_trial(policy, dataset, budget, seed=0, device="cpu",
+                       threads=os.cpu_count() or 1)
+    return result.data_wait, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke-test", action="store_true", help="tiny sizes, a few seconds")
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "input_pipeline.md")
+    args = parser.parse_args()
+    smoke = args.smoke_test
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    worker_counts = list(range(0, min(cores, 2 if smoke else 8) + 1))
+    sizes = (32,) if smoke else (64, 224)
+    n_train = {32: 64} if smoke else {64: 1024, 224: 256}
+    epochs = 1 if smoke else EPOCHS
+    started = time.perf_counter()
+
+    rows, rates = feed_table(sizes, n_train, worker_counts, epochs)
+    trial_epochs = 1 if smoke else 4
+    waits = {w: trial_wait(w, trial_epochs, smoke) for w in (0, 1)}
+
+    most = worker_counts[-1]
+    effs = [r[most] / (most * r[1]) for r in rates.values() if most >= 1 and r.get(1)]
+    low = min(effs) if effs else float("nan")
+    median_eff = statistics.median(effs) if effs else float("nan")
+    head = " | ".join(f"{w} workers" if w != 1 else "1 worker" for w in worker_counts)
+    lines = [
+        "# Input pipeline: feed rate, scaling, data wait",
+        "",
+        f"Machine: {cpu_model()}, {cores} cores, no GPU. Command: "
+        f"`.venv/bin/python benchmarks/input_pipeline.py{' --smoke-test' if smoke else ''}` "
+        f"({(time.perf_counter() - started) / 60:.1f} min).",
+        "",
+        "## Feed rate (samples/s), stand-in model of zero cost",
+        "",
+        f"Batches of {BATCH} from the `shapes` training split (class, mask, boxes, depth), "
+        "augmented and collated by `InputPipeline` and dropped; best of "
+        f"{epochs} epoch(s) after the one that starts the workers. In brackets: scaling "
+        "efficiency, rate ÷ (workers × the 1-worker rate). 0 workers: prepared in the training "
+        "process.",
+        "",
+        f"| image | policy | {head} |",
+        "|---|---|" + "---|" * len(worker_counts),
+        *rows,
+        "",
+        f"Scaling efficiency at {most} worker(s) (the cores present): median {median_eff:.2f}, "
+        f"lowest {low:.2f} (target ≥ 0.8).",
+        "",
+    ]
+    if most >= 1:
+        per_worker = {k: r[1] for k, r in rates.items()}
+        lines += [
+            "Projection to a 16-core GPU host (15 loader workers, one core feeding the GPU, "
+            f"the lowest efficiency measured here, {low:.2f}): "
+            + "; ".join(f"{size}×{size} {name}: ~{per_worker[(size, name)] * 15 * low:,.0f}/s"
+                        for (size, name) in per_worker if name in ("flipcrop", "randaugment")
+                        or name.startswith("searched")) + ". Measured on a GPU host by "
+            "benchmarks/gpu.py.",
+            "",
+        ]
+    lines += [
+        "## Data wait of a default trial on this CPU",
+        "",
+        f"The default space's dataset and budget, {trial_epochs} epoch(s), reference policy "
+        f"(flipcrop), the model on all {cores} cores (`threads`), seed 0. Data wait: the share "
+        "of each epoch's wall time the step waited for its next batch (with 0 workers the "
+        "whole preparation).",
+        "",
+        "| loader workers | data wait per epoch | trial time |",
+        "|---|---|---|",
+        *(f"| {w} | {', '.join(f'{x:.1%}' for x in wait)} | {secs:.1f} s |"
+          for w, (wait, secs) in waits.items()),
+        "",
+        "## GPU",
+        "",
+        "Images/s with mixed precision and channels_last, GPU utilisation, data wait and trials "
+        "per hour with 1, 2 and 4 trials sharing one GPU: **not measured** here (no GPU was "
+        "lent); `benchmarks/gpu.py` measures them in at most 8 minutes where one is.",
+        "",
+    ]
+    write_result(args.out, "\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
