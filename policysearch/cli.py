@@ -117,7 +117,7 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
     columns = compact_columns(frame, info)
     headers = {"delta_m": "Δm%", "duration_s": "s", "delta_m_mean": "Δm% mean",
-               "delta_m_std": "± std"}
+               "delta_m_std": "± std", "data_wait": "wait %"}
     for col in columns:
         table.add_column(headers.get(col, col),
                          justify="left" if col in ("state", "policy") else "right",
@@ -132,7 +132,7 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
                 cells.append(f"{value:.2f}" if col == "delta_m_std" else f"{value:+.2f}")
             elif col == "pareto":
                 cells.append("yes" if value else "")
-            elif isinstance(value, float) and col == "duration_s":
+            elif isinstance(value, float) and col in ("duration_s", "data_wait"):
                 cells.append(f"{value:.1f}")
             elif isinstance(value, float):
                 # three significant digits for small metrics (an early mAP of 0.0003 is not 0)

@@ -200,6 +200,7 @@ def _init_worker(worker_id: int) -> None:  # noqa: ARG001 - the DataLoader's sig
 
     cv2.setNumThreads(1)  # one core per worker: the workers are the parallelism
     info = torch.utils.data.get_worker_info()
+    assert info is not None  # called in a worker process
     # A split that caches decoded samples (data.splits.LazySplit) keeps a worker's share.
     divide = getattr(getattr(info.dataset, "samples", None), "divide_cache", None)
     if callable(divide):

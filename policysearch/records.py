@@ -47,6 +47,14 @@ class TrialRecord:
     # The searched parameter values the policy was built from (search.space names); None for
     # references and for runs of engines that keep none (PBT members change theirs).
     params: dict[str, Any] | None = None
+    # Per trained epoch: the share of the epoch's wall time the training step waited for its
+    # next batch, in [0, 1]; None when unknown (pruned or failed trials, older studies).
+    data_wait: list[float] | None = None
+    loader_workers: int | None = None  # DataLoader worker processes that prepared the batches
+
+    def mean_data_wait(self) -> float | None:
+        """The mean of ``data_wait`` over the trial's epochs (a fraction), or None."""
+        return sum(self.data_wait) / len(self.data_wait) if self.data_wait else None
 
 
 @dataclass(frozen=True)
@@ -109,6 +117,11 @@ def search_cost(study: StudyRecords) -> SearchCost:
                       full_trainings=full, wall_seconds=wall, device_seconds=devices)
 
 
+def stored_data_wait(fractions: Sequence[float]) -> list[float] | None:
+    """Per-epoch data-wait fractions as records keep them (4 decimals); None for none."""
+    return [round(float(w), 4) for w in fractions] or None
+
+
 def trial_subject(number: int) -> str:
     """The key under which re-runs of trial ``number`` are stored."""
     return f"trial:{number}"
@@ -121,7 +134,8 @@ def rerun_entry(subject: str, seed: int, result: Any) -> tuple[str, dict[str, An
     weights = {t: float(w) for t, w in (result.weights or {}).items()}
     return f"{RERUN_PREFIX}{subject}:{seed}", {
         "metrics": result.metrics, "epochs": result.epochs,
-        "seconds": round(result.seconds, 3), "final_weights": weights or None}
+        "seconds": round(result.seconds, 3), "final_weights": weights or None,
+        "data_wait": stored_data_wait(result.data_wait), "loader_workers": result.loader_workers}
 
 
 def stored_reruns(stored: Mapping[str, Any]) -> dict[str, dict[int, Metrics]]:

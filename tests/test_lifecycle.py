@@ -60,6 +60,24 @@ def test_scoring_a_finished_training() -> None:
     assert undefined.state == "failed" and undefined.error == lc.UNDEFINED_DELTA
 
 
+def test_a_complete_outcome_and_its_record_carry_the_data_wait() -> None:
+    metrics = {"shape": {"accuracy": 0.6}, "seg": {"miou": 0.2}}
+    waits = [0.123456, 0.5, 1 / 3]
+    result = TrialResult(metrics=metrics, epochs=3, data_wait=waits, loader_workers=2)
+    outcome = _scoring().finish(result, REFERENCE)
+    assert outcome.data_wait == [round(w, 4) for w in waits]  # one per epoch, 4 decimals
+    assert outcome.loader_workers == 2
+    record = outcome.record(3, role="search", policy=None)
+    assert (record.data_wait, record.loader_workers) == (outcome.data_wait, 2)
+    assert record.mean_data_wait() == pytest.approx(sum(outcome.data_wait) / 3)
+    # As a Ray worker sends it to the driver (plain data), and back.
+    sent = lc.TrialOutcome.from_dict(outcome.to_dict())
+    assert sent.data_wait == outcome.data_wait and sent.loader_workers == 2
+    # A training that measured nothing (no epoch) stores None, not an empty list.
+    empty = _scoring().finish(TrialResult(metrics=metrics, epochs=0), REFERENCE)
+    assert empty.data_wait is None and empty.record(0, role="search", policy=None).data_wait is None
+
+
 @pytest.mark.parametrize(("raised", "state", "kind"), [
     (TrialPruned("pruned after epoch 1"), "pruned", None),
     (TrialFailed("out of memory"), "failed", lc.FAULT),
@@ -83,6 +101,7 @@ def test_how_a_training_ends_becomes_its_outcome(raised: Exception, state: str,
     # Every engine stores the same record and reports the same end event.
     record = outcome.record(4, role="search", policy={"x": 1}, started_at=10.0)
     assert (record.number, record.state, record.error) == (4, state, outcome.error)
+    assert record.data_wait is None  # pruned and failed trials keep none
     event = outcome.end_event(4, "search")
     assert isinstance(event, TrialEnded) and (event.trial, event.state) == (4, state)
     assert ("error" in to_dict(event)) == (state == "failed")

@@ -90,7 +90,8 @@ def test_records_round_trip_pointer_and_stale_trials(tmp_path: Path) -> None:
                               scheduler="asha")
     rr.write_experiment(exp, info)
     rr.write_trial_record(exp, TrialRecord(0, "complete", "reference",
-                                           {"shape": {"accuracy": 0.5}}, epochs=2))
+                                           {"shape": {"accuracy": 0.5}}, epochs=2,
+                                           data_wait=[0.25, 0.125], loader_workers=2))
     rr.write_trial_record(exp, TrialRecord(1, "running"), worker="host:1")
     out = tmp_path / "out"
     rr.write_pointer(out, exp)
@@ -106,6 +107,11 @@ def test_records_round_trip_pointer_and_stale_trials(tmp_path: Path) -> None:
     assert study.name == "study" and study.seed == 3 and study.image_size == 32
     assert [r.state for r in study.records] == ["complete", "failed"]
     assert study.reference_metrics() == {"shape": {"accuracy": 0.5}}
+    assert (study.records[0].data_wait, study.records[0].loader_workers) == ([0.25, 0.125], 2)
+    # A record file written before the data wait was measured reads as None.
+    old = {k: v for k, v in _records(exp)[0].items() if k not in ("data_wait", "loader_workers")}
+    assert rr.record_from_dict(old).data_wait is None
+    assert rr.record_from_dict(old).loader_workers is None
     with pytest.raises(UserError, match="no Ray experiment"):
         rr.load_ray_records(tmp_path)
 
@@ -120,7 +126,8 @@ def test_trial_outcome(ray_engine) -> None:
     from policysearch.search.lifecycle import TrialOutcome
 
     outcome = ray_engine.trial_outcome
-    sent = TrialOutcome("complete", metrics={"shape": {"accuracy": 0.5}}, epochs=3, value=1.5)
+    sent = TrialOutcome("complete", metrics={"shape": {"accuracy": 0.5}}, epochs=3, value=1.5,
+                        data_wait=[0.5, 0.25, 0.125], loader_workers=1)
     assert outcome({"state": "complete", "epoch": 3, "outcome": sent.to_dict()}, 3) == sent
     failed = TrialOutcome("failed", epochs=2, error="nan", kind="trial")
     assert outcome({"state": "failed", "epoch": 2, "outcome": failed.to_dict()}, 3) == failed

@@ -80,6 +80,46 @@ def test_too_few_trials_are_refused_before_anything_runs(space, tmp_path: Path) 
     assert not out.exists()
 
 
+def test_members_records_carry_the_data_wait_so_far(space, tmp_path: Path) -> None:  # noqa: ANN001
+    """On the driver (no Ray run): every epoch's report updates the member's data wait, as
+    its loss weights; a member stopped early keeps the list so far, a complete one its
+    outcome's."""
+    from types import SimpleNamespace
+
+    from policysearch.search import ray_results as rr
+    from policysearch.search.lifecycle import TrialOutcome, search_trial_policy
+    from policysearch.search.ray_runtime import OUTCOME, TIME_ATTR, Ledger
+
+    ledger = Ledger(experiment=tmp_path, info={}, space=space, tasks=dict(TASKS), target=3)
+    members = ray_pbt.MembersCallback(ledger, run_name="r", emit=lambda e: None, epochs=4)
+    values = ray_pbt.initial_values(space, list(TASKS), 2, seed=0)
+    policy = json.dumps(search_trial_policy(space, TASKS, values[0]).to_dict())
+    metrics = {t: {"m": 0.5} for t in TASKS}
+    trials = [SimpleNamespace(trial_id=f"t{n}", last_result=None,
+                              config={"member": {"number": n, "values": values[n - 1]}})
+              for n in (1, 2)]
+    waits = [0.5, 0.25, 0.125]
+    for trial in trials:
+        members.on_trial_start(0, [], trial)
+        for epoch in (1, 2):
+            trial.last_result = {TIME_ATTR: epoch, "state": "running", "metrics": metrics,
+                                 "policy": policy, "final_weights": {"shape": 1.0},
+                                 "data_wait": waits[:epoch], "loader_workers": 0}
+            members.on_trial_result(0, [], trial, trial.last_result)
+            assert ledger.records[trial.config["member"]["number"]].data_wait == waits[:epoch]
+    # Member 1 stopped after epoch 2 (--timeout); member 2 ran to its end.
+    members.on_trial_complete(0, [], trials[0])
+    done = TrialOutcome("complete", metrics=metrics, epochs=3, value=1.0, data_wait=waits,
+                        loader_workers=0)
+    trials[1].last_result = {**trials[1].last_result, TIME_ATTR: 3, "state": "complete",
+                             OUTCOME: done.to_dict()}
+    members.on_trial_complete(0, [], trials[1])
+    stored = {r.number: r for r in rr.read_trial_records(tmp_path)}
+    assert stored[1].state == "pruned" and stored[1].data_wait == waits[:2]
+    assert stored[2].state == "complete" and stored[2].data_wait == waits
+    assert all(stored[n].loader_workers == 0 for n in (1, 2))
+
+
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_tiny_pbt_search_exports_a_replayable_schedule(tmp_path: Path, space,  # noqa: ANN001
@@ -104,6 +144,8 @@ def test_a_tiny_pbt_search_exports_a_replayable_schedule(tmp_path: Path, space, 
 
     assert [r.role for r in records.records] == ["reference", "search", "search"]
     assert all(r.state == "complete" and r.epochs == 4 for r in records.records)
+    # Every trial's data wait, one fraction per epoch (a member's lineage's, after exploits).
+    assert all(r.data_wait and len(r.data_wait) == 4 for r in records.records)
     kinds = [e.kind for e in events]
     assert kinds.count("trial_start") == 3 and kinds.count("trial_end") == 3
     exploits = [e for e in events if isinstance(e, TrialExploited)]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
+import statistics
 import subprocess
 import sys
 from html.parser import HTMLParser
@@ -85,6 +87,34 @@ def test_search_writes_a_self_contained_report(single: Path) -> None:
     assert 'src="data:image/png;base64,' in text  # the previews are inlined
     records = ps.records(single)
     assert f"policysearch report: {records.name}" in text
+
+
+def _text(html: str) -> str:
+    """The page's visible text, one space between elements."""
+    text = re.sub(r"<(script|style)\b.*?</\1>", " ", html, flags=re.S)
+    return re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", text))
+
+
+def test_report_shows_the_data_wait(single: Path) -> None:
+    records = ps.records(single)
+    complete = [r for r in records.records if r.state == "complete"]
+    # The search stored each complete trial's data wait: one fraction per trained epoch.
+    assert complete and all(r.data_wait and len(r.data_wait) == r.epochs for r in complete)
+    assert all(0.0 <= w <= 1.0 for r in complete for w in r.data_wait or [])
+    html = render_report(records, preview=False)
+    cost = html[html.index('<section id="cost">'):html.index('<section id="results">')]
+    means = [100.0 * statistics.mean(r.data_wait or []) for r in complete]
+    workers = sorted({r.loader_workers for r in complete})
+    plural = "" if workers == [1] else "s"
+    assert re.search(rf"data wait \(mean over {len(complete)} complete trials?.*"
+                     rf"{statistics.mean(means):.1f}% \({' or '.join(map(str, workers))} "
+                     rf"loader worker{plural}\)", _text(cost)), _text(cost)
+    # The results table has each trial's mean, in %, beside its duration.
+    table = html[html.index('<section id="results">'):]
+    assert "<th>data_wait</th>" in table and "<th>loader_workers</th>" in table
+    frame = results_frame(records, warn=False)
+    assert list(frame["data_wait"].dropna()) and all(
+        f"<td>{v:.4g}</td>" in table for v in frame["data_wait"].dropna())
 
 
 def test_pareto_study_has_a_pareto_section(pareto: Path) -> None:

@@ -7,7 +7,7 @@ import pytest
 
 from policysearch.errors import UserError
 from policysearch.records import ReferenceWarning, StudyRecords, TrialRecord, delta_m, search_cost
-from policysearch.reporting.tables import results_frame, to_markdown
+from policysearch.reporting.tables import compact_columns, results_frame, to_markdown
 
 INFO = {
     "cls": {"accuracy": {"higher": True, "primary": True},
@@ -163,3 +163,36 @@ def test_search_cost_wall_time_is_the_union_of_trial_intervals() -> None:
     for r in study.records:
         r.started_at = None
     assert search_cost(study).wall_seconds is None
+
+
+def test_data_wait_is_each_trials_mean_percentage() -> None:
+    study = _study()
+    waits = {1: ([0.1, 0.3], 0), 2: ([0.25, 0.5, 0.125], 2), 3: ([0.9], 0)}  # 3 is pruned
+    for rec in study.records:
+        if rec.number in waits:
+            rec.data_wait, rec.loader_workers = waits[rec.number]
+    frame = results_frame(study).set_index("trial")
+    for number, (values, workers) in waits.items():
+        mean = 100.0 * sum(values) / len(values)
+        assert frame.loc[number, "data_wait"] == pytest.approx(round(mean, 1))
+        assert frame.loc[number, "loader_workers"] == workers
+    unknown = [r.number for r in study.records if r.number not in waits]
+    assert frame.loc[unknown, "data_wait"].isna().all()  # older studies, failed trials
+    assert frame.loc[unknown, "loader_workers"].isna().all()
+    # After the duration, before the note; a terminal shows it beside the duration.
+    columns = list(frame.reset_index().columns)
+    assert columns[-5:] == ["epochs", "duration_s", "data_wait", "loader_workers", "note"]
+    assert compact_columns(frame.reset_index(), INFO)[-2:] == ["duration_s", "data_wait"]
+    # The footer's one line: the mean over the complete trials (not the pruned one).
+    complete = [100.0 * sum(waits[n][0]) / len(waits[n][0]) for n in (1, 2)]
+    line = (f"data wait: mean {sum(complete) / 2:.1f}% of each epoch's wall time "
+            "(0 or 2 loader workers), over 2 complete trials")
+    assert line in to_markdown(results_frame(study))
+    csv_header = results_frame(study).to_csv(index=False).splitlines()[0].split(",")
+    assert "data_wait" in csv_header and "loader_workers" in csv_header
+
+
+def test_a_study_without_data_wait_has_an_empty_column_and_no_line() -> None:
+    frame = results_frame(_study())
+    assert frame["data_wait"].isna().all() and frame["loader_workers"].isna().all()
+    assert "data wait" not in to_markdown(frame)

@@ -51,6 +51,10 @@ def test_search_resume_results_export(tiny_space: Path, tmp_path: Path) -> None:
     reference = table[table["role"] == "reference"]
     assert len(reference) == 1 and reference["delta_m"].item() == pytest.approx(0.0)
     assert reference["trial"].item() == 0  # the reference runs first
+    # Each complete trial's mean data wait, in % of its epochs' wall time.
+    complete = table[table["state"] == "complete"]
+    assert complete["data_wait"].between(0.0, 100.0).all()
+    assert (complete["loader_workers"] >= 0).all()
     for task in ("shape", "seg", "objects", "depth"):
         assert (out / f"best_policy.{task}.albumentations.json").exists()
 

@@ -161,6 +161,8 @@ def test_results_lists_the_stored_trials_with_their_delta_m(engine: str, tmp_pat
     assert set(table) == set(stored)
     assert {n: row["state"] for n, row in table.items()} == stored
     _assert_same_rows(table, expected)  # every column, Δm% included, as written before
+    # Trials stored before the data wait was measured have none: the columns are there, empty.
+    assert all(row["data_wait"] == "" and row["loader_workers"] == "" for row in table.values())
     if engine == "optuna":  # Δm% is also the objective value Optuna stored for each trial
         for trial in _optuna_study(out).get_trials(deepcopy=False):
             assert float(table[trial.number]["delta_m"]) == trial.value
@@ -279,6 +281,9 @@ def _check_one_more_trial(engine: str, out: Path, stored: dict[int, str]) -> Non
     table = _results_csv(out)
     assert set(table) == set(after)
     assert table[new[0]]["role"] == "search" and table[new[0]]["delta_m"] != ""
+    if after[new[0]] == "complete":  # the new trial measured its data wait, in %
+        assert 0.0 <= float(table[new[0]]["data_wait"]) <= 100.0
+        assert int(table[new[0]]["loader_workers"]) >= 0
     # Ranks move with the new trial; every other value of the old trials stays.
     _assert_same_rows(table, _expected(engine), skip=("rank",))
 

@@ -10,7 +10,7 @@ normals turned with the image (``policysearch.augment.normals``).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, cast
 
 import albumentations as A
 import cv2
@@ -131,7 +131,8 @@ class MultiTaskAugment:
     def set_seed(self, seed: int | None) -> None:
         """The seed of every draw (None: a fresh one from the OS); restarts the call count,
         so the same seed and samples give the same outputs."""
-        self.seed = int(np.random.SeedSequence().entropy) if seed is None else int(seed)
+        entropy = np.random.SeedSequence().entropy  # an int when drawn from the OS
+        self.seed = int(cast(int, entropy)) if seed is None else int(seed)
         self._calls = 0
 
     @property

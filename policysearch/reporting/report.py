@@ -3,9 +3,10 @@ inlined; nothing is fetched from the network) that opens in a browser without a 
 
 Sections: a summary (best trial, trials by state, search cost), the optimisation history,
 parameter importances, per-task metrics of the top trials, the Pareto front (multi-objective
-studies), the preview grid of the best policy beside the reference's, the search cost and the
-ranked results table. A search writes ``report.html`` into its ``--out`` after every trial;
-``policysearch report`` / ``policysearch.reporting.report`` rebuild it from the storage at any time.
+studies), the preview grid of the best policy beside the reference's, the search cost (with the
+trials' data wait) and the ranked results table. A search writes ``report.html`` into its
+``--out`` after every trial; ``policysearch report`` / ``policysearch.reporting.report``
+rebuild it from the storage at any time.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import pandas as pd
 from policysearch.errors import UserError
 from policysearch.events import SearchEvent, TrialEnded
 from policysearch.records import StudyRecords, search_cost
-from policysearch.reporting.tables import results_frame
+from policysearch.reporting.tables import data_wait_stats, loader_workers_text, results_frame
 
 REPORT_NAME = "report.html"
 REPORT_EVERY_S = 60.0  # during a search: rewrite the report at most this often
@@ -286,6 +287,14 @@ def _cost_section(study: StudyRecords) -> str:
     if cost.wall_seconds is not None:
         rows.append(("wall time (while at least one trial ran)", _minutes(cost.wall_seconds)))
     rows += [(f"{kind}-hours", f"{s / 3600:.2f}") for kind, s in cost.device_seconds.items()]
+    wait = data_wait_stats(study)
+    if wait is not None:
+        percent, workers, trials = wait
+        loaders = f" ({loader_workers_text(workers)})" if workers else ""
+        over = f"{trials} complete trial{'' if trials == 1 else 's'}"
+        rows.append((f"data wait (mean over {over}: the share of each epoch's wall time the "
+                     "training step waited for its next batch)",
+                     f"{percent:.1f}%{loaders}"))
     cells = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(v)}</td></tr>"
                     for k, v in rows)
     return f'<table class="cost">{cells}</table>'
@@ -309,7 +318,8 @@ def _table_section(frame: pd.DataFrame) -> str:
 def _footer(frame: pd.DataFrame) -> list[str]:
     from policysearch.reporting.tables import footer_lines
 
-    return [line for line in footer_lines(frame) if not line.startswith("search cost")]
+    shown_above = ("search cost", "data wait")  # the cost section has them
+    return [line for line in footer_lines(frame) if not line.startswith(shown_above)]
 
 
 def _page(study: StudyRecords, frame: pd.DataFrame, sections: list[tuple[str, str, str]],

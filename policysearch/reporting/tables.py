@@ -83,7 +83,8 @@ def _seed_values(study: StudyRecords, rec: TrialRecord, refs: Mapping[int, Metri
 
 def results_frame(study: StudyRecords, *, warn: bool = True,
                   task_weights: Mapping[str, float] | None = None) -> pd.DataFrame:
-    """One row per trial: rank, Δm%, per-task metrics, loss weights, policy, state, duration.
+    """One row per trial: rank, Δm%, per-task metrics, loss weights, policy, state, duration,
+    data wait.
 
     Δm% weighs the tasks by ``task_weights`` (default: the study's, else 1 each). A pareto
     study adds ``delta.<task>`` (each task's Δ%) and ``pareto`` (Pareto-optimal among the
@@ -92,6 +93,10 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     every seed they were trained with, the study's included, each against the reference
     trained with the same seed. The loss weights are a trial's final weights (what a dynamic
     method ended with) when it recorded them, else its policy's static weights.
+    ``data_wait``: the mean over the trial's epochs of the share of each epoch's wall time the
+    training step waited for its next batch, in % (1 decimal; NaN when not recorded: pruned or
+    failed trials, older studies); ``loader_workers``: the DataLoader worker processes that
+    prepared the batches.
     """
     ref = study.reference_metrics()
     task_weights = dict(study.task_weights if task_weights is None else task_weights)
@@ -130,6 +135,9 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
         row["policy"] = _summary(rec.policy)
         row["epochs"] = rec.epochs
         row["duration_s"] = rec.duration_s
+        wait = rec.mean_data_wait()
+        row["data_wait"] = math.nan if wait is None else round(100.0 * wait, 1)
+        row["loader_workers"] = pd.NA if rec.loader_workers is None else rec.loader_workers
         row["note"] = rec.error or _reference_note(rec, study)
         rows.append(row)
     if warn:
@@ -141,6 +149,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     complete = frame["state"].eq("complete") & frame["delta_m"].notna()
     if "seeds" in frame.columns:
         frame["seeds"] = frame["seeds"].astype("Int64")
+    frame["data_wait"] = frame["data_wait"].astype(float)
+    frame["loader_workers"] = frame["loader_workers"].astype("Int64")
     if pareto:
         _mark_front(frame, complete, list(study.metrics_info))
     frame["_order"] = 2
@@ -160,6 +170,7 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     frame.attrs["objective"] = study.objective
     cost = search_cost(study)
     frame.attrs["search_cost"] = cost.line(study.budget_epochs) if cost.trials else ""
+    frame.attrs["data_wait"] = data_wait_line(study) or ""
     if rerun_trials:
         seeds = ", ".join(str(s) for s in refs)
         frame.attrs["reeval"] = (
@@ -167,6 +178,35 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
             f"{study.seed} included), each against the reference trained with the same seed.")
         frame.attrs["seed_noise"] = seed_noise_line(frame)
     return frame
+
+
+def data_wait_stats(study: StudyRecords) -> tuple[float, list[int], int] | None:
+    """Over the complete trials that measured it: the mean of each trial's mean data-wait
+    fraction in %, the loader worker counts they ran with, and how many trials; None when no
+    complete trial measured it (older studies)."""
+    measured = [r for r in study.records if r.state == "complete" and r.data_wait]
+    if not measured:
+        return None
+    mean = statistics.mean(r.mean_data_wait() or 0.0 for r in measured)
+    workers = sorted({r.loader_workers for r in measured if r.loader_workers is not None})
+    return 100.0 * mean, workers, len(measured)
+
+
+def loader_workers_text(workers: Sequence[int]) -> str:
+    """``0 loader workers``, ``1 loader worker``, ``0 or 3 loader workers``."""
+    return f"{' or '.join(map(str, workers))} loader worker{'' if list(workers) == [1] else 's'}"
+
+
+def data_wait_line(study: StudyRecords) -> str | None:
+    """``data wait: mean 23.4% of each epoch's wall time (0 loader workers), over 5 complete
+    trials`` (``data_wait_stats``); None when no complete trial measured it."""
+    stats = data_wait_stats(study)
+    if stats is None:
+        return None
+    percent, workers, trials = stats
+    loaders = f" ({loader_workers_text(workers)})" if workers else ""
+    return (f"data wait: mean {percent:.1f}% of each epoch's wall time{loaders}, over "
+            f"{trials} complete trial{'' if trials == 1 else 's'}")
 
 
 def _mark_front(frame: pd.DataFrame, complete: pd.Series, tasks: list[str]) -> None:
@@ -255,7 +295,7 @@ def footer_lines(frame: pd.DataFrame) -> list[str]:
         lines.append("Multi-objective study: one objective per task, its Δ% (delta.<task>, "
                      "higher is better); `pareto` marks the Pareto-optimal trials (the reference "
                      "is not a candidate); rank is by Δm%.")
-    for key in ("search_cost", "reeval", "seed_noise"):
+    for key in ("search_cost", "data_wait", "reeval", "seed_noise"):
         if frame.attrs.get(key):
             lines.append(frame.attrs[key])
     return lines
@@ -272,12 +312,12 @@ def to_csv(frame: pd.DataFrame, top: int | None = None) -> str:
 
 def compact_columns(frame: pd.DataFrame, info: MetricsInfo) -> list[str]:
     """Columns for a terminal: rank, trial, state, Δm% (and its mean ± std over seeds), the
-    Pareto mark and per-task Δ%, primary metrics, policy."""
+    Pareto mark and per-task Δ%, primary metrics, policy, duration, data wait (%)."""
     cols = ["rank", "trial", "state", "delta_m", "delta_m_mean", "delta_m_std", "seeds",
             "pareto", *(f"delta.{task}" for task in info)]
     for task, task_info in info.items():
         cols += [f"{task}.{m}" for m, meta in task_info.items() if meta.get("primary")]
-    cols += ["policy", "duration_s"]
+    cols += ["policy", "duration_s", "data_wait"]
     return [c for c in cols if c in frame.columns]
 
 

@@ -30,7 +30,14 @@ from policysearch.augment.draws import SEEDING_VERSION
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
 from policysearch.events import TrialEnded
-from policysearch.records import Metrics, MetricsInfo, TrialRecord, delta_m, task_deltas
+from policysearch.records import (
+    Metrics,
+    MetricsInfo,
+    TrialRecord,
+    delta_m,
+    stored_data_wait,
+    task_deltas,
+)
 from policysearch.search.space import policy_from_params
 from policysearch.training import (
     Reporter,
@@ -169,7 +176,8 @@ class Scoring:
         return TrialOutcome("complete", metrics=result.metrics, epochs=result.epochs,
                             value=value, task_deltas=per_task if self.pareto else None,
                             final_weights=weights or None, seconds=round(result.seconds, 3),
-                            device=result.device)
+                            device=result.device, data_wait=stored_data_wait(result.data_wait),
+                            loader_workers=result.loader_workers)
 
     def objectives(self, outcome: TrialOutcome) -> float | list[float]:
         """What the optimiser is told: Δm%, or each task's Δ% in task order (pareto)."""
@@ -197,6 +205,10 @@ class TrialOutcome:
     final_weights: dict[str, float] | None = None
     seconds: float | None = None
     device: str | None = None
+    # Per trained epoch: the share of its wall time the training step waited for its next
+    # batch (training.TrialResult.data_wait); kept for complete trials only.
+    data_wait: list[float] | None = None
+    loader_workers: int | None = None  # DataLoader worker processes that prepared the batches
 
     def to_dict(self) -> dict[str, Any]:
         """The outcome as plain data (a Ray worker sends it to the driver this way)."""
@@ -217,7 +229,8 @@ class TrialOutcome:
             duration_s=duration_s if duration_s is not None else self.seconds,
             epochs=self.epochs, error=self.error, reference_task=reference_task,
             final_weights=self.final_weights, started_at=started_at,
-            device=device or self.device, params=params)
+            device=device or self.device, params=params, data_wait=self.data_wait,
+            loader_workers=self.loader_workers)
 
     def end_event(self, number: int, role: str) -> TrialEnded:
         """The ``trial_end`` progress event: the error of a failed trial; Δm% (0 for a

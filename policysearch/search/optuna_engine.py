@@ -272,7 +272,8 @@ class _Trials:
         return outcome
 
     def _store(self, trial: Trial, outcome: TrialOutcome) -> None:
-        for key in ("metrics", "epochs", "error", "final_weights"):
+        for key in ("metrics", "epochs", "error", "final_weights", "data_wait",
+                    "loader_workers"):
             value = getattr(outcome, key)
             if value is not None:
                 trial.set_user_attr(key, value)

@@ -3,12 +3,13 @@ Optuna storage URL), opening or resuming a study, reading its trials back as rec
 runs trained beside it.
 
 Each trial keeps its record in user attributes (``role``, ``policy``, ``metrics``, ``epochs``,
-``error``, ``reference_task``, ``final_weights``, ``device``, ``worker``); the study keeps its
-definition (``definition``: space and seed, which a resume must match), ``metrics_info``,
-``tasks``, ``reference``, ``dataset`` and ``dataset_notes``. Runs trained beside the study
-(re-evaluations with other seeds, other references: ``policysearch.evaluation.reeval``) are
-study user attributes ``rerun:<subject>:<seed>``, not trials, so they change neither trial
-counts nor the study's definition.
+``error``, ``reference_task``, ``final_weights``, ``device``, ``worker``; a complete trial also
+``data_wait`` and ``loader_workers``, which trials stored before they were measured lack); the
+study keeps its definition (``definition``: space and seed, which a resume must match),
+``metrics_info``, ``tasks``, ``reference``, ``dataset`` and ``dataset_notes``. Runs trained
+beside the study (re-evaluations with other seeds, other references:
+``policysearch.evaluation.reeval``) are study user attributes ``rerun:<subject>:<seed>``, not
+trials, so they change neither trial counts nor the study's definition.
 """
 
 from __future__ import annotations
@@ -179,6 +180,8 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
         started_at=started,
         device=attrs.get("device"),
         params=dict(trial.params) or None,
+        data_wait=attrs.get("data_wait"),
+        loader_workers=attrs.get("loader_workers"),
     )
 
 

@@ -58,7 +58,7 @@ from policysearch.events import (
     TrialExploited,
     TrialStarted,
 )
-from policysearch.records import Metrics, StudyRecords, TrialRecord
+from policysearch.records import Metrics, StudyRecords, TrialRecord, stored_data_wait
 from policysearch.search.lifecycle import (
     DATA_ERROR,
     FAULT,
@@ -251,6 +251,8 @@ def _train_member(trainer: Any, policy: Any, setup: TrialSetup, reference: Metri
             "state": "complete" if trainer.done else "running",
             "metrics": metrics,
             "final_weights": {t: float(w) for t, w in trainer.weighting.weights().items()},
+            "data_wait": stored_data_wait(trainer.data_wait),
+            "loader_workers": trainer.loader_workers,
             "duration_s": round(trainer.seconds, 3),
             "device": trainer.device.type,
             "policy": json.dumps(trainer.trained_policy().to_dict()),
@@ -338,6 +340,8 @@ class MembersCallback(Callback):
         record.policy = json.loads(result["policy"])
         record.epochs = int(result[TIME_ATTR])
         record.final_weights = result.get("final_weights")
+        record.data_wait = result.get("data_wait")
+        record.loader_workers = result.get("loader_workers")
         record.duration_s = result.get("duration_s")
         record.device = result.get("device", record.device)
         if "exploited_from" in result:
@@ -371,6 +375,7 @@ class MembersCallback(Callback):
         if outcome.state != "complete":  # what it trained so far
             record.metrics, record.epochs = last.metrics, last.epochs
             record.final_weights = last.final_weights
+            record.data_wait, record.loader_workers = last.data_wait, last.loader_workers
         ledger.write(record, exploits=self.exploits.get(number, []))
         ledger.end(outcome)
         self.emit(outcome.end_event(number, "search"))

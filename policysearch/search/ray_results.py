@@ -11,14 +11,17 @@ experiment state (which a killed driver may leave behind the last finished trial
 ``<experiment>/trials/trial-<number>.json``
     one file per trial (``write_trial_record``): number, role, state ("complete" | "pruned" |
     "failed" | "running"), policy (``Policy.to_dict()``), metrics, epochs, error,
-    final_weights, duration_s, reference_task, plus Ray's trial id and the worker it ran on.
+    final_weights, duration_s, reference_task, started_at, device, params, data_wait (per
+    epoch, the share of its wall time spent waiting for batches) and loader_workers (files
+    written before these were measured lack them: None), plus Ray's trial id and the worker
+    it ran on.
     Files are replaced atomically (temporary file + ``os.replace``), so a reader or a killed
     writer never sees half a record.
 ``<experiment>/reruns/<key>.json``
     runs trained beside the experiment (re-evaluations with other seeds, other references:
     ``policysearch.evaluation.reeval``), one file per run: its ``key``
     (``rerun:<subject>:<seed>``, as an Optuna study's user attribute), metrics, epochs,
-    seconds, final_weights.
+    seconds, final_weights, data_wait, loader_workers.
 ``<experiment>/optuna.journal``, ``<experiment>/tune-NNN/``
     the suggestions' Optuna study (TPE's memory across resumes) and Ray Tune's own folder of
     each run of the command; neither is needed to read the results.
@@ -62,7 +65,7 @@ FINISHED_STATES = ("complete", "pruned")
 STALE_ERROR = "left running by an interrupted search"
 _RECORD_FIELDS = ("number", "state", "role", "metrics", "policy", "duration_s", "epochs",
                   "error", "reference_task", "final_weights", "started_at", "device",
-                  "params")
+                  "params", "data_wait", "loader_workers")
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
