@@ -14,9 +14,13 @@ the workers share the dataset copy-on-write; ``forkserver`` where other threads 
 heartbeat, a Ray actor, a progress bar's refresher, and the thread pools of OpenCV and torch once
 they have worked — because a forked copy of a process with threads can inherit a lock that
 another thread held and hang (a child forked after OpenCV's pool started hangs in its first
-parallel call). Under ``forkserver`` each worker
-unpickles the dataset: the file formats carry paths and memory-mapped files, the generated
-datasets (a few MB) are copied.
+parallel call). After importing torch and OpenCV a process rarely has one thread, so workers
+mostly start from a forkserver and unpickle the dataset without copying its samples: the file
+formats carry paths (each worker decodes and caches its share of the cache budget,
+``data.splits.LazySplit.divide_cache``) and the generated datasets' arrays travel in shared
+memory (``data.generated.ArraySplit``), one copy for all workers. A script that starts a search
+or training from its top level needs the usual ``if __name__ == "__main__":`` guard: a
+forkserver's workers import the main module.
 """
 
 from __future__ import annotations

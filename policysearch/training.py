@@ -203,13 +203,23 @@ def evaluate(model: torch.nn.Module, tasks: Sequence[Task], samples: Sequence[Sa
     with torch.no_grad(), _autocast(device, amp):
         for start in range(0, len(samples), batch_size):
             chunk = [samples[i] for i in range(start, min(start + batch_size, len(samples)))]
-            feats = model.features(images_to_tensor(chunk).to(device))
+            feats = model.features(_layout(images_to_tensor(chunk).to(device)))
             for task in tasks:
                 output = model.head_forward(task.name, feats)
                 output = _to_float(output)
                 targets = task.to_device(task.collate(chunk), device)
                 evaluators[task.name].update(output, targets)
     return {name: {k: float(v) for k, v in ev.compute().items()} for name, ev in evaluators.items()}
+
+
+def _layout(value: Any) -> Any:
+    """On CUDA, channels_last for the network and its input images: the memory layout its
+    convolutions run fastest in under mixed precision (a no-op on the CPU, which keeps its
+    numbers)."""
+    if isinstance(value, torch.nn.Module):
+        on_cuda = any(p.is_cuda for p in value.parameters())
+        return value.to(memory_format=torch.channels_last) if on_cuda else value
+    return value.contiguous(memory_format=torch.channels_last) if value.is_cuda else value
 
 
 def _to_float(output):  # noqa: ANN001, ANN202 - heads return tensors or dicts of tensors
@@ -264,8 +274,8 @@ class Trainer:
         dev = self.device
 
         torch.manual_seed(self.seeds.model)
-        self.model = build_network(self.tasks, budget.encoder,
-                                   weights=budget.encoder_weights).to(dev)
+        self.model = _layout(build_network(self.tasks, budget.encoder,
+                                           weights=budget.encoder_weights).to(dev))
         if budget.optimizer == "adamw":
             self.optimizer: torch.optim.Optimizer = torch.optim.AdamW(
                 self.model.parameters(), lr=budget.lr, weight_decay=budget.weight_decay)
@@ -384,7 +394,7 @@ class Trainer:
         for view, images in batch["images"].items():
             with _autocast(dev, amp):
                 features[view] = self.model.features(
-                    normalise(images.to(dev, non_blocking=True)))
+                    _layout(normalise(images.to(dev, non_blocking=True))))
         losses = {}
         for task in self.tasks:
             view = batch["views"][task.name]

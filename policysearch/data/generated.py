@@ -52,6 +52,36 @@ def read_only(arrays: Mapping[str, np.ndarray], keys: Sequence[str], *,
     return frozen
 
 
+class ArraySplit:
+    """Base of a split whose samples live in a few stacked arrays, the attributes named in
+    ``ARRAYS``. Pickled for a loader worker process (``policysearch.input_pipeline``), the
+    arrays travel in shared memory, as torch tensors (torch's multiprocessing pickler passes
+    their memory, not a copy), and every worker reads the one copy; pickled elsewhere they go
+    by value, as any tensor. Imports torch only when pickled."""
+
+    ARRAYS: tuple[str, ...] = ()
+
+    def __reduce__(self) -> tuple:
+        tensors = self.__dict__.get("_shared")
+        if tensors is None:
+            import torch
+
+            tensors = {k: torch.from_numpy(np.array(getattr(self, k))).share_memory_()
+                       for k in self.ARRAYS}
+            self.__dict__["_shared"] = tensors  # made once, sent to every worker
+        return (_rebuild_split, (type(self), tensors))
+
+
+def _rebuild_split(cls: type[ArraySplit], tensors: Mapping) -> ArraySplit:
+    split = cls.__new__(cls)
+    for key, tensor in tensors.items():
+        arr = tensor.numpy()
+        arr.flags.writeable = False
+        setattr(split, key, arr)
+    split.__dict__["_shared"] = tensors  # keeps the shared memory mapped
+    return split
+
+
 class GeneratedDataset(ABC, Generic[S]):
     """Base of a generated dataset: checked ``seed``, ``size`` (≥ 16) and split sizes
     (``counts``), a repr naming them, and each split made once by ``_make_split``."""

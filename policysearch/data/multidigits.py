@@ -50,7 +50,13 @@ from pathlib import Path
 import numpy as np
 
 from policysearch.data.base import Sample, SampleSequence, TaskSpec
-from policysearch.data.generated import SPLITS, GeneratedDataset, read_only, sample_rng
+from policysearch.data.generated import (
+    SPLITS,
+    ArraySplit,
+    GeneratedDataset,
+    read_only,
+    sample_rng,
+)
 
 __all__ = [
     "DIGITS",
@@ -220,13 +226,15 @@ def generate_split(seed: int, split: str, n: int, size: int, digits: np.ndarray,
 # Dataset
 
 
-class MultiDigitsSplit(SampleSequence):
+class MultiDigitsSplit(ArraySplit, SampleSequence):
     """One split of ``multidigits``: a sequence of fresh sample dicts over stacked arrays.
 
     Every ``__getitem__`` returns new arrays, so callers may modify them freely. The stacked
     arrays are read-only attributes (``images``, ``masks``, ``left``, ``right``,
     ``sources``) for vectorised use.
     """
+
+    ARRAYS = ("images", "masks", "left", "right", "sources")
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         self.images, self.masks, self.left, self.right, self.sources = read_only(

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw
 from policysearch.data.base import Sample, SampleSequence, TaskSpec
 from policysearch.data.generated import (
     SPLITS,
+    ArraySplit,
     GeneratedDataset,
     check_split,
     read_only,
@@ -301,13 +302,15 @@ def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, n
 # Dataset
 
 
-class ShapesSplit(SampleSequence):
+class ShapesSplit(ArraySplit, SampleSequence):
     """One split of ``shapes``: a sequence of fresh sample dicts over stacked arrays.
 
     Every ``__getitem__`` returns new arrays (copies), so callers may modify them freely.
     The stacked arrays are read-only attributes (``images``, ``masks``, ``depths``,
     ``labels``, ``boxes``, ``box_labels``, ``box_offsets``) for vectorised use.
     """
+
+    ARRAYS = _ARRAY_KEYS
 
     def __init__(self, arrays: dict[str, np.ndarray]):
         (self.images, self.masks, self.depths, self.labels, self.boxes, self.box_labels,
