@@ -44,19 +44,30 @@ def _scheduled(tasks: dict[str, str]) -> Policy:
 
 
 def _children() -> set[int]:
-    """Processes whose parent is this one (read from /proc)."""
-    mine, found = os.getpid(), set()
+    """Live loader workers of this process: its descendants (read from /proc), but for the
+    helpers that multiprocessing keeps for the whole process (the forkserver, whose children
+    the workers are when it starts them, and the resource tracker)."""
+    table: dict[int, tuple[int, bytes]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            command = (entry / "cmdline").read_bytes()
         except OSError:
             continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == mine and fields[0] != "Z":
-            found.add(int(entry.name))
-    return found
+        if fields[0] != "Z":
+            table[int(entry.name)] = (int(fields[1]), command)
+    me = os.getpid()
+    helpers = {pid for pid, (parent, command) in table.items() if parent == me
+               and (b"forkserver import main" in command or b"resource_tracker" in command)}
+    found: set[int] = set()
+    frontier = {me}
+    while frontier:
+        frontier = {pid for pid, (parent, _) in table.items()
+                    if parent in frontier and pid not in found}
+        found |= frontier
+    return found - helpers
 
 
 def _same(a: training.TrialResult, b: training.TrialResult) -> bool:

@@ -57,7 +57,7 @@ def inject_faults(monkeypatch: pytest.MonkeyPatch, schedule: dict[int, str]) -> 
         finally:
             current["kind"] = None
 
-    def step(trainer: training.Trainer, drawn: list, views: dict) -> dict:
+    def step(trainer: training.Trainer, batch: dict) -> dict:
         kind = current["kind"]
         if kind == "error" and trainer.epoch == FAULT_EPOCH:
             raise RuntimeError("injected bug in the training step")
@@ -68,9 +68,9 @@ def inject_faults(monkeypatch: pytest.MonkeyPatch, schedule: dict[int, str]) -> 
                 for param in trainer.model.parameters():
                     param.fill_(math.nan)
         if kind == "erase":  # what a policy that erases every mask leaves: no seg target
-            drawn = [{view: {k: v for k, v in sample.items() if k != "mask"}
-                      for view, sample in d.items()} for d in drawn]
-        return real_step(trainer, drawn, views)
+            seg = batch["targets"]["seg"]
+            batch = {**batch, "targets": {**batch["targets"], "seg": torch.full_like(seg, 255)}}
+        return real_step(trainer, batch)
 
     monkeypatch.setattr(training, "run_trial", run_trial)
     monkeypatch.setattr(training.Trainer, "_step_losses", step)
@@ -185,10 +185,10 @@ def test_ctrl_c_marks_the_running_trial_prints_a_summary_and_resumes(
         calls["trials"] += 1
         return real_run_trial(*args, reporter=reporter, **kwargs)
 
-    def step(trainer: training.Trainer, drawn: list, views: dict) -> dict:
+    def step(trainer: training.Trainer, batch: dict) -> dict:
         if calls["trials"] == 3 and trainer.epoch == 1:  # the third trial, mid-training
             raise KeyboardInterrupt
-        return real_step(trainer, drawn, views)
+        return real_step(trainer, batch)
 
     monkeypatch.setattr(training, "run_trial", run_trial)
     monkeypatch.setattr(training.Trainer, "_step_losses", step)
