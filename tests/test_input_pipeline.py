@@ -306,3 +306,28 @@ def test_every_dataset_format_gives_the_same_numbers_in_workers(tmp_path: Path, 
     pickled = run_trial(policy, data, budget.model_copy(update={"loader_workers": 1}), seed=0,
                         device="cpu", threads=1)
     assert _same(alone, forked) and _same(alone, pickled)
+
+
+def test_persistent_workers_take_a_new_policy_between_epochs(dataset, monkeypatch) -> None:  # noqa: ANN001
+    # What a PBT member's exploit step does: the next epoch trains under another policy.
+    originals = {dataset.split("train")[i]["image"].tobytes() for i in range(40)}
+    inverted = {(255 - dataset.split("train")[i]["image"]).tobytes() for i in range(40)}
+    kinds: list[set[str]] = []
+    real = training.normalise
+
+    def spy(images):  # noqa: ANN001, ANN202
+        kinds[-1].update("inverted" if i.tobytes() in inverted else
+                         "original" if i.tobytes() in originals else "other"
+                         for i in images.numpy())
+        return real(images)
+
+    monkeypatch.setattr(training, "normalise", spy)
+    tasks = _tasks(dataset)
+    plain = Policy(tasks=tasks, weighting=Weighting("equal"))
+    invert = Policy(tasks=tasks, weighting=Weighting("equal"), shared=(Slot("invert", 1.0, 1.0),))
+    budget = BUDGET.model_copy(update={"loader_workers": 2, "epochs": 3})
+    with Trainer(plain, dataset, budget, seed=0, device="cpu", threads=1) as trainer:
+        for policy in (plain, invert, plain):
+            kinds.append(set())
+            trainer.train_epoch(policy)
+    assert kinds == [{"original"}, {"inverted"}, {"original"}]

@@ -353,11 +353,14 @@ def test_a_corrupt_image_met_in_a_trial_stops_the_search_with_exit_2(
                                    "per_task": {"tasks": [], "slots": 0},
                                    "budget": {**TINY_SPACE["budget"], "epochs": 1}})
     out = tmp_path / "run"
+    # With a loader worker: started from a forkserver inside the Ray actor.
     args = ["search", "--engine", "ray", "--ray-address", "auto", "--space", str(space),
-            "--out", str(out), "--device", "cpu", "--trials"]
+            "--out", str(out), "--device", "cpu", "--loader-workers", "1", "--trials"]
     assert runner.invoke(app, [*args, "2"]).exit_code == 0
+    table = pd.read_csv(out / "results.csv")
+    assert table.loc[table["state"] == "complete", "loader_workers"].eq(1).all()
     # A file whose header is fine but whose pixels cannot be decoded: found only when read,
-    # inside a trial on a Ray worker.
+    # inside a trial on a Ray worker, by its loader worker.
     victim = root / "images" / "img3.png"
     victim.write_bytes(victim.read_bytes()[:60])
     result = runner.invoke(app, [*args, "4"])

@@ -12,6 +12,7 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+import pandas as pd
 import pytest
 import yaml
 
@@ -77,10 +78,14 @@ def _check_counts(study: optuna.Study, target: int, workers: int) -> None:
 
 
 def test_two_workers_share_one_journal(tmp_path: Path) -> None:
+    # Each worker's trials with a loader worker of their own, too.
     out = tmp_path / "run"
     done = subprocess.run(_search_cmd(_space(tmp_path), "--out", str(out), "--trials", "6",
-                                      "--workers", "2"), capture_output=True, text=True, env=ENV)
+                                      "--workers", "2", "--loader-workers", "1"),
+                          capture_output=True, text=True, env=ENV, timeout=900)
     assert done.returncode == 0, done.stderr
+    table = pd.read_csv(out / "results.csv")
+    assert table.loc[table["state"] == "complete", "loader_workers"].eq(1).all()
     assert "2 workers" in done.stdout
     study = _study(str(out / JOURNAL_NAME))
     _check_counts(study, 6, 2)
@@ -203,7 +208,9 @@ def test_sqlite_with_workers_is_refused(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_two_searches_share_one_postgres_study(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
     space = _space(tmp_path)
-    cmd = _search_cmd(space, "--storage", postgres_url, "--study", "shared", "--trials", "6")
+    # With loader workers: started from a forkserver beside Optuna's heartbeat thread.
+    cmd = _search_cmd(space, "--storage", postgres_url, "--study", "shared", "--trials", "6",
+                      "--loader-workers", "1")
     procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"host{i}")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=ENV) for i in range(2)]
