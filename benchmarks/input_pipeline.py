@@ -11,6 +11,10 @@ Writes benchmarks/results/input_pipeline.md (or --out). Method:
     views (``SEARCHED``). With 0 workers the batches are prepared in this process.
   * scaling efficiency: rate(k workers) / (k × rate(1 worker)), up to the cores present; the
     projection to a 16-core GPU host assumes the efficiency measured at the most workers here.
+  * the machine's ceiling: k independent processes preparing the same batches with no
+    DataLoader at all (started together, their rates summed): what k cores of this machine
+    deliver, so that the pipeline's own efficiency (rate ÷ ceiling) is told apart from the
+    machine's (a VM's cores may not run k processes at k times one's speed).
   * data wait: a trial of the default search space (its dataset and budget, fewer epochs), the
     share of each epoch's wall time its step waited for a batch, and the trial's time, with 0
     and 1 loader worker, on this CPU (``threads`` = all cores for the model in both).
@@ -44,6 +48,31 @@ SEARCHED = {
 }
 BATCH = 32
 EPOCHS = 2
+# One process of the ceiling measurement: prepares the batches of ``epochs`` epochs in-process
+# (one OpenCV and torch thread, as a loader worker) after a warm-up batch, waits for the common
+# start time, prints samples/s.
+_CEILING = """
+import sys, time
+sys.path.insert(0, {here!r})
+import cv2, numpy as np, torch
+cv2.setNumThreads(1); torch.set_num_threads(1)
+from input_pipeline import policies
+from policysearch.data import get_dataset
+from policysearch.input_pipeline import BatchRequest, PreparedBatches
+from policysearch.tasks import make_task
+dataset = get_dataset("shapes", size={size}, n_train={n}, n_val=8, n_test=8)
+tasks = {{t.name: t.kind for t in dataset.tasks}}
+policy = policies(tasks)[{name!r}]
+batches = PreparedBatches(dataset.split("train"), [make_task(t) for t in dataset.tasks])
+requests = [BatchRequest(epoch=e, indices=tuple(range(s, min(s + {batch}, {n}))), seed=0,
+                         phase=policy, key=policy.augmentation_key())
+            for e in range({epochs}) for s in range(0, {n}, {batch})]
+batches.prepare(requests[0])
+time.sleep(max(0.0, {start} - time.time()))
+began = time.perf_counter()
+count = sum(batches.prepare(r)["size"] for r in requests)
+print(count / (time.perf_counter() - began))
+"""
 
 
 def policies(tasks: dict[str, str]) -> dict[str, object]:
@@ -81,6 +110,22 @@ def feed_rate(samples, tasks, policy, workers: int, epochs: int) -> float:  # no
     return max(rates)
 
 
+def ceiling(size: int, n: int, name: str, processes: int, epochs: int) -> float:
+    """Summed samples/s of ``processes`` independent processes preparing batches in-process."""
+    import subprocess
+    import sys
+
+    start = time.time() + 15  # time for every process to import and generate its data
+    code = _CEILING.format(here=str(HERE), size=size, n=n, name=name, batch=BATCH,
+                           epochs=epochs, start=start)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+             for _ in range(processes)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    if any(p.returncode for p in procs):
+        raise SystemExit("a ceiling process failed")
+    return sum(float(out.strip().splitlines()[-1]) for out in outputs)
+
+
 def feed_table(sizes: tuple[int, ...], n_train: dict[int, int], worker_counts: list[int],
                epochs: int) -> tuple[list[str], dict[tuple[int, str], dict[int, float]]]:
     from policysearch.data import get_dataset
@@ -95,13 +140,18 @@ def feed_table(sizes: tuple[int, ...], n_train: dict[int, int], worker_counts: l
         for name, policy in policies(tasks).items():
             by_workers = {w: feed_rate(samples, task_objects, policy, w, epochs)
                           for w in worker_counts}
+            most = worker_counts[-1]
+            top = ceiling(size, n_train[size], name, most, epochs + 1) if most >= 1 else 0.0
+            by_workers[-1] = top
             rates[(size, name)] = by_workers
             one = by_workers.get(1)
             cells = []
             for w in worker_counts:
                 eff = (f" ({by_workers[w] / (w * one):.2f})" if one and w >= 1 else "")
                 cells.append(f"{by_workers[w]:,.0f}{eff}")
-            rows.append(f"| {size}×{size} | {name} | " + " | ".join(cells) + " |")
+            share = f"{by_workers[most] / top:.2f}" if top else "–"
+            rows.append(f"| {size}×{size} | {name} | " + " | ".join(cells)
+                        + f" | {top:,.0f} | {share} |")
             print(rows[-1], flush=True)
     return rows, rates
 
@@ -149,6 +199,7 @@ def main() -> None:
 
     most = worker_counts[-1]
     effs = [r[most] / (most * r[1]) for r in rates.values() if most >= 1 and r.get(1)]
+    of_ceiling = [r[most] / r[-1] for r in rates.values() if r.get(-1)]
     low = min(effs) if effs else float("nan")
     median_eff = statistics.median(effs) if effs else float("nan")
     head = " | ".join(f"{w} workers" if w != 1 else "1 worker" for w in worker_counts)
@@ -167,12 +218,20 @@ def main() -> None:
         "efficiency, rate ÷ (workers × the 1-worker rate). 0 workers: prepared in the training "
         "process.",
         "",
-        f"| image | policy | {head} |",
-        "|---|---|" + "---|" * len(worker_counts),
+        f"| image | policy | {head} | ceiling: {most} plain processes | {most} workers ÷ "
+        "ceiling |",
+        "|---|---|" + "---|" * (len(worker_counts) + 2),
         *rows,
         "",
         f"Scaling efficiency at {most} worker(s) (the cores present): median {median_eff:.2f}, "
-        f"lowest {low:.2f} (target ≥ 0.8).",
+        f"lowest {low:.2f} (target ≥ 0.8). Against the machine's ceiling — {most} independent "
+        "processes doing the same work without a DataLoader — the pipeline delivers "
+        + (f"{statistics.median(of_ceiling):.0%} (median; lowest {min(of_ceiling):.0%})"
+           if of_ceiling else "–")
+        + f". The ceiling over {most} × the 1-worker rate, median "
+        + (f"{statistics.median([r[-1] / (most * r[1]) for r in rates.values() if r.get(1)]):.2f}"
+           if most >= 1 else "–")
+        + ", says how far this machine's cores run side by side at all.",
         "",
     ]
     if most >= 1:
