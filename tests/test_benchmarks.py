@@ -7,6 +7,7 @@ available, writes nothing and exits 0. Its logic is still run here, on the CPU, 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -83,3 +84,21 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     text = _assert_table(out)
     assert "not GPU numbers" in text
     assert "| flipcrop | on |" in text and "| 1 | " in text
+    # Every part ran: the step alone and the feed per policy (searched: 3 views), the trials,
+    # the small encoder's rows (none with mixed precision is its last), the targets.
+    assert "## Targets" in text and "| searched | 3 |" in text and "| none | on |" in text
+    assert "**skipped**" not in text and "**failed**" not in text and "whole run:" in text
+
+
+@pytest.mark.slow
+def test_gpu_script_dry_run_skips_what_the_time_limit_leaves_no_room_for(tmp_path: Path
+                                                                         ) -> None:
+    # With no time left every measurement is skipped, and the Markdown says so.
+    out = tmp_path / "gpu.md"
+    proc = _run(GPU_SCRIPT, "--smoke-test", "--device", "cpu", "--concurrency", "1",
+                "--time-limit", "0", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    text = _assert_table(out)
+    assert "not GPU numbers" in text and "**skipped**" in text
+    assert re.search(r"\| flipcrop \| on \| \d+ \| not measured \|", text)
+    assert "training images/s" in text and "whole run:" in text
