@@ -125,7 +125,7 @@ class PreparedBatches(torch.utils.data.Dataset):
                 raise
             err.__traceback__ = None
             return WorkerError(err)
-        return _pack(batch) if in_worker else batch
+        return _Shipped.of(batch) if in_worker else batch
 
     def prepare(self, request: BatchRequest) -> dict[str, Any]:
         augment = self.augment_for(request)
@@ -140,42 +140,67 @@ class PreparedBatches(torch.utils.data.Dataset):
         return len(self.samples)
 
 
-# Tensors up to this size leave a worker by value (pickled): the DataLoader would move each
-# into its own shared-memory segment, which costs far more for the many small target tensors
-# of a batch (a detection batch has two per sample).
-_BY_VALUE_BYTES = 1 << 20
+@dataclass
+class _Array:
+    """A tensor of a batch, as the NumPy array it travels as."""
+
+    array: np.ndarray
+
+
+def _map_tensors(obj: Any, fn: Any) -> Any:
+    """``obj`` (dicts, lists, tuples) with ``fn`` applied to every tensor and ``_Array``."""
+    if isinstance(obj, (torch.Tensor, _Array)):
+        return fn(obj)
+    if isinstance(obj, dict):
+        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_map_tensors(v, fn) for v in obj)
+    return obj
+
+
+def _as_tensor(value: Any) -> torch.Tensor:
+    return torch.from_numpy(value.array) if isinstance(value, _Array) else value
 
 
 @dataclass
-class _ByValue:
-    array: np.ndarray
+class _Shipped:
+    """A prepared batch on its way from a worker: its pickle (protocol 5) and the arrays' bytes
+    in one shared-memory block, so that the message through the DataLoader's pipe is a handle of
+    a few hundred bytes. A pipe write that small is atomic: a worker killed while sending cannot
+    leave half a message, on which the training process would block for ever (it has no other
+    way to learn of the death of a worker that a forkserver started). One copy of the data in
+    all; the received arrays are views of the block."""
 
-    def pin_memory(self) -> torch.Tensor:  # the DataLoader's pin-memory thread calls it
-        return torch.from_numpy(self.array).pin_memory()
+    block: torch.Tensor  # uint8, in shared memory
+    meta: int  # bytes of pickle at the start of the block
+    parts: tuple[tuple[int, int], ...]  # (offset, size) of each out-of-band buffer
 
+    @classmethod
+    def of(cls, batch: dict[str, Any]) -> _Shipped:
+        buffers: list[pickle.PickleBuffer] = []
+        meta = pickle.dumps(_map_tensors(batch, lambda t: _Array(t.numpy())), protocol=5,
+                            buffer_callback=buffers.append)
+        raws = [b.raw() for b in buffers]
+        parts, at = [], len(meta)
+        for raw in raws:
+            at += -at % 64  # aligned for any dtype
+            parts.append((at, raw.nbytes))
+            at += raw.nbytes
+        block = torch.empty(at, dtype=torch.uint8).share_memory_()
+        memory = block.numpy()
+        memory[:len(meta)] = np.frombuffer(meta, dtype=np.uint8)
+        for raw, (offset, size) in zip(raws, parts, strict=True):
+            memory[offset:offset + size] = np.frombuffer(raw, dtype=np.uint8)
+        return cls(block, len(meta), tuple(parts))
 
-def _pack(obj: Any) -> Any:
-    """``obj`` with every small tensor inside as a ``_ByValue`` NumPy array."""
-    if isinstance(obj, torch.Tensor):
-        if obj.numel() * obj.element_size() <= _BY_VALUE_BYTES:
-            return _ByValue(obj.numpy())
-        return obj
-    if isinstance(obj, dict):
-        return {k: _pack(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_pack(v) for v in obj)
-    return obj
+    def unpack(self) -> dict[str, Any]:
+        memory = self.block.numpy()
+        buffers = [memory[offset:offset + size] for offset, size in self.parts]
+        return _map_tensors(pickle.loads(memory[:self.meta].tobytes(), buffers=buffers),
+                            _as_tensor)
 
-
-def _unpack(obj: Any) -> Any:
-    """What ``_pack`` packed, as tensors again (sharing the arrays' memory)."""
-    if isinstance(obj, _ByValue):
-        return torch.from_numpy(obj.array)
-    if isinstance(obj, dict):
-        return {k: _unpack(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_unpack(v) for v in obj)
-    return obj
+    def pin_memory(self) -> dict[str, Any]:  # the DataLoader's pin-memory thread calls it
+        return _map_tensors(self.unpack(), lambda t: t.pin_memory())
 
 
 class _Requests(torch.utils.data.Sampler):
@@ -254,12 +279,15 @@ class InputPipeline:
             for batch in batches:
                 if isinstance(batch, WorkerError):
                     raise batch.error
-                yield _unpack(batch) if self.workers else batch
+                yield batch.unpack() if isinstance(batch, _Shipped) else batch
         except RuntimeError as err:
             # How the DataLoader says that a worker process died (killed, out of memory).
             if str(err).startswith("DataLoader worker"):
                 raise WorkerLost(str(err).splitlines()[0]) from None
             raise
+        except (ConnectionError, EOFError) as err:  # fetching a batch's block from a dead worker
+            raise WorkerLost(f"a loader worker vanished while handing over a batch "
+                             f"({type(err).__name__})") from None
 
     def close(self) -> None:
         """Stop the worker processes (idempotent). The DataLoader keeps persistent workers
