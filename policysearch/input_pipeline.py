@@ -25,6 +25,7 @@ forkserver's workers import the main module.
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import pickle
@@ -125,7 +126,12 @@ class PreparedBatches(torch.utils.data.Dataset):
                 raise
             err.__traceback__ = None
             return WorkerError(err)
-        return _Shipped.of(batch) if in_worker else batch
+        if not in_worker:
+            return batch
+        try:
+            return _Shipped.of(batch)
+        except _NotShippable:  # sent as it is, through the DataLoader's own pickling
+            return batch
 
     def prepare(self, request: BatchRequest) -> dict[str, Any]:
         augment = self.augment_for(request)
@@ -140,67 +146,91 @@ class PreparedBatches(torch.utils.data.Dataset):
         return len(self.samples)
 
 
-@dataclass
-class _Array:
-    """A tensor of a batch, as the NumPy array it travels as."""
-
-    array: np.ndarray
+class _NotShippable(Exception):
+    """A batch holding something ``_Shipped`` does not encode (a custom task's targets)."""
 
 
-def _map_tensors(obj: Any, fn: Any) -> Any:
-    """``obj`` (dicts, lists, tuples) with ``fn`` applied to every tensor and ``_Array``."""
-    if isinstance(obj, (torch.Tensor, _Array)):
-        return fn(obj)
-    if isinstance(obj, dict):
-        return {k: _map_tensors(v, fn) for k, v in obj.items()}
+def _encode(obj: Any, arrays: list[np.ndarray]) -> list:
+    """``obj`` as JSON-able data, its tensors appended to ``arrays`` and named by index."""
+    if isinstance(obj, torch.Tensor):
+        arrays.append(np.ascontiguousarray(obj.numpy()))
+        return ["t", len(arrays) - 1]
+    if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
+        return ["d", [[k, _encode(v, arrays)] for k, v in obj.items()]]
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_map_tensors(v, fn) for v in obj)
-    return obj
+        return ["l" if isinstance(obj, list) else "u", [_encode(v, arrays) for v in obj]]
+    if obj is None or isinstance(obj, (str, int, float, bool)):
+        return ["v", obj]
+    raise _NotShippable(type(obj).__name__)
 
 
-def _as_tensor(value: Any) -> torch.Tensor:
-    return torch.from_numpy(value.array) if isinstance(value, _Array) else value
+def _decode(data: list, arrays: list[np.ndarray]) -> Any:
+    kind, value = data
+    if kind == "t":
+        return torch.from_numpy(arrays[value])
+    if kind == "d":
+        return {k: _decode(v, arrays) for k, v in value}
+    if kind in ("l", "u"):
+        items = [_decode(v, arrays) for v in value]
+        return items if kind == "l" else tuple(items)
+    return value
 
 
 @dataclass
 class _Shipped:
-    """A prepared batch on its way from a worker: its pickle (protocol 5) and the arrays' bytes
-    in one shared-memory block, so that the message through the DataLoader's pipe is a handle of
-    a few hundred bytes. A pipe write that small is atomic: a worker killed while sending cannot
+    """A prepared batch on its way from a worker: its structure (JSON) and its arrays' bytes in
+    one shared-memory block, so that the message through the DataLoader's pipe is a handle of a
+    few hundred bytes. A pipe write that small is atomic: a worker killed while sending cannot
     leave half a message, on which the training process would block for ever (it has no other
     way to learn of the death of a worker that a forkserver started). One copy of the data in
-    all; the received arrays are views of the block."""
+    all; the received tensors are views of the block."""
 
     block: torch.Tensor  # uint8, in shared memory
-    meta: int  # bytes of pickle at the start of the block
-    parts: tuple[tuple[int, int], ...]  # (offset, size) of each out-of-band buffer
+    meta: int  # bytes of JSON at the start of the block
 
     @classmethod
     def of(cls, batch: dict[str, Any]) -> _Shipped:
-        buffers: list[pickle.PickleBuffer] = []
-        meta = pickle.dumps(_map_tensors(batch, lambda t: _Array(t.numpy())), protocol=5,
-                            buffer_callback=buffers.append)
-        raws = [b.raw() for b in buffers]
-        parts, at = [], len(meta)
-        for raw in raws:
+        """Raises ``_NotShippable`` for a batch it cannot encode."""
+        arrays: list[np.ndarray] = []
+        structure = _encode(batch, arrays)
+        parts, at = [], 0
+        for arr in arrays:
             at += -at % 64  # aligned for any dtype
-            parts.append((at, raw.nbytes))
-            at += raw.nbytes
-        block = torch.empty(at, dtype=torch.uint8).share_memory_()
+            parts.append([arr.dtype.str, list(arr.shape), at])
+            at += arr.nbytes
+        meta = json.dumps([structure, parts]).encode()
+        start = len(meta) + (-len(meta) % 64)
+        block = torch.empty(start + at, dtype=torch.uint8).share_memory_()
         memory = block.numpy()
         memory[:len(meta)] = np.frombuffer(meta, dtype=np.uint8)
-        for raw, (offset, size) in zip(raws, parts, strict=True):
-            memory[offset:offset + size] = np.frombuffer(raw, dtype=np.uint8)
-        return cls(block, len(meta), tuple(parts))
+        for arr, (_, _, offset) in zip(arrays, parts, strict=True):
+            memory[start + offset:start + offset + arr.nbytes] = arr.reshape(-1).view(np.uint8)
+        return cls(block, len(meta))
 
     def unpack(self) -> dict[str, Any]:
         memory = self.block.numpy()
-        buffers = [memory[offset:offset + size] for offset, size in self.parts]
-        return _map_tensors(pickle.loads(memory[:self.meta].tobytes(), buffers=buffers),
-                            _as_tensor)
+        structure, parts = json.loads(memory[:self.meta].tobytes())
+        start = self.meta + (-self.meta % 64)
+        arrays = []
+        for dtype, shape, offset in parts:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            arrays.append(np.frombuffer(memory, dtype=dt, count=count,
+                                        offset=start + offset).reshape(shape))
+        return _decode(structure, arrays)
 
     def pin_memory(self) -> dict[str, Any]:  # the DataLoader's pin-memory thread calls it
-        return _map_tensors(self.unpack(), lambda t: t.pin_memory())
+        return _pin(self.unpack())
+
+
+def _pin(obj: Any) -> Any:
+    if isinstance(obj, torch.Tensor):
+        return obj.pin_memory()
+    if isinstance(obj, dict):
+        return {k: _pin(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_pin(v) for v in obj)
+    return obj
 
 
 class _Requests(torch.utils.data.Sampler):

@@ -331,3 +331,31 @@ def test_persistent_workers_take_a_new_policy_between_epochs(dataset, monkeypatc
             kinds.append(set())
             trainer.train_epoch(policy)
     assert kinds == [{"original"}, {"inverted"}, {"original"}]
+
+
+def test_a_batch_crosses_to_the_trainer_as_one_small_message() -> None:
+    import torch
+
+    images = torch.arange(2 * 5 * 5 * 3, dtype=torch.uint8).reshape(2, 5, 5, 3)
+    batch = {"images": {"shared": images},
+             "targets": {"c": torch.tensor([1, 0]),
+                         "d": {"boxes": [torch.rand(3, 4), torch.zeros(0, 4)],
+                               "valid": torch.tensor([True, False]), "image_size": (5, 5)},
+                         "m": torch.rand(5, 5, 2).permute(2, 0, 1)},  # not contiguous
+             "views": {"c": "shared"}, "size": 2}
+    shipped = pipeline._Shipped.of(batch)
+    # What goes through the pipe: a handle, far under the 4,096 bytes a pipe writes atomically.
+    from multiprocessing.reduction import ForkingPickler
+
+    assert len(ForkingPickler.dumps(shipped)) < 4096
+    back = shipped.unpack()
+    assert back["views"] == batch["views"] and back["size"] == 2
+    assert back["targets"]["d"]["image_size"] == (5, 5)
+    assert torch.equal(back["images"]["shared"], batch["images"]["shared"])
+    assert torch.equal(back["targets"]["d"]["valid"], batch["targets"]["d"]["valid"])
+    assert [b.shape for b in back["targets"]["d"]["boxes"]] == [(3, 4), (0, 4)]
+    assert torch.equal(back["targets"]["d"]["boxes"][0], batch["targets"]["d"]["boxes"][0])
+    assert torch.equal(back["targets"]["m"], batch["targets"]["m"])
+    assert back["targets"]["c"].dtype == torch.int64
+    with pytest.raises(pipeline._NotShippable):
+        pipeline._Shipped.of({"odd": object()})
