@@ -51,7 +51,7 @@ PREFETCH = 2
 
 def default_loader_workers(device: torch.device, threads: int) -> int:
     """Loader workers when the budget says ``auto``: none for a CPU trial, whose cores the
-    model's step uses already (a worker competes with it; see benchmarks/input_pipeline.md);
+    model's step uses already (a worker competes with it; see benchmarks/results/input_pipeline.md);
     on a GPU, all of the trial's CPU share but one, which feeds the GPU."""
     if device.type != "cuda":
         return 0
@@ -200,7 +200,7 @@ class _Shipped:
             at += arr.nbytes
         meta = json.dumps([structure, parts]).encode()
         start = len(meta) + (-len(meta) % 64)
-        block = torch.empty(start + at, dtype=torch.uint8).share_memory_()
+        block = _shared_block(start + at)
         memory = block.numpy()
         memory[:len(meta)] = np.frombuffer(meta, dtype=np.uint8)
         for arr, (_, _, offset) in zip(arrays, parts, strict=True):
@@ -221,6 +221,14 @@ class _Shipped:
 
     def pin_memory(self) -> dict[str, Any]:  # the DataLoader's pin-memory thread calls it
         return _pin(self.unpack())
+
+
+def _shared_block(nbytes: int) -> torch.Tensor:
+    """A uint8 tensor of ``nbytes`` allocated in shared memory (not allocated, then moved)."""
+    new_shared = getattr(torch.UntypedStorage, "_new_shared", None)
+    if new_shared is None:
+        return torch.empty(nbytes, dtype=torch.uint8).share_memory_()
+    return torch.empty(0, dtype=torch.uint8).set_(new_shared(nbytes))
 
 
 def _pin(obj: Any) -> Any:
