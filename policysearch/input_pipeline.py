@@ -117,7 +117,8 @@ class PreparedBatches(torch.utils.data.Dataset):
         augment.set_epoch(request.epoch)
         return augment
 
-    def __getitem__(self, request: BatchRequest) -> dict[str, Any] | WorkerError:  # type: ignore[override]
+    def __getitem__(  # type: ignore[override]
+            self, request: BatchRequest) -> dict[str, Any] | _Shipped | WorkerError:
         in_worker = torch.utils.data.get_worker_info() is not None
         try:
             batch = self.prepare(request)
@@ -193,17 +194,20 @@ class _Shipped:
         """Raises ``_NotShippable`` for a batch it cannot encode."""
         arrays: list[np.ndarray] = []
         structure = _encode(batch, arrays)
-        parts, at = [], 0
+        parts: list[list[Any]] = []
+        offsets: list[int] = []
+        at = 0
         for arr in arrays:
             at += -at % 64  # aligned for any dtype
             parts.append([arr.dtype.str, list(arr.shape), at])
+            offsets.append(at)
             at += arr.nbytes
         meta = json.dumps([structure, parts]).encode()
         start = len(meta) + (-len(meta) % 64)
         block = _shared_block(start + at)
         memory = block.numpy()
         memory[:len(meta)] = np.frombuffer(meta, dtype=np.uint8)
-        for arr, (_, _, offset) in zip(arrays, parts, strict=True):
+        for arr, offset in zip(arrays, offsets, strict=True):
             memory[start + offset:start + offset + arr.nbytes] = arr.reshape(-1).view(np.uint8)
         return cls(block, len(meta))
 
