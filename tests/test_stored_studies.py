@@ -1,4 +1,5 @@
-"""Studies and Ray experiments written by older code stay readable and resumable.
+"""Studies and Ray experiments written by older code stay readable; seeded under seeding
+version 1 (before the input pipeline's keyed draws), they are not resumed, in one line.
 
 The fixtures in tests/fixtures/stored_studies (its README.md says which commit wrote them, with
 which commands) are an Optuna-engine study with stored re-runs and a Ray-engine experiment
@@ -34,7 +35,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "stored_studies"
 SPACE = FIXTURES / "tiny.yaml"
 STUDY = "tiny"
 ENGINES = ("optuna", "ray")
-FINISHED = ("complete", "pruned")
 CLI_TIMEOUT_S = 300
 RAY_TIMEOUT_S = 420
 # The options the fixtures were searched with (README.md there); --trials is given per run.
@@ -271,48 +271,45 @@ def test_reeval_of_a_ray_experiment_stores_its_runs_beside_it(tmp_path: Path) ->
 # --- resuming -----------------------------------------------------------------------------------
 
 
-def _check_one_more_trial(engine: str, out: Path, stored: dict[int, str]) -> None:
-    """The old trials kept as they were, and exactly one new finished trial."""
-    after = _stored_trials(engine, out)
-    new = sorted(set(after) - set(stored))
-    assert len(after) == len(stored) + 1 and new == [max(stored) + 1], (stored, after)
-    assert after[new[0]] in FINISHED
-    assert {n: after[n] for n in stored} == stored
-    table = _results_csv(out)
-    assert set(table) == set(after)
-    assert table[new[0]]["role"] == "search" and table[new[0]]["delta_m"] != ""
-    if after[new[0]] == "complete":  # the new trial measured its data wait, in %
-        assert 0.0 <= float(table[new[0]]["data_wait"]) <= 100.0
-        assert int(table[new[0]]["loader_workers"]) >= 0
-    # Ranks move with the new trial; every other value of the old trials stays.
-    _assert_same_rows(table, _expected(engine), skip=("rank",))
+def _refused(done: subprocess.CompletedProcess, where: Path) -> None:
+    """Exit 2 and one line: the study was seeded under version 1 (before the input pipeline's
+    keyed draws), so it is not resumed."""
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert done.returncode == 2, lines
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"error: {where}: study {STUDY}: refusing to resume: the study "
+                               "was seeded under seeding version 1"), lines
 
 
 @pytest.mark.slow
-def test_optuna_study_resumes_with_one_more_trial(tmp_path: Path) -> None:
+def test_an_optuna_study_seeded_under_version_1_is_not_resumed(tmp_path: Path) -> None:
     out = _copy("optuna", tmp_path)
     stored = _stored_trials("optuna", out)
-    assert all(state in FINISHED for state in stored.values())
-    reruns = _reruns(_optuna_study(out))
-    _cli("search", "--space", SPACE, "--out", out, "--trials", len(stored) + 1,
-         *SEARCH_OPTIONS)
-    _check_one_more_trial("optuna", out, stored)
-    # The re-runs stored beside the study are still there.
-    assert reruns[0] and _reruns(_optuna_study(out)) == reruns
+    definition = _optuna_study(out).user_attrs["definition"]
+    done = subprocess.run([sys.executable, "-m", "policysearch", "search", "--space", SPACE,
+                           "--out", str(out), "--trials", str(len(stored) + 1),
+                           *SEARCH_OPTIONS], capture_output=True, text=True, cwd=ROOT,
+                          timeout=CLI_TIMEOUT_S)
+    _refused(done, out / "study.journal")
+    # No trial added, the study's definition as it was (Optuna's create_study(load_if_exists)
+    # appends an operation of its own to the journal; reading the study ignores it).
+    assert _stored_trials("optuna", out) == stored
+    assert _optuna_study(out).user_attrs["definition"] == definition
+    _assert_same_rows(_results_csv(out), _expected("optuna"))  # and it reads as before
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_ray_experiment_resumes_with_one_more_trial(ray_head: RayHead, tmp_path: Path) -> None:
+def test_a_ray_experiment_seeded_under_version_1_is_not_resumed(ray_head: RayHead,
+                                                                 tmp_path: Path) -> None:
     out = _copy("ray", tmp_path)
     stored = _stored_trials("ray", out)
-    assert all(state in FINISHED for state in stored.values())
     before = _ray_records(out)
-    _cli("search", "--engine", "ray", "--space", SPACE, "--out", out, "--trials",
-         len(stored) + 1, "--ray-address", "auto", "--workers", "1", *SEARCH_OPTIONS,
-         env=ray_head.env, timeout=RAY_TIMEOUT_S)
-    _check_one_more_trial("ray", out, stored)
-    after = _ray_records(out)
-    for number, record in before.items():  # the stored records themselves are kept
-        for key in ("state", "role", "metrics", "policy", "epochs", "duration_s"):
-            assert after[number][key] == record[key], (number, key)
+    done = subprocess.run([sys.executable, "-m", "policysearch", "search", "--engine", "ray",
+                           "--space", SPACE, "--out", str(out), "--trials",
+                           str(len(stored) + 1), "--ray-address", "auto", "--workers", "1",
+                           *SEARCH_OPTIONS], capture_output=True, text=True, cwd=ROOT,
+                          env=ray_head.env, timeout=RAY_TIMEOUT_S)
+    _refused(done, out / "policysearch.json")
+    assert _ray_records(out) == before
+    _assert_same_rows(_results_csv(out), _expected("ray"))
