@@ -105,6 +105,10 @@ class PreparedBatches(torch.utils.data.Dataset):
         self.tasks = list(tasks)
         self._augments: dict[tuple, MultiTaskAugment] = {}
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Workers compile the policies they are asked for; what this process compiled stays.
+        return {**self.__dict__, "_augments": {}}
+
     def augment_for(self, request: BatchRequest) -> MultiTaskAugment:
         """The compiled augmentation of the request's phase, set to its seed and epoch."""
         augment = self._augments.get(request.key)
