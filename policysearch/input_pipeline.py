@@ -130,6 +130,10 @@ class PreparedBatches(torch.utils.data.Dataset):
             if not in_worker:
                 raise
             err.__traceback__ = None
+            try:
+                pickle.dumps(err)  # it must reach the trainer, or the trainer would wait
+            except Exception:
+                err = RuntimeError(f"{type(err).__name__}: {err}".splitlines()[0])
             return WorkerError(err)
         if not in_worker:
             return batch

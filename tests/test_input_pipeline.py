@@ -359,3 +359,17 @@ def test_a_batch_crosses_to_the_trainer_as_one_small_message() -> None:
     assert back["targets"]["c"].dtype == torch.int64
     with pytest.raises(pipeline._NotShippable):
         pipeline._Shipped.of({"odd": object()})
+
+
+@pytest.mark.parametrize("value", ["x", "-1", "65", "1.5"])
+def test_a_bad_loader_workers_flag_is_one_line_and_exit_2(value: str, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from policysearch.cli import app
+
+    result = CliRunner().invoke(app, ["search", "--loader-workers", value,
+                                      "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: --loader-workers: expected 'auto'")
+    assert not (tmp_path / "run").exists()
