@@ -441,6 +441,9 @@ class ReadyBatches:
         for i in range(len(requests)):
             yield self.batches[i % len(self.batches)]
 
+    def prefetch(self, requests: list[Any]) -> None:
+        pass
+
     def close(self) -> None:
         pass
 

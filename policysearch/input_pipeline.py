@@ -7,7 +7,12 @@ Whatever the number of workers, the batches are the same: a batch is asked for b
 augmentation seed and the policy in force (the phase of a schedule, a PBT member's policy after
 an exploit) — and every augmentation draw is keyed by (seed, epoch, sample index, view, slot)
 (``policysearch.augment.draws``), never by a stream a worker has consumed. Workers persist
-across epochs; each compiles a policy the first time a request names it.
+across epochs; each compiles a policy the first time a request names it. They start on an
+epoch's requests ahead of it (``InputPipeline.prefetch``: a trainer asks for the first epoch's
+while it builds the network and for each next epoch's during the evaluation). A prepared batch
+crosses to the training process in one shared-memory block that its worker reuses once the
+training process holds no tensor of it (``_Blocks``): writing into a fresh block would cost
+the worker about as much as preparing the batch, at 224×224.
 
 How workers start (``start_method``): ``fork`` in a process that runs no other thread, so that
 the workers share the dataset copy-on-write; ``forkserver`` where other threads run — Optuna's
@@ -25,11 +30,14 @@ forkserver's workers import the main module.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import math
 import multiprocessing
 import os
 import pickle
 import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +55,11 @@ from policysearch.tasks import Task
 _CACHED_POLICIES = 8
 # Batches each worker prepares ahead of the one the training step asks for.
 PREFETCH = 2
+# Shared-memory blocks a worker reuses: those in flight, the one the step holds, and a spare.
+# Writing a batch into a fresh block costs about 8 times the copy itself (its pages fault in).
+_POOLED_BLOCKS = PREFETCH + 2
+# The head of a block: its in-use flag (int32), then room up to an aligned start.
+_HEAD = 64
 
 
 def default_loader_workers(device: torch.device, threads: int) -> int:
@@ -104,10 +117,11 @@ class PreparedBatches(torch.utils.data.Dataset):
         self.samples = samples
         self.tasks = list(tasks)
         self._augments: dict[tuple, MultiTaskAugment] = {}
+        self._blocks = _Blocks()
 
     def __getstate__(self) -> dict[str, Any]:
         # Workers compile the policies they are asked for; what this process compiled stays.
-        return {**self.__dict__, "_augments": {}}
+        return {**self.__dict__, "_augments": {}, "_blocks": _Blocks()}
 
     def augment_for(self, request: BatchRequest) -> MultiTaskAugment:
         """The compiled augmentation of the request's phase, set to its seed and epoch."""
@@ -138,7 +152,7 @@ class PreparedBatches(torch.utils.data.Dataset):
         if not in_worker:
             return batch
         try:
-            return _Shipped.of(batch)
+            return _Shipped.of(batch, self._blocks)
         except _NotShippable:  # sent as it is, through the DataLoader's own pickling
             return batch
 
@@ -164,6 +178,11 @@ def _encode(obj: Any, arrays: list[np.ndarray]) -> list:
     if isinstance(obj, torch.Tensor):
         arrays.append(np.ascontiguousarray(obj.numpy()))
         return ["t", len(arrays) - 1]
+    if (isinstance(obj, list) and len(obj) > 1 and all(isinstance(v, torch.Tensor) for v in obj)
+            and len({(v.dtype, v.shape[1:]) for v in obj}) == 1 and obj[0].dim() > 0):
+        # One array for a list of like tensors (a batch's boxes): fewer parts to send and read.
+        arrays.append(torch.cat(obj).numpy())
+        return ["s", [len(arrays) - 1, [len(v) for v in obj]]]
     if isinstance(obj, dict) and all(isinstance(k, str) for k in obj):
         return ["d", [[k, _encode(v, arrays)] for k, v in obj.items()]]
     if isinstance(obj, (list, tuple)):
@@ -177,6 +196,9 @@ def _decode(data: list, arrays: list[np.ndarray]) -> Any:
     kind, value = data
     if kind == "t":
         return torch.from_numpy(arrays[value])
+    if kind == "s":
+        index, lengths = value
+        return list(torch.from_numpy(arrays[index]).split(lengths))
     if kind == "d":
         return {k: _decode(v, arrays) for k, v in value}
     if kind in ("l", "u"):
@@ -185,20 +207,63 @@ def _decode(data: list, arrays: list[np.ndarray]) -> Any:
     return value
 
 
-@dataclass
+class _Blocks:
+    """A worker's shared-memory blocks, reused. The int32 at the head of a block is 1 while
+    the training process may read the batch in it: the worker sets it before sending, the
+    training process clears it once no tensor of the batch is left there (a finaliser), or
+    when it drops the batch unread (an epoch's end drains what was prefetched). So a block is
+    never written while it can be read; when every pooled block is in use, a fresh one is."""
+
+    def __init__(self) -> None:
+        self.pool: list[torch.Tensor] = []
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        """A block of at least ``nbytes``, marked in use."""
+        for i, block in enumerate(self.pool):
+            if _flag(block)[0] == 0:
+                if block.numel() < nbytes:  # a larger batch: replace it, with some room
+                    block = self.pool[i] = _shared_block(nbytes + nbytes // 8)
+                break
+        else:
+            block = _shared_block(nbytes)
+            if len(self.pool) < _POOLED_BLOCKS:
+                self.pool.append(block)
+        _flag(block)[0] = 1
+        return block
+
+
+def _flag(block: torch.Tensor) -> np.ndarray:
+    return block[:4].numpy().view(np.int32)
+
+
+def _release(flag: np.ndarray) -> None:
+    flag[0] = 0
+
+
 class _Shipped:
     """A prepared batch on its way from a worker: its structure (JSON) and its arrays' bytes in
     one shared-memory block, so that the message through the DataLoader's pipe is a handle of a
     few hundred bytes. A pipe write that small is atomic: a worker killed while sending cannot
     leave half a message, on which the training process would block for ever (it has no other
     way to learn of the death of a worker that a forkserver started). One copy of the data in
-    all; the received tensors are views of the block."""
+    all; the received tensors are views of the block, which the worker reuses once none of
+    them is left (``_Blocks``)."""
 
-    block: torch.Tensor  # uint8, in shared memory
-    meta: int  # bytes of JSON at the start of the block
+    def __init__(self, block: torch.Tensor, meta: int):
+        self.block = block  # uint8, in shared memory
+        self.meta = meta  # bytes of JSON after the head
+        self._unread: weakref.finalize | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"block": self.block, "meta": self.meta}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["block"], state["meta"])  # type: ignore[misc]
+        # Received: dropped unread, it frees its block.
+        self._unread = weakref.finalize(self, _release, _flag(self.block))
 
     @classmethod
-    def of(cls, batch: dict[str, Any]) -> _Shipped:
+    def of(cls, batch: dict[str, Any], blocks: _Blocks | None = None) -> _Shipped:
         """Raises ``_NotShippable`` for a batch it cannot encode."""
         arrays: list[np.ndarray] = []
         structure = _encode(batch, arrays)
@@ -211,22 +276,30 @@ class _Shipped:
             offsets.append(at)
             at += arr.nbytes
         meta = json.dumps([structure, parts]).encode()
-        start = len(meta) + (-len(meta) % 64)
-        block = _shared_block(start + at)
+        start = _HEAD + len(meta) + (-len(meta) % 64)
+        nbytes = start + at
+        block = _shared_block(nbytes) if blocks is None else blocks.take(nbytes)
         memory = block.numpy()
-        memory[:len(meta)] = np.frombuffer(meta, dtype=np.uint8)
+        memory[_HEAD:_HEAD + len(meta)] = np.frombuffer(meta, dtype=np.uint8)
         for arr, offset in zip(arrays, offsets, strict=True):
             memory[start + offset:start + offset + arr.nbytes] = arr.reshape(-1).view(np.uint8)
         return cls(block, len(meta))
 
     def unpack(self) -> dict[str, Any]:
-        memory = self.block.numpy()
-        structure, parts = json.loads(memory[:self.meta].tobytes())
+        if self._unread is not None:
+            self._unread.detach()
+        # Every array handed out is a view of ``owner``, a buffer object of its own (numpy
+        # would see through an array to the tensor under it): the block is free once it is gone.
+        after_head = self.block[_HEAD:].numpy()
+        owner = (ctypes.c_uint8 * after_head.nbytes).from_buffer(after_head.data)
+        weakref.finalize(owner, _release, _flag(self.block))
+        memory = memoryview(owner).cast("B")
+        structure, parts = json.loads(bytes(memory[:self.meta]))
         start = self.meta + (-self.meta % 64)
         arrays = []
         for dtype, shape, offset in parts:
             dt = np.dtype(dtype)
-            count = int(np.prod(shape, dtype=np.int64))
+            count = math.prod(shape)
             arrays.append(np.frombuffer(memory, dtype=dt, count=count,
                                         offset=start + offset).reshape(shape))
         return _decode(structure, arrays)
@@ -295,6 +368,8 @@ class InputPipeline:
         self.workers = workers
         self.batches = PreparedBatches(samples, tasks)
         self._requests = _Requests()
+        # (identity of the requests, their iterator) the workers started on ahead of the epoch
+        self._ahead: tuple[tuple, Iterator[Any]] | None = None
         parallel: dict[str, Any] = {}
         if workers:
             method = start_method()
@@ -311,20 +386,40 @@ class InputPipeline:
             # loader would draw that seed from the global torch stream, moving the model's.
             generator=torch.Generator().manual_seed(0), **parallel)
 
-    def epoch(self, requests: list[BatchRequest]) -> Iterator[dict[str, Any]]:
-        """The prepared batches of ``requests``, in order. Compiles a new policy here first,
-        so that a policy that cannot work fails in the training process with its own error."""
-        for request in requests[:1]:
-            self.batches.augment_for(request)
+    def prefetch(self, requests: list[BatchRequest]) -> None:
+        """Have the workers start on ``requests`` now (the first epoch's while the network is
+        built, the next epoch's during the evaluation; the first call starts the workers);
+        ``epoch`` with the same requests takes what they prepared. An epoch with other requests
+        (a PBT member's new policy) costs only the work done ahead, which is dropped."""
+        if not self.workers or not requests:
+            return
+        try:
+            self.batches.augment_for(requests[0])
+        except Exception:  # the epoch itself reports it
+            return
+        self._ahead = (_identity(requests), self._iterate(requests))
+
+    def _iterate(self, requests: list[BatchRequest]) -> Iterator[Any]:
         self._requests.requests = requests
         try:
-            batches = iter(self.loader)
+            return iter(self.loader)
         except (AttributeError, TypeError, pickle.PicklingError) as err:
             if "pickle" not in str(err):
                 raise
             raise UserError(f"the dataset cannot be sent to {start_method()} loader workers "
                             f"({str(err).splitlines()[0]}); make it picklable or set 0",
                             field="loader_workers") from None
+
+    def epoch(self, requests: list[BatchRequest]) -> Iterator[dict[str, Any]]:
+        """The prepared batches of ``requests``, in order. Compiles a new policy here first,
+        so that a policy that cannot work fails in the training process with its own error."""
+        for request in requests[:1]:
+            self.batches.augment_for(request)
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == _identity(requests):
+            batches = ahead[1]
+        else:
+            batches = self._iterate(requests)
         try:
             for batch in batches:
                 if isinstance(batch, WorkerError):
@@ -346,3 +441,8 @@ class InputPipeline:
         if iterator is not None and hasattr(iterator, "_shutdown_workers"):
             iterator._shutdown_workers()
         self.loader._iterator = None
+        self._ahead = None
+
+
+def _identity(requests: Sequence[BatchRequest]) -> tuple:
+    return tuple((r.epoch, r.indices, r.seed, r.key) for r in requests)

@@ -271,8 +271,25 @@ class Trainer:
         self.tasks = [make_task(spec) for spec in dataset.tasks]
         self.task_names = [t.name for t in self.tasks]
         self._check_tasks(policy)
-        dev = self.device
+        workers = budget.loader_workers
+        self.loader_workers = (default_loader_workers(self.device, torch.get_num_threads())
+                               if workers == "auto" else int(workers))
+        self.pipeline = InputPipeline(self.train, self.tasks, workers=self.loader_workers,
+                                      device=self.device)
+        self.epoch = 0  # epochs trained so far
+        try:
+            # A policy that cannot work fails here, in this process, before any epoch.
+            self.pipeline.batches.augment_for(self._requests(policy.at_epoch(0), [[0]])[0])
+            # The workers start on the first epoch while the network is built.
+            self.pipeline.prefetch(self._requests(policy.at_epoch(0), self.batch_order(0)))
+            self._build(policy, budget)
+        except BaseException:
+            self.pipeline.close()
+            raise
 
+    def _build(self, policy: Policy, budget: Budget) -> None:
+        """The network, optimizer, weighting, schedule and the state of a trial not begun."""
+        dev = self.device
         torch.manual_seed(self.seeds.model)
         self.model = _layout(build_network(self.tasks, budget.encoder,
                                            weights=budget.encoder_weights).to(dev))
@@ -304,18 +321,9 @@ class Trainer:
             return 0.5 * (1.0 + math.cos(math.pi * progress))
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor)
-        workers = budget.loader_workers
-        self.loader_workers = (default_loader_workers(self.device, torch.get_num_threads())
-                               if workers == "auto" else int(workers))
-        self.pipeline = InputPipeline(self.train, self.tasks, workers=self.loader_workers,
-                                      device=self.device)
-
-        self.epoch = 0  # epochs trained so far
         self.history: list[Metrics] = []  # validation metrics after each epoch
         self.weight_history: list[dict[str, float]] = []
         self.data_wait: list[float] = []  # per epoch
-        # A policy that cannot work fails here, in this process, before any epoch.
-        self.pipeline.batches.augment_for(self._requests(policy.at_epoch(0), [[0]])[0])
         self.images_seen = 0
         # (first epoch, policy as a dict) of each run of epochs trained under one policy.
         self._phases: list[tuple[int, dict]] = []
@@ -373,6 +381,9 @@ class Trainer:
         self.weight_history.append(self.weighting.weights())
         self._record_phase(phase)
         self.epoch += 1
+        if not self.done:  # the workers start on the next epoch during the evaluation
+            self.pipeline.prefetch(self._requests(policy.at_epoch(self.epoch),
+                                                  self.batch_order(self.epoch)))
         return mean_losses
 
     def batch_order(self, epoch: int) -> list[np.ndarray]:

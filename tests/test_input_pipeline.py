@@ -361,6 +361,112 @@ def test_a_batch_crosses_to_the_trainer_as_one_small_message() -> None:
         pipeline._Shipped.of({"odd": object()})
 
 
+def _flat(batch: dict) -> list:
+    """A prepared batch's tensors and values, copied, in a fixed order."""
+    import torch
+
+    out: list = []
+
+    def walk(value) -> None:  # noqa: ANN001
+        if isinstance(value, torch.Tensor):
+            out.append(value.clone())
+        elif isinstance(value, dict):
+            for key in sorted(value):
+                out.append(key)
+                walk(value[key])
+        elif isinstance(value, (list, tuple)):
+            for item in value:
+                walk(item)
+        else:
+            out.append(value)
+
+    walk(batch)
+    return out
+
+
+def _equal(a: list, b: list) -> bool:
+    import torch
+
+    return len(a) == len(b) and all(torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y
+                                    for x, y in zip(a, b, strict=True))
+
+
+def test_a_worker_never_overwrites_a_batch_the_trainer_still_holds(dataset) -> None:  # noqa: ANN001
+    # Workers reuse their shared-memory blocks: holding every batch of an epoch at once, dropping
+    # each at once, and a prefetch for other requests drained unread all give the true batches.
+    import torch
+
+    policy = _scheduled(_tasks(dataset)).at_epoch(0)
+    samples, tasks = dataset.split("train"), [training.make_task(t) for t in dataset.tasks]
+
+    def requests(epoch: int) -> list:
+        order = np.random.default_rng(epoch).permutation(len(samples))
+        return [pipeline.BatchRequest(epoch=epoch, indices=tuple(int(i) for i in order[s:s + 4]),
+                                      seed=1, phase=policy, key=policy.augmentation_key())
+                for s in range(0, len(order), 4)]
+
+    cpu = torch.device("cpu")
+    inline = pipeline.InputPipeline(samples, tasks, workers=0, device=cpu)
+    expected = {e: [_flat(b) for b in inline.epoch(requests(e))] for e in range(3)}
+    workers = pipeline.InputPipeline(samples, tasks, workers=1, device=cpu)
+    try:
+        held = list(workers.epoch(requests(0)))  # 10 batches, more than a worker's pool
+        assert len(held) > pipeline._POOLED_BLOCKS
+        assert all(_equal(_flat(b), x) for b, x in zip(held, expected[0], strict=True))
+        del held
+        assert all(_equal(_flat(b), x)
+                   for b, x in zip(workers.epoch(requests(1)), expected[1], strict=True))
+        workers.prefetch(requests(0))
+        assert all(_equal(_flat(b), x)
+                   for b, x in zip(workers.epoch(requests(2)), expected[2], strict=True))
+        workers.prefetch(requests(1))
+        assert all(_equal(_flat(b), x)
+                   for b, x in zip(workers.epoch(requests(1)), expected[1], strict=True))
+    finally:
+        workers.close()
+
+
+def test_a_worker_reuses_a_block_once_the_trainer_lets_it_go() -> None:
+    blocks = pipeline._Blocks()
+    taken = [blocks.take(1000) for _ in range(pipeline._POOLED_BLOCKS + 1)]
+    assert all(pipeline._flag(b)[0] == 1 for b in taken)
+    assert len(blocks.pool) == pipeline._POOLED_BLOCKS  # the last one is not kept
+    pipeline._release(pipeline._flag(taken[1]))
+    assert blocks.take(900).data_ptr() == taken[1].data_ptr()
+    pipeline._release(pipeline._flag(taken[2]))
+    bigger = blocks.take(5000)  # too small: replaced by a larger one
+    assert bigger.numel() >= 5000 and blocks.pool[2] is bigger
+
+
+def test_a_received_batch_frees_its_block_only_when_its_last_tensor_goes() -> None:
+    import gc
+    import pickle as plain_pickle
+    from multiprocessing.reduction import ForkingPickler
+
+    import torch
+
+    batch = {"images": {"shared": torch.ones(2, 4, 4, 3, dtype=torch.uint8)},
+             "targets": {"c": torch.tensor([1, 0])}, "views": {"c": "shared"}, "size": 2}
+    blocks = pipeline._Blocks()
+    sent = pipeline._Shipped.of(batch, blocks)
+    # As the DataLoader sends it: the received block maps the same shared memory.
+    received = plain_pickle.loads(ForkingPickler.dumps(sent))
+    flag = pipeline._flag(sent.block)
+    assert flag[0] == 1
+    kept = received.unpack()["targets"]["c"][1:]
+    del received
+    gc.collect()
+    assert flag[0] == 1  # a tensor of the batch is still held
+    del kept
+    gc.collect()
+    assert flag[0] == 0
+    unread = plain_pickle.loads(ForkingPickler.dumps(pipeline._Shipped.of(batch, blocks)))
+    assert flag[0] == 1
+    del unread  # dropped unread (an epoch's end drains a prefetch)
+    gc.collect()
+    assert flag[0] == 0
+
+
 @pytest.mark.parametrize("value", ["x", "-1", "65", "1.5"])
 def test_a_bad_loader_workers_flag_is_one_line_and_exit_2(value: str, tmp_path: Path) -> None:
     from typer.testing import CliRunner

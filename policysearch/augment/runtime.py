@@ -247,6 +247,13 @@ def _apply(view: _View, sample: Mapping[str, Any]) -> dict[str, Any]:
     marker = view.marker and bool(keys & {"depth", "normals", "instance_masks"})
     if planes:
         layers = [arr.astype(np.float32, copy=False) for _, arr in planes]
+        channels = sum(arr.shape[2] for _, arr in planes) + marker
+        if channels > 4 and channels % 4:
+            # Past 4 channels the warp runs in chunks of 4 and the rest; OpenCV's nearest
+            # sampling can round a tie differently for another channel count, so that targets
+            # in the last chunk would land a pixel apart from the others. Zero channels make
+            # every chunk 4 wide.
+            layers.append(np.zeros((*image.shape[:2], 4 - channels % 4), dtype=np.float32))
         if marker:
             layers.append(np.zeros(image.shape[:2], dtype=np.float32))
         data["mask"] = _stack(layers)
