@@ -319,9 +319,14 @@ def check(space: PathLike | None = None, policy: PathLike | None = None
 
 def ops() -> pd.DataFrame:
     """Every registered op (column ``op``): kind, whether signed, its range at magnitude 1
-    (``policysearch ops``)."""
+    (``policysearch ops``). ``attrs``: ``baselines``, a row per baseline (``name``, ``policy``:
+    its summary), and ``scales``, other tools' magnitude notations as ours (torchvision's
+    RandAugment M=9 is 0.3, timm's rand-m9 is 0.9)."""
     import pandas as pd
 
-    from policysearch.augment import ops_table
+    from policysearch.augment import baselines_table, magnitude_scales, ops_table
 
-    return pd.DataFrame(ops_table()).rename(columns={"name": "op"})
+    frame = pd.DataFrame(ops_table()).rename(columns={"name": "op"})
+    frame.attrs["baselines"] = baselines_table()
+    frame.attrs["scales"] = magnitude_scales()
+    return frame

@@ -591,16 +591,34 @@ def check(
 @app.command()
 @_handles_errors
 def ops() -> None:
-    """List every op: kind, whether signed, and its range at magnitude 1."""
+    """List every op (kind, whether signed, its range at magnitude 1), how other tools'
+    magnitudes read on our scale (torchvision's RandAugment M=9 of 30 is 0.3, timm's rand-m9
+    is 0.9), and the baselines."""
     table = Table(title="augmentation ops (magnitude in [0, 1] maps linearly onto the range)",
                   title_justify="left")
     for col in ("op", "kind", "signed", "range at 1 (standard)", "range at 1 (wide)",
                 "description"):
         table.add_column(col, overflow="fold")
-    for row in api.ops().to_dict("records"):
+    found = api.ops()
+    for row in found.to_dict("records"):
         table.add_row(row["op"], row["kind"], "±" if row["signed"] else "",
                       row["range_at_1"], _text(row.get("range_wide_at_1")), row["description"])
     out_console.print(table)
+    scales = Table(title="magnitude scales: other tools' notation as our magnitude",
+                   title_justify="left")
+    for col in ("convention", "value", "of", "magnitude"):
+        scales.add_column(col)
+    for scale in found.attrs["scales"]:
+        scales.add_row(*(f"{scale[c]:.2f}" if isinstance(scale[c], float) else str(scale[c])
+                         for c in ("convention", "value", "of", "magnitude")))
+    out_console.print(scales)
+    named = Table(title="baselines (benchmark --baselines, reference: in a space, preview "
+                        "--policy)", title_justify="left")
+    for col in ("baseline", "policy"):
+        named.add_column(col, overflow="fold")
+    for row in found.attrs["baselines"]:
+        named.add_row(row["name"], row["policy"])
+    out_console.print(named)
 
 
 def _text(value: Any) -> str:

@@ -125,6 +125,13 @@ def get_baseline(name: str, tasks: dict[str, str]) -> Policy:
     )
 
 
+def baselines_table() -> list[dict[str, str]]:
+    """One row per registered baseline, for ``policysearch ops``: ``name`` and ``policy``, its
+    summary (for one classification task)."""
+    return [{"name": name, "policy": get_baseline(name, {"task": "classification"}).summary()}
+            for name in BASELINES]
+
+
 def autoaugment_subpolicies(
     policy: tuple[tuple[tuple[str, float, int | None], ...], ...] = AUTOAUGMENT_IMAGENET,
 ) -> SubPolicies:

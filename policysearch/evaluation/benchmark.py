@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from policysearch.augment import Policy, is_baseline, load_policy
+from policysearch.augment import BASELINES, Policy, is_baseline, load_policy
 from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
 from policysearch.events import BenchmarkListener, RunEnded, RunEpochEnded, RunStarted
@@ -140,7 +140,7 @@ def _contenders(options: BenchmarkOptions, policy: Policy,
     names = list(dict.fromkeys(options.baselines))
     for name in names:
         if not is_baseline(name):
-            raise UserError(f"unknown baseline {name!r}; known: {', '.join(ALL_BASELINES)} "
+            raise UserError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)} "
                             "or a timm-style string such as rand-m9-n2", field="--baselines")
         if name == SEARCHED or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise UserError(f"cannot name a contender {name!r}", field="--baselines")
