@@ -85,7 +85,8 @@ def task_compose(policy: PolicyData, task: str, *, size: tuple[int, int] | None 
             "surface normals need policysearch's own step; use load_policy(...).transform()",
             field=task,
         )
-    transforms, ops = [], []
+    transforms: list[A.BasicTransform] = []
+    ops: list[Op] = []
     for part in (policy.base, policy.shared, policy.per_task.get(task, ())):
         more, more_ops = compile_shared(part)
         transforms, ops = transforms + more, ops + more_ops
