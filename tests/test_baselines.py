@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -340,6 +341,22 @@ def test_flipcrop_contenders_put_flipcrop_before_the_bare_baseline(name: str) ->
     assert compose is not None
     assert [type(t) for t in compose.transforms[:2]] == [A.HorizontalFlip, A.RandomResizedCrop]
     assert compose.transforms[2:] == [] or len(compose.transforms) == 3
+
+
+def test_the_benchmark_takes_every_baseline_as_a_contender(tmp_path: Path) -> None:
+    from policysearch.evaluation.benchmark import SEARCHED, BenchmarkOptions, _contenders
+
+    searched = get_baseline("none", TASKS)
+    options = BenchmarkOptions(policy=tmp_path / "p.yaml", baselines=list(BASELINES),
+                               reference="flipcrop+randaugment")
+    contenders = _contenders(options, searched, TASKS)
+    assert [c.name for c in contenders] == [SEARCHED, *BASELINES]
+    for c in contenders[1:]:
+        assert c.policy.base == get_baseline(c.name, TASKS).base
+        assert c.policy.weighting.weights == {t: 1.0 for t in TASKS}
+    options = BenchmarkOptions(policy=tmp_path / "p.yaml", baselines=["flipcrop+cutmix"])
+    with pytest.raises(UserError, match="known: none, crop, flipcrop, .*flipcrop\\+autoaugment"):
+        _contenders(options, searched, TASKS)
 
 
 def test_crop_contender_crops_without_flipping() -> None:
