@@ -340,7 +340,7 @@ def test_flipcrop_contenders_put_flipcrop_before_the_bare_baseline(name: str) ->
     compose = combined.transform(seed=0).pipeline("shared")
     assert compose is not None
     assert [type(t) for t in compose.transforms[:2]] == [A.HorizontalFlip, A.RandomResizedCrop]
-    assert compose.transforms[2:] == [] or len(compose.transforms) == 3
+    assert len(compose.transforms) == 3  # then the bare baseline's one block
 
 
 def test_the_benchmark_takes_every_baseline_as_a_contender(tmp_path: Path) -> None:
