@@ -228,8 +228,9 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               image_size: int | tuple[int, int] | None = None, amp: bool | None = None,
               encoder: str | None = None, weights: str | None = None,
-              loader_workers: int | str | None = None, seeds: int = 3,
-              seed: int = 1, device: str = "auto", threads: int | None = None,
+              loader_workers: int | str | None = None, seeds: int = 5,
+              seed: int = 1, ablations: bool = True, device: str = "auto",
+              threads: int | None = None,
               significance: str = "ttest", out: PathLike = Path("runs/benchmark"),
               progress: Say | None = None,
               events: BenchmarkListener | None = None) -> BenchmarkOutcome:
@@ -242,10 +243,12 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
     search's value). ``baselines``: names or timm-style strings (a comma-separated string
     too); ``reference``: the baseline Δm% is measured against; ``search`` (a search's out
     folder) or ``storage`` + ``study``: the search whose dataset, budget and cost to use;
-    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``;
-    ``significance``: ttest or wilcoxon. ``progress``: a callable taking each line;
-    ``events``: one taking each run's events, a ``policysearch.events.BenchmarkEvent`` (start,
-    every epoch, end).
+    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``
+    up, those the policy was selected on skipped; ``ablations``: also train the searched
+    augmentation with equal loss weights and the reference and the best baseline with the
+    searched ones; ``significance``: ttest or wilcoxon (p-values Holm-adjusted).
+    ``progress``: a callable taking each line; ``events``: one taking each run's events, a
+    ``policysearch.events.BenchmarkEvent`` (start, every epoch, end).
     """
     from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
@@ -256,7 +259,7 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
         storage=storage, study=study, space=space, dataset=dataset, epochs=epochs,
         batch_size=batch_size, lr=lr, image_size=image_size, amp=amp, encoder=encoder,
         weights=weights, loader_workers=loader_workers, seeds=seeds, seed=seed,
-        device=device, threads=threads,
+        ablations=ablations, device=device, threads=threads,
         significance=significance, out=Path(out))
     return run_benchmark(options, progress=progress, events=events)
 

@@ -483,8 +483,14 @@ def benchmark(
         help="Take dataset and budget from this space instead (name or YAML path).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: the search's).")
                        ] = None,
-    seeds: Annotated[int, typer.Option(help="Training seeds per contender.")] = 3,
-    seed: Annotated[int, typer.Option(help="First seed (seeds SEED … SEED+S−1).")] = 1,
+    seeds: Annotated[int, typer.Option(help="Training seeds per contender.")] = 5,
+    seed: Annotated[int, typer.Option(
+        help="First seed (seeds SEED, SEED+1, …; those the policy was selected on skipped)."
+    )] = 1,
+    ablations: Annotated[bool, typer.Option(
+        "--ablations/--no-ablations",
+        help="Also train searched/equal-weights and the reference and best baseline with the "
+             "searched loss weights.")] = True,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -497,7 +503,8 @@ def benchmark(
         help="Processes preparing each trial's batches ahead of the step: a number, or auto "
              "(0 on the CPU; on a GPU, the trial's CPUs but one).")] = None,
     significance: Annotated[Significance, typer.Option(
-        help="Paired test of searched vs each baseline, paired by seed.")
+        help="Paired test of searched vs each contender, paired by seed; p-values "
+             "Holm-adjusted.")
     ] = Significance.ttest,
     device: Annotated[Device, typer.Option(help="Where runs train.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
@@ -530,7 +537,8 @@ def benchmark(
             dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, image_size=size,
             amp=amp, encoder=encoder, weights=weights,
             loader_workers=parse_loader_workers(loader_workers), seeds=seeds, seed=seed,
-            device=device.value, threads=threads, significance=significance.value, out=out,
+            ablations=ablations, device=device.value, threads=threads,
+            significance=significance.value, out=out,
             progress=progress, events=printer if json_logs else bar)
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]

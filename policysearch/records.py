@@ -258,6 +258,11 @@ class StudyRecords:
             return record.metrics
         return self.reruns.get(trial_subject(record.number), {}).get(seed)
 
+    def trial_seeds(self, number: int) -> list[int]:
+        """Every seed trial ``number`` was trained with (the study's and its stored re-runs'):
+        the seeds its selection may have looked at, which a fair re-evaluation leaves out."""
+        return sorted({self.seed, *self.reruns.get(trial_subject(number), {})})
+
     def rerun_seeds(self) -> list[int]:
         """Every seed, the study's included, that some stored re-run used."""
         return sorted({self.seed, *(s for runs in self.reruns.values() for s in runs)})

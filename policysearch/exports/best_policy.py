@@ -74,6 +74,7 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
         "delta_m": round(float(row["delta_m"]), 4),
         "reference": study.reference_baseline or study.reference_name,
         "dataset": study.dataset,
+        "selection_seeds": study.trial_seeds(record.number),  # the benchmark leaves them out
     }
     if study.objective == "pareto":
         deltas = {t: float(row[f"delta.{t}"]) for t in study.metrics_info}
