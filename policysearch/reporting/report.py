@@ -287,6 +287,13 @@ def _cost_section(study: StudyRecords) -> str:
     if cost.wall_seconds is not None:
         rows.append(("wall time (while at least one trial ran)", _minutes(cost.wall_seconds)))
     rows += [(f"{kind}-hours", f"{s / 3600:.2f}") for kind, s in cost.device_seconds.items()]
+    if cost.rerun_runs:
+        units = (f" = {cost.rerun_epochs / study.budget_epochs:.2f} full trainings"
+                 if study.budget_epochs else "")
+        rows += [("re-runs beside the study (finalists, re-evaluation; not trials)",
+                  str(cost.rerun_runs)),
+                 ("their trial-epochs", f"{cost.rerun_epochs}{units}"),
+                 ("their time", _minutes(cost.rerun_seconds))]
     wait = data_wait_stats(study)
     if wait is not None:
         percent, workers, trials = wait
