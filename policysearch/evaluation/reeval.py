@@ -24,7 +24,7 @@ from policysearch.augment import Policy, is_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
 from policysearch.records import StudyRecords, delta_m, trial_subject
-from policysearch.reporting.tables import results_frame
+from policysearch.reporting.tables import best_search_trials
 
 if TYPE_CHECKING:
     from policysearch.data.base import MultiTaskDataset
@@ -166,15 +166,6 @@ class _Trainer:
         return f": Δm% {value:+.2f}" if math.isfinite(value) else ": Δm% undefined"
 
 
-def best_search_trials(records: StudyRecords, top: int,
-                       task_weights: Mapping[str, float] | None = None) -> list[int]:
-    """The numbers of the ``top`` best complete search trials by Δm% (the reference trial
-    not counted), best first."""
-    frame = results_frame(records, warn=False, task_weights=task_weights)
-    chosen = frame[frame["rank"].notna() & frame["role"].eq("search")].head(top)
-    return [int(n) for n in chosen["trial"]]
-
-
 def extra_seeds(records: StudyRecords, seeds: int) -> list[int]:
     """The seeds re-runs train with: the study's seed + 1 … + ``seeds``, never the seed its
     trials trained (and were ranked) with."""
@@ -237,5 +228,5 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
     return store.records().with_reference(reference)
 
 
-__all__ = ["Run", "best_search_trials", "extra_seeds", "reevaluate", "reference_runs",
+__all__ = ["Run", "extra_seeds", "reevaluate", "reference_runs",
            "stored_space", "study_space"]

@@ -13,7 +13,12 @@ import pandas as pd
 from policysearch.augment import Policy, load_policy
 from policysearch.errors import UserError
 from policysearch.records import StudyRecords
-from policysearch.reporting.tables import fresh_seed_deltas, mean_interval, results_frame
+from policysearch.reporting.tables import (
+    best_search_trials,
+    fresh_seed_deltas,
+    mean_interval,
+    results_frame,
+)
 
 __all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy",
            "pick_finalist", "pick_trial"]
@@ -107,8 +112,6 @@ def pick_finalist(study: StudyRecords, finalists: int,
     (``tables.fresh_seed_deltas``); ties go to the better rank. Its provenance lists every
     finalist's mean, 95% t interval and seeds. While no finalist has a re-run: rank 1, as
     ``pick_trial``."""
-    from policysearch.evaluation.reeval import best_search_trials
-
     frame = results_frame(study, warn=False, task_weights=task_weights).set_index("trial")
     by_number = {r.number: r for r in study.records}
     entries = []

@@ -209,6 +209,15 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     return frame
 
 
+def best_search_trials(study: StudyRecords, top: int,
+                       task_weights: Mapping[str, float] | None = None) -> list[int]:
+    """The numbers of the ``top`` best complete search trials by Δm% (the reference trial
+    not counted), best first: the trials re-evaluated, and a search's finalists."""
+    frame = results_frame(study, warn=False, task_weights=task_weights)
+    chosen = frame[frame["rank"].notna() & frame["role"].eq("search")].head(top)
+    return [int(n) for n in chosen["trial"]]
+
+
 def data_wait_stats(study: StudyRecords) -> tuple[float, list[int], int] | None:
     """Over the complete trials that measured it: the mean of each trial's mean data-wait
     fraction in %, the loader worker counts they ran with, and how many trials; None when no

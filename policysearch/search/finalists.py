@@ -13,9 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from policysearch.errors import UserError
-from policysearch.evaluation.reeval import best_search_trials, extra_seeds, reevaluate
+from policysearch.evaluation.reeval import extra_seeds, reevaluate
 from policysearch.events import FinalistsProgress, FinalistsStarted
 from policysearch.records import StudyRecords, trial_subject
+from policysearch.reporting.tables import best_search_trials
 from policysearch.search.options import SearchOptions, SearchRun
 
 
