@@ -263,7 +263,8 @@ def seed_noise_line(frame: pd.DataFrame) -> str:
     combined std, √(std₁² + std₂²)."""
     done = frame[frame["rank"].notna() & frame["delta_m_std"].notna()].sort_values("rank")
     if done.empty:
-        return "seed noise: no trial has been trained with more than one seed yet"
+        return ("seed noise: no trial has two re-run seeds yet (the study's own seed is left "
+                "out); re-evaluate with --seeds 2 or more")
 
     def text(row: pd.Series) -> str:
         return (f"rank {int(row['rank'])} (trial {int(row['trial'])}) Δm% "
