@@ -151,8 +151,8 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
                       "(others 1).", highlight=False)
     from policysearch.reporting.tables import footer_lines
 
-    for line in footer_lines(frame):
-        console.print(line, highlight=False)
+    for line in footer_lines(frame):  # plain text: "[a, b]" is no markup tag
+        console.print(line, highlight=False, markup=False)
     for note in frame.attrs.get("dataset_notes", []):
         console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):

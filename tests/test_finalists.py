@@ -23,6 +23,7 @@ from policysearch.events import FinalistsProgress, FinalistsStarted, SearchEvent
 from policysearch.exports.best_policy import pick_finalist, pick_trial
 from policysearch.records import StudyRecords
 from policysearch.reporting.progress import finalists_line
+from policysearch.reporting.report import write_report
 from policysearch.reporting.tables import results_frame, to_markdown
 from policysearch.search.finalists import plan_finalists, race_finalists
 from policysearch.search.options import SearchOptions, SearchRun
@@ -129,6 +130,9 @@ def test_the_best_mean_over_fresh_seeds_is_exported_not_the_lucky_seed(
     assert (f"plus {9 * EPOCHS} trial-epochs in 9 re-runs beside the study (finalists, "
             f"re-evaluation) = 9.0 full trainings, 0.1 min") in text
     assert "trial-epochs over 4 trials" in text  # the trials' own count is unchanged
+    html = write_report(records, tmp_path / "report.html", preview=False).read_text()
+    assert "re-runs beside the study (finalists, re-evaluation; not trials)" in html
+    assert "delta_m_low" in html and "delta_m_high" in html
 
 
 def test_a_resumed_race_trains_only_what_is_missing(
