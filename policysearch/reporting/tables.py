@@ -114,8 +114,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     stored re-runs (finalists, re-evaluation) add ``delta_m_mean``, ``delta_m_std`` (sample
     std), ``delta_m_low`` and ``delta_m_high`` (95% t interval of the mean) and ``seeds``:
     over the seeds of their re-runs, the study's own left out (``fresh_seed_deltas``). The
-    loss weights are a trial's final weights (what a dynamic
-    method ended with) when it recorded them, else its policy's static weights.
+    loss weights are a trial's final weights (what a dynamic method ended with) when it
+    recorded them, else its policy's static weights.
     ``data_wait``: the mean over the trial's epochs of the share of each epoch's wall time the
     training step waited for its next batch, in % (1 decimal; NaN when not recorded: pruned or
     failed trials, older studies); ``loader_workers``: the DataLoader worker processes that
