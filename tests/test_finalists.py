@@ -133,6 +133,7 @@ def test_the_best_mean_over_fresh_seeds_is_exported_not_the_lucky_seed(
     html = write_report(records, tmp_path / "report.html", preview=False).read_text()
     assert "re-runs beside the study (finalists, re-evaluation; not trials)" in html
     assert "delta_m_low" in html and "delta_m_high" in html
+    assert "best mean Δm% over re-run seeds (trial 2, 3 seeds)" in html
 
 
 def test_a_resumed_race_trains_only_what_is_missing(

@@ -205,6 +205,13 @@ def _summary(study: StudyRecords, frame: pd.DataFrame) -> str:
     if not ranked.empty:
         best = ranked.iloc[0]
         cards.append(_card(f"{best['delta_m']:+.2f}", f"best Δm% (trial {int(best['trial'])})"))
+    raced = (ranked[ranked["delta_m_mean"].notna()] if "delta_m_mean" in ranked.columns
+             else ranked.iloc[0:0])
+    if not raced.empty:  # finalists / re-evaluated trials: the best mean, as the export picks
+        top = raced.loc[raced["delta_m_mean"].idxmax()]
+        cards.append(_card(f"{top['delta_m_mean']:+.2f}",
+                           f"best mean Δm% over re-run seeds (trial {int(top['trial'])}, "
+                           f"{int(top['seeds'])} seeds)"))
     cards.append(_card(str(len(frame)), ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
                        or "trials"))
     if cost.full_trainings is not None:
