@@ -67,6 +67,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            ray_address: str | None = None, ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
+           finalists: int = 0, finalist_seeds: int = 3,
            progress: SearchListener | None = None) -> SearchOutcome:
     """Run or resume a search (``policysearch search``) and return its outcome.
 
@@ -75,7 +76,10 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
     ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
     apply to ray). ``objective``: delta_m or pareto. ``log_to``: tensorboard or mlflow.
-    ``report``: keep ``out/report.html`` current. ``progress``: a callable taking each event,
+    ``report``: keep ``out/report.html`` current. ``finalists=K``: after the trials, train
+    the K best search trials and the reference again with ``finalist_seeds`` seeds no trial
+    used and export the finalist with the best mean Δm% over them (0: off, export rank 1).
+    ``progress``: a callable taking each event,
     a ``policysearch.events.SearchEvent``, e.g.
     ``policysearch.reporting.progress.JsonLogPrinter()``.
     Running the same call again resumes the study.
@@ -91,7 +95,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
         out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
         threads=threads, objective=objective, ray_address=ray_address, ray_storage=ray_storage,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
-        report=report, log_to=log_to)
+        report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds)
     return _search(options, progress=progress)
 
 

@@ -117,7 +117,7 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
     columns = compact_columns(frame, info)
     headers = {"delta_m": "Δm%", "duration_s": "s", "delta_m_mean": "Δm% mean",
-               "delta_m_std": "± std", "data_wait": "wait %"}
+               "delta_m_low": "95% low", "delta_m_high": "95% high", "data_wait": "wait %"}
     for col in columns:
         table.add_column(headers.get(col, col),
                          justify="left" if col in ("state", "policy") else "right",
@@ -151,8 +151,8 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
                       "(others 1).", highlight=False)
     from policysearch.reporting.tables import footer_lines
 
-    for line in footer_lines(frame):
-        console.print(line, highlight=False)
+    for line in footer_lines(frame):  # plain text: "[a, b]" is no markup tag
+        console.print(line, highlight=False, markup=False)
     for note in frame.attrs.get("dataset_notes", []):
         console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):
@@ -221,10 +221,19 @@ def search(
         "--report/--no-report",
         help="Keep OUT/report.html current (after trials, at most once a minute, and at the "
              "end).")] = True,
+    finalists: Annotated[int, typer.Option(
+        help="After the trials, train the K best (by Δm%) and the reference again with "
+             "--finalist-seeds seeds no trial used; export the best mean (0: off).")] = 0,
+    finalist_seeds: Annotated[int, typer.Option(
+        help="Seeds per finalist: the study's seed + 1 … + S.")] = 3,
     quiet: QuietOption = False,
     json_logs: JsonLogsOption = False,
 ) -> None:
     """Search policies (and loss weights); resume by running the same command again.
+
+    With --finalists K the K best trials are raced over --finalist-seeds fresh seeds after the
+    trials (stored beside the study, reused on resume) and best_policy.yaml is the finalist
+    with the best mean Δm% over them.
 
     With --objective pareto (or ``objective: pareto`` in the space) the study is
     multi-objective and runs without a pruner: Optuna cannot prune multi-objective trials.
@@ -240,7 +249,8 @@ def search(
             threads=threads, objective=objective.value if objective else None,
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
-            report=report, log_to=log_to.value if log_to else None, progress=printer)
+            report=report, log_to=log_to.value if log_to else None, finalists=finalists,
+            finalist_seeds=finalist_seeds, progress=printer)
     if json_logs:
         printer.write("done", {"files": [str(p) for p in outcome.files],
                                "best": _best_row(outcome.table)})
@@ -249,6 +259,11 @@ def search(
         _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
     out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
     if outcome.export is not None:
+        provenance = outcome.export.policy.provenance if outcome.export.policy else {}
+        if "finalists" in provenance:
+            out_console.print(f"{outcome.export.yaml_path}: trial {provenance['trial']}, "
+                              f"{provenance['picked']}: Δm% {provenance['delta_m_mean']:+.2f}",
+                              highlight=False)
         for task, why in outcome.export.skipped.items():
             out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
         for note in getattr(outcome.export, "notes", ()):
