@@ -75,8 +75,8 @@ _SALT = 0x5CE7E5  # keeps these seed sequences apart from other users of (seed, 
 _MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
 _LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
 _N_OBJECTS_P = (0.25, 0.25, 0.2, 0.15, 0.15)  # chances of 1..5 objects
-_MAIN_RADIUS, _RADIUS = (0.55, 0.9), (0.3, 0.6)  # footprint radii: the first object, the others
-_MAIN_DEPTH, _NEAREST = 5.5, 2.5  # the first object stands nearer than this; all beyond that
+_MAIN_RADIUS, _RADIUS = (0.7, 1.1), (0.3, 0.65)  # footprint radii: the first object, the others
+_MAIN_DEPTH, _NEAREST = 5.0, 2.5  # the first object stands nearer than this; all beyond that
 _GAP = 0.05  # least distance between two footprints
 
 
