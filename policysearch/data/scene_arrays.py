@@ -1,5 +1,7 @@
-"""Stacked arrays of the scene datasets (``shapes``, ``scenes``): one image, semantic mask,
-depth map, label and box list per sample, and for ``scenes`` optionally surface normals.
+"""What the scene datasets (``shapes``, ``scenes``) share: the targets drawn from an instance
+map (boxes of the visible objects, whether the label is clear) and the stacked arrays of a split:
+one image, semantic mask, depth map, label and box list per sample, and for ``scenes``
+optionally surface normals.
 
 Keys: ``images`` (N,H,W,3) uint8, ``masks`` (N,H,W) uint8, ``depths`` (N,H,W) float32,
 ``labels`` (N,) int64, ``boxes`` (M,4) float32, ``box_labels`` (M,) int64 and ``box_offsets``
@@ -17,10 +19,38 @@ import numpy as np
 from policysearch.data.base import Sample, SampleSequence
 from policysearch.data.generated import ArraySplit, read_only
 
-__all__ = ["KEYS", "NORMALS_KEYS", "NormalsSceneSplit", "SceneSplit", "stack", "valid"]
+__all__ = ["KEYS", "MIN_BOX_PIXELS", "MIN_LABEL_PIXELS", "NORMALS_KEYS", "NormalsSceneSplit",
+           "SceneSplit", "clear_label", "object_boxes", "stack", "valid"]
 
+MIN_BOX_PIXELS = 12  # an object with fewer visible pixels gets no box
+MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
+LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
 KEYS = ("images", "masks", "depths", "labels", "boxes", "box_labels", "box_offsets")
 NORMALS_KEYS = (*KEYS, "normals")
+
+
+def object_boxes(instance: np.ndarray, classes: np.ndarray,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From an instance map (0 background, ``k + 1`` the visible pixels of object ``k``): the
+    visible pixel counts of the objects, and the tight boxes (M x 4 float32, x1, y1, x2, y2;
+    x2/y2 exclusive) and classes (M int64) of those with at least ``MIN_BOX_PIXELS``."""
+    visible = np.bincount(instance.ravel(), minlength=len(classes) + 1)[1:]
+    boxes, box_labels = [], []
+    for k in np.flatnonzero(visible >= MIN_BOX_PIXELS):
+        ys, xs = np.nonzero(instance == k + 1)
+        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
+        box_labels.append(int(classes[k]))
+    return (visible, np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+            np.asarray(box_labels, dtype=np.int64))
+
+
+def clear_label(visible: np.ndarray, size: int) -> bool:
+    """Whether the largest of the visible pixel counts is clear on a ``size`` image: big enough
+    and clearly larger than the next (else the scene is redrawn)."""
+    ranked = np.sort(visible)[::-1]
+    min_pixels = max(MIN_BOX_PIXELS, min(MIN_LABEL_PIXELS, size * size // 200))
+    return bool(ranked.size and ranked[0] >= min_pixels
+                and (ranked.size == 1 or ranked[1] <= LABEL_MARGIN * ranked[0]))
 
 
 def stack(samples: Sequence[Sample]) -> dict[str, np.ndarray]:

@@ -43,7 +43,7 @@ from policysearch.data import scene_arrays
 from policysearch.data.base import Sample, TaskSpec
 from policysearch.data.cache import cache_file, cached
 from policysearch.data.generated import GeneratedDataset, check_int, check_split, sample_rng
-from policysearch.data.scene_arrays import NormalsSceneSplit, SceneSplit
+from policysearch.data.scene_arrays import MIN_BOX_PIXELS, NormalsSceneSplit, SceneSplit
 
 __all__ = [
     "CAMERA_HEIGHT",
@@ -65,15 +65,12 @@ __all__ = [
 VERSION = 1
 
 CLASSES: tuple[str, ...] = ("box", "sphere", "cylinder", "cone")
-MIN_BOX_PIXELS = 12
 CAMERA_HEIGHT = (1.2, 1.8)
 CAMERA_PITCH = (10.0, 22.0)  # degrees below the horizontal
 WALL_DISTANCE = (9.0, 13.0)
 FOCAL = 0.5 / np.tan(np.radians(30.0))  # focal length in image sides: 60 degrees across
 
 _SALT = 0x5CE7E5  # keeps these seed sequences apart from other users of (seed, ...)
-_MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
-_LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
 _N_OBJECTS_P = (0.25, 0.25, 0.2, 0.15, 0.15)  # chances of 1..5 objects
 _MAIN_RADIUS, _RADIUS = (0.7, 1.1), (0.3, 0.65)  # footprint radii: the first object, the others
 _MAIN_DEPTH, _NEAREST = 5.0, 2.5  # the first object stands nearer than this; all beyond that
@@ -338,22 +335,15 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene:
 
     n = len(classes)
     inst = instance.reshape(size, size).astype(np.uint8)
-    visible = np.bincount(instance, minlength=n + 1)[1:]
-    boxes, box_labels = [], []
-    for k in range(n):
-        if visible[k] < MIN_BOX_PIXELS:
-            continue
-        ys, xs = np.nonzero(inst == k + 1)
-        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-        box_labels.append(int(classes[k]))
+    visible, boxes, box_labels = scene_arrays.object_boxes(inst, classes)
     mask = np.concatenate([[0], classes + 1])[instance].reshape(size, size).astype(np.uint8)
     cam_normals = camera.to_camera(normals) * np.array([1.0, 1.0, -1.0])  # z towards the viewer
     sample: Sample = {
         "image": np.clip(np.rint(img), 0, 255).astype(np.uint8).reshape(size, size, 3),
         "label": int(classes[int(np.argmax(visible))]) if n else 0,
         "mask": mask,
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        "box_labels": np.asarray(box_labels, dtype=np.int64),
+        "boxes": boxes,
+        "box_labels": box_labels,
         "depth": depth.reshape(size, size).astype(np.float32),
     }
     return Scene(sample, camera, inst, classes, surface.reshape(n, size, size), visible,
@@ -366,13 +356,9 @@ def render_scene(rng: np.random.Generator, size: int = 64, *, normals: bool = Fa
     Scenes whose largest visible object is tiny, or hardly larger than the next one, are
     redrawn, so that the classification label (class of the largest visible object) is clear.
     """
-    min_pixels = max(MIN_BOX_PIXELS, min(_MIN_LABEL_PIXELS, size * size // 200))
     for _ in range(100):
         scene = _try_scene(rng, size)
-        ranked = np.sort(scene.visible)[::-1]
-        if ranked.size and ranked[0] >= min_pixels and (
-            ranked.size == 1 or ranked[1] <= _LABEL_MARGIN * ranked[0]
-        ):
+        if scene_arrays.clear_label(scene.visible, size):
             break
     if normals:
         scene.sample["normals"] = scene.normals.copy()

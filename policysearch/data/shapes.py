@@ -29,7 +29,7 @@ from policysearch.data import scene_arrays
 from policysearch.data.base import Sample, TaskSpec
 from policysearch.data.cache import cache_file, cached, default_cache_dir
 from policysearch.data.generated import SPLITS, GeneratedDataset, check_split, sample_rng
-from policysearch.data.scene_arrays import SceneSplit
+from policysearch.data.scene_arrays import MIN_BOX_PIXELS, SceneSplit
 
 __all__ = [
     "CLASSES",
@@ -48,11 +48,8 @@ __all__ = [
 VERSION = 5
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-MIN_BOX_PIXELS = 12
 
 _SALT = 0x5A4E5  # keeps these seed sequences apart from other users of (seed, ...)
-_MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
-_LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
 _Z_NEAR, _Z_FAR = 1.5, 5.0  # object base depths
 _Z_GAP = 0.65  # minimal gap between base depths: > 2 x the largest in-object deviation (0.21)
 _Z_SLOPE = 0.1  # largest depth change per circumradius across an object
@@ -208,20 +205,13 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene:
         img[cover] = colour[None, :] * shade[:, None] + rng.normal(0, 4, size=(rel_x.size, 3))
         instance[cover] = k + 1
         mask[cover] = cls + 1
-    visible = np.bincount(instance.ravel(), minlength=n + 1)[1:]
-    boxes, box_labels = [], []
-    for k in range(n):
-        if visible[k] < MIN_BOX_PIXELS:
-            continue
-        ys, xs = np.nonzero(instance == k + 1)
-        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-        box_labels.append(int(classes[k]))
+    visible, boxes, box_labels = scene_arrays.object_boxes(instance, classes)
     sample: Sample = {
         "image": np.clip(np.rint(img), 0, 255).astype(np.uint8),
         "label": int(classes[int(np.argmax(visible))]),
         "mask": mask,
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        "box_labels": np.asarray(box_labels, dtype=np.int64),
+        "boxes": boxes,
+        "box_labels": box_labels,
         "depth": depth,
     }
     return Scene(sample, instance, classes.astype(np.int64), zs, coverage, visible)
@@ -233,13 +223,9 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     Scenes whose largest visible object is tiny, or hardly larger than the next one, are
     redrawn, so that the classification label (class of the largest visible object) is clear.
     """
-    min_pixels = max(MIN_BOX_PIXELS, min(_MIN_LABEL_PIXELS, size * size // 200))
     for _ in range(100):
         scene = _try_scene(rng, size)
-        ranked = np.sort(scene.visible)[::-1]
-        if ranked[0] >= min_pixels and (
-            ranked.size == 1 or ranked[1] <= _LABEL_MARGIN * ranked[0]
-        ):
+        if scene_arrays.clear_label(scene.visible, size):
             break
     return scene
 
