@@ -241,11 +241,11 @@ def _object_colour(rng: np.random.Generator, avoid: list[np.ndarray]) -> np.ndar
 class Scene:
     """One rendered scene: its sample dict and what the renderer knows.
 
-    ``instance`` (H x W uint8): 0 for floor and wall, ``k + 1`` for the visible pixels of object
-    ``k``; ``classes`` the objects' classes; ``surface`` (n x H x W float) each object's own
-    depth wherever its surface covers a pixel, occluded or not (inf elsewhere); ``visible``
-    the visible pixel counts; ``normals`` (H x W x 3) the visible surfaces' normals, whether or
-    not the sample carries them.
+    ``camera``: the camera it was seen through; ``instance`` (H x W uint8): 0 for floor and
+    wall, ``k + 1`` for the visible pixels of object ``k``; ``classes``: the objects' classes;
+    ``surface`` (n x H x W float): each object's own depth wherever its surface covers a pixel,
+    occluded or not (inf elsewhere); ``visible``: the visible pixel counts; ``normals``
+    (H x W x 3): the visible surfaces' normals, whether or not the sample carries them.
     """
 
     sample: Sample
@@ -297,14 +297,12 @@ def _objects(rng: np.random.Generator, d: np.ndarray, floor: float, wall: float,
     return classes.astype(np.int64), hits
 
 
-def _try_scene(rng: np.random.Generator, size: int) -> Scene:
-    """One candidate scene."""
-    camera = Camera(rng.uniform(*CAMERA_HEIGHT), np.radians(rng.uniform(*CAMERA_PITCH)),
-                    FOCAL * size)
-    wall = rng.uniform(*WALL_DISTANCE)
-    d = camera.to_world(view_rays(size, camera.focal).reshape(-1, 3))
+def _room(rng: np.random.Generator, d: np.ndarray, height: float, wall: float,
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The floor and back wall along world rays ``d``: ray parameters, albedo and world normals
+    (P, P x 3, P x 3)."""
     with np.errstate(divide="ignore"):
-        t_floor = np.where(d[:, 1] > 0, camera.height / d[:, 1], np.inf)
+        t_floor = np.where(d[:, 1] > 0, height / d[:, 1], np.inf)
     t_wall = wall / d[:, 2]  # every ray reaches the wall: the pitch keeps d_z > 0
     on_floor = t_floor < t_wall
     t_room = np.minimum(t_floor, t_wall)
@@ -314,6 +312,27 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene:
                       _texture(rng, p[:, 0], p[:, 1]))
     normals = np.where(on_floor[:, None], np.array([0.0, -1.0, 0.0]),
                        np.array([0.0, 0.0, -1.0]))
+    return t_room, albedo, normals
+
+
+def _shade(rng: np.random.Generator, albedo: np.ndarray, normals: np.ndarray) -> np.ndarray:
+    """Float RGB (P x 3, about 0-255) under a random directional light: Lambertian with an
+    ambient term, a faint tint and grain."""
+    light = np.array([rng.uniform(-1, 1), -rng.uniform(0.6, 1.5), rng.uniform(-1.0, 0.5)])
+    light /= np.linalg.norm(light)
+    ambient = rng.uniform(0.25, 0.45)
+    tint = rng.uniform(0.85, 1.0, size=3)
+    shade = ambient + (1 - ambient) * np.clip(normals @ light, 0, None)
+    return 255 * albedo * shade[:, None] * tint + rng.normal(0, 3, size=albedo.shape)
+
+
+def _try_scene(rng: np.random.Generator, size: int) -> Scene:
+    """One candidate scene."""
+    camera = Camera(rng.uniform(*CAMERA_HEIGHT), np.radians(rng.uniform(*CAMERA_PITCH)),
+                    FOCAL * size)
+    wall = rng.uniform(*WALL_DISTANCE)
+    d = camera.to_world(view_rays(size, camera.focal).reshape(-1, 3))
+    t_room, albedo, normals = _room(rng, d, camera.height, wall)
     classes, hits = _objects(rng, d, camera.height, wall)
     surface = np.stack([t for t, _ in hits]) if hits else np.zeros((0, len(d)))
     depth_all = np.vstack([t_room[None], surface])
@@ -326,13 +345,7 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene:
         avoid.append(colour)
         normals[shown] = normal[shown]
         albedo[shown] = colour * (1 + 0.06 * rng.standard_normal((int(shown.sum()), 1)))
-    light = np.array([rng.uniform(-1, 1), -rng.uniform(0.6, 1.5), rng.uniform(-1.0, 0.5)])
-    light /= np.linalg.norm(light)
-    ambient = rng.uniform(0.25, 0.45)
-    tint = rng.uniform(0.85, 1.0, size=3)
-    shade = ambient + (1 - ambient) * np.clip(normals @ light, 0, None)
-    img = 255 * albedo * shade[:, None] * tint + rng.normal(0, 3, size=albedo.shape)
-
+    img = _shade(rng, albedo, normals)
     n = len(classes)
     inst = instance.reshape(size, size).astype(np.uint8)
     visible, boxes, box_labels = scene_arrays.object_boxes(inst, classes)
