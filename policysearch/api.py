@@ -67,6 +67,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            ray_address: str | None = None, ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
+           finalists: int = 0, finalist_seeds: int = 3,
            progress: SearchListener | None = None) -> SearchOutcome:
     """Run or resume a search (``policysearch search``) and return its outcome.
 
@@ -75,7 +76,10 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
     ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
     apply to ray). ``objective``: delta_m or pareto. ``log_to``: tensorboard or mlflow.
-    ``report``: keep ``out/report.html`` current. ``progress``: a callable taking each event,
+    ``report``: keep ``out/report.html`` current. ``finalists=K``: after the trials, train
+    the K best search trials and the reference again with ``finalist_seeds`` seeds no trial
+    used and export the finalist with the best mean Δm% over them (0: off, export rank 1).
+    ``progress``: a callable taking each event,
     a ``policysearch.events.SearchEvent``, e.g.
     ``policysearch.reporting.progress.JsonLogPrinter()``.
     Running the same call again resumes the study.
@@ -91,7 +95,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
         out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
         threads=threads, objective=objective, ray_address=ray_address, ray_storage=ray_storage,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
-        report=report, log_to=log_to)
+        report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds)
     return _search(options, progress=progress)
 
 
@@ -228,8 +232,9 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               image_size: int | tuple[int, int] | None = None, amp: bool | None = None,
               encoder: str | None = None, weights: str | None = None,
-              loader_workers: int | str | None = None, seeds: int = 3,
-              seed: int = 1, device: str = "auto", threads: int | None = None,
+              loader_workers: int | str | None = None, seeds: int = 5,
+              seed: int = 1, ablations: bool = True, device: str = "auto",
+              threads: int | None = None,
               significance: str = "ttest", out: PathLike = Path("runs/benchmark"),
               progress: Say | None = None,
               events: BenchmarkListener | None = None) -> BenchmarkOutcome:
@@ -242,10 +247,12 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
     search's value). ``baselines``: names or timm-style strings (a comma-separated string
     too); ``reference``: the baseline Δm% is measured against; ``search`` (a search's out
     folder) or ``storage`` + ``study``: the search whose dataset, budget and cost to use;
-    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``;
-    ``significance``: ttest or wilcoxon. ``progress``: a callable taking each line;
-    ``events``: one taking each run's events, a ``policysearch.events.BenchmarkEvent`` (start,
-    every epoch, end).
+    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``
+    up, those the policy was selected on skipped; ``ablations``: also train the searched
+    augmentation with equal loss weights and the reference and the best baseline with the
+    searched ones; ``significance``: ttest or wilcoxon (p-values Holm-adjusted).
+    ``progress``: a callable taking each line; ``events``: one taking each run's events, a
+    ``policysearch.events.BenchmarkEvent`` (start, every epoch, end).
     """
     from policysearch.evaluation.benchmark import BenchmarkOptions, run_benchmark
 
@@ -256,7 +263,7 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
         storage=storage, study=study, space=space, dataset=dataset, epochs=epochs,
         batch_size=batch_size, lr=lr, image_size=image_size, amp=amp, encoder=encoder,
         weights=weights, loader_workers=loader_workers, seeds=seeds, seed=seed,
-        device=device, threads=threads,
+        ablations=ablations, device=device, threads=threads,
         significance=significance, out=Path(out))
     return run_benchmark(options, progress=progress, events=events)
 
@@ -319,9 +326,14 @@ def check(space: PathLike | None = None, policy: PathLike | None = None
 
 def ops() -> pd.DataFrame:
     """Every registered op (column ``op``): kind, whether signed, its range at magnitude 1
-    (``policysearch ops``)."""
+    (``policysearch ops``). ``attrs``: ``baselines``, a row per baseline (``name``, ``policy``:
+    its summary), and ``scales``, other tools' magnitude notations as ours (torchvision's
+    RandAugment M=9 is 0.3, timm's rand-m9 is 0.9)."""
     import pandas as pd
 
-    from policysearch.augment import ops_table
+    from policysearch.augment import baselines_table, magnitude_scales, ops_table
 
-    return pd.DataFrame(ops_table()).rename(columns={"name": "op"})
+    frame = pd.DataFrame(ops_table()).rename(columns={"name": "op"})
+    frame.attrs["baselines"] = baselines_table()
+    frame.attrs["scales"] = magnitude_scales()
+    return frame

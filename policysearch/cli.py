@@ -117,7 +117,7 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
     table = Table(title="policies ranked by Δm% (higher is better)", title_justify="left")
     columns = compact_columns(frame, info)
     headers = {"delta_m": "Δm%", "duration_s": "s", "delta_m_mean": "Δm% mean",
-               "delta_m_std": "± std", "data_wait": "wait %"}
+               "delta_m_low": "95% low", "delta_m_high": "95% high", "data_wait": "wait %"}
     for col in columns:
         table.add_column(headers.get(col, col),
                          justify="left" if col in ("state", "policy") else "right",
@@ -151,8 +151,8 @@ def _print_table(frame: Any, info: dict, top: int | None, console: Console) -> N
                       "(others 1).", highlight=False)
     from policysearch.reporting.tables import footer_lines
 
-    for line in footer_lines(frame):
-        console.print(line, highlight=False)
+    for line in footer_lines(frame):  # plain text: "[a, b]" is no markup tag
+        console.print(line, highlight=False, markup=False)
     for note in frame.attrs.get("dataset_notes", []):
         console.print(f"dataset {frame.attrs.get('dataset', '')}: {note}", highlight=False)
     for note in frame.attrs.get("notes", []):
@@ -221,10 +221,19 @@ def search(
         "--report/--no-report",
         help="Keep OUT/report.html current (after trials, at most once a minute, and at the "
              "end).")] = True,
+    finalists: Annotated[int, typer.Option(
+        help="After the trials, train the K best (by Δm%) and the reference again with "
+             "--finalist-seeds seeds no trial used; export the best mean (0: off).")] = 0,
+    finalist_seeds: Annotated[int, typer.Option(
+        help="Seeds per finalist: the study's seed + 1 … + S.")] = 3,
     quiet: QuietOption = False,
     json_logs: JsonLogsOption = False,
 ) -> None:
     """Search policies (and loss weights); resume by running the same command again.
+
+    With --finalists K the K best trials are raced over --finalist-seeds fresh seeds after the
+    trials (stored beside the study, reused on resume) and best_policy.yaml is the finalist
+    with the best mean Δm% over them.
 
     With --objective pareto (or ``objective: pareto`` in the space) the study is
     multi-objective and runs without a pruner: Optuna cannot prune multi-objective trials.
@@ -240,7 +249,8 @@ def search(
             threads=threads, objective=objective.value if objective else None,
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
-            report=report, log_to=log_to.value if log_to else None, progress=printer)
+            report=report, log_to=log_to.value if log_to else None, finalists=finalists,
+            finalist_seeds=finalist_seeds, progress=printer)
     if json_logs:
         printer.write("done", {"files": [str(p) for p in outcome.files],
                                "best": _best_row(outcome.table)})
@@ -249,6 +259,11 @@ def search(
         _print_table(outcome.table, outcome.study.metrics_info, 10, out_console)
     out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
     if outcome.export is not None:
+        provenance = outcome.export.policy.provenance if outcome.export.policy else {}
+        if "finalists" in provenance:
+            out_console.print(f"{outcome.export.yaml_path}: trial {provenance['trial']}, "
+                              f"{provenance['picked']}: Δm% {provenance['delta_m_mean']:+.2f}",
+                              highlight=False)
         for task, why in outcome.export.skipped.items():
             out_console.print(f"no albumentations file for task {task}: {why}", highlight=False)
         for note in getattr(outcome.export, "notes", ()):
@@ -483,8 +498,14 @@ def benchmark(
         help="Take dataset and budget from this space instead (name or YAML path).")] = None,
     dataset: Annotated[str | None, typer.Option(help="Dataset (default: the search's).")
                        ] = None,
-    seeds: Annotated[int, typer.Option(help="Training seeds per contender.")] = 3,
-    seed: Annotated[int, typer.Option(help="First seed (seeds SEED … SEED+S−1).")] = 1,
+    seeds: Annotated[int, typer.Option(help="Training seeds per contender.")] = 5,
+    seed: Annotated[int, typer.Option(
+        help="First seed (seeds SEED, SEED+1, …; those the policy was selected on skipped)."
+    )] = 1,
+    ablations: Annotated[bool, typer.Option(
+        "--ablations/--no-ablations",
+        help="Also train searched/equal-weights and the reference and best baseline with the "
+             "searched loss weights.")] = True,
     epochs: Annotated[int | None, typer.Option(help="Epochs per run.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Batch size.")] = None,
     lr: Annotated[float | None, typer.Option(help="Learning rate.")] = None,
@@ -497,7 +518,8 @@ def benchmark(
         help="Processes preparing each trial's batches ahead of the step: a number, or auto "
              "(0 on the CPU; on a GPU, the trial's CPUs but one).")] = None,
     significance: Annotated[Significance, typer.Option(
-        help="Paired test of searched vs each baseline, paired by seed.")
+        help="Paired test of searched vs each contender, paired by seed; p-values "
+             "Holm-adjusted.")
     ] = Significance.ttest,
     device: Annotated[Device, typer.Option(help="Where runs train.")] = Device.auto,
     threads: Annotated[int | None, typer.Option(help="CPU threads for training.")] = None,
@@ -530,7 +552,8 @@ def benchmark(
             dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, image_size=size,
             amp=amp, encoder=encoder, weights=weights,
             loader_workers=parse_loader_workers(loader_workers), seeds=seeds, seed=seed,
-            device=device.value, threads=threads, significance=significance.value, out=out,
+            ablations=ablations, device=device.value, threads=threads,
+            significance=significance.value, out=out,
             progress=progress, events=printer if json_logs else bar)
     if json_logs:
         found = [p for p in outcome.files if p.name == "benchmark.json"]
@@ -591,16 +614,34 @@ def check(
 @app.command()
 @_handles_errors
 def ops() -> None:
-    """List every op: kind, whether signed, and its range at magnitude 1."""
+    """List every op (kind, whether signed, its range at magnitude 1), how other tools'
+    magnitudes read on our scale (torchvision's RandAugment M=9 of 30 is 0.3, timm's rand-m9
+    is 0.9), and the baselines."""
     table = Table(title="augmentation ops (magnitude in [0, 1] maps linearly onto the range)",
                   title_justify="left")
     for col in ("op", "kind", "signed", "range at 1 (standard)", "range at 1 (wide)",
                 "description"):
         table.add_column(col, overflow="fold")
-    for row in api.ops().to_dict("records"):
+    found = api.ops()
+    for row in found.to_dict("records"):
         table.add_row(row["op"], row["kind"], "±" if row["signed"] else "",
                       row["range_at_1"], _text(row.get("range_wide_at_1")), row["description"])
     out_console.print(table)
+    scales = Table(title="magnitude scales: other tools' notation as our magnitude",
+                   title_justify="left")
+    for col in ("convention", "value", "of", "magnitude"):
+        scales.add_column(col)
+    for scale in found.attrs["scales"]:
+        scales.add_row(*(f"{scale[c]:.2f}" if isinstance(scale[c], float) else str(scale[c])
+                         for c in ("convention", "value", "of", "magnitude")))
+    out_console.print(scales)
+    named = Table(title="baselines (benchmark --baselines, reference: in a space, preview "
+                        "--policy)", title_justify="left")
+    for col in ("baseline", "policy"):
+        named.add_column(col, overflow="fold")
+    for row in found.attrs["baselines"]:
+        named.add_row(row["name"], row["policy"])
+    out_console.print(named)
 
 
 def _text(value: Any) -> str:

@@ -71,6 +71,23 @@ class SlotSpace(_Strict):
         return self
 
 
+class FixedSlot(_Strict):
+    """One slot of a space's ``base``: fixed, never searched."""
+
+    op: str
+    p: float = Field(ge=0.0, le=1.0)
+    magnitude: float = Field(ge=0.0, le=1.0)
+
+    @field_validator("op")
+    @classmethod
+    def _known_op(cls, name: str) -> str:
+        from policysearch.augment import OPS
+
+        if name not in OPS:
+            raise ValueError(f"unknown op {name!r}; run 'policysearch ops' to list them")
+        return name
+
+
 class SharedSpace(SlotSpace):
     """The shared policy's space; ``subpolicies`` and ``n`` matter only for their structures.
 
@@ -359,6 +376,10 @@ class SearchSpace(_Strict):
     dataset: str = "shapes"
     dataset_options: DatasetOptions = DatasetOptions()
     structure: Literal["sequence", "subpolicies", "randaugment"] = "sequence"
+    # Slots every trial's policy applies before its searched shared part (its ``base``), e.g.
+    # [{op: hflip, p: 0.5, magnitude: 1.0}, {op: crop, p: 1.0, magnitude: 0.5}]: a search on
+    # top of the standard recipe.
+    base: list[FixedSlot] = Field(default_factory=list)
     shared: SharedSpace = SharedSpace()
     per_task: PerTaskSpace = PerTaskSpace(slots=0)
     weights: WeightSpace = WeightSpace()
@@ -411,6 +432,8 @@ class SearchSpace(_Strict):
         data["budget"].pop("loader_workers", None)  # changes no number
         if not data["weights"].get("params"):  # as stored before the field existed
             data["weights"].pop("params", None)
+        if not data["base"]:  # likewise
+            data.pop("base")
         return data
 
     def fingerprint(self) -> str:

@@ -184,10 +184,32 @@ class TrackingFailed(Event):
     error: str
 
 
+@dataclass(frozen=True)
+class FinalistsStarted(Event):
+    """``--finalists``: the search trials ``trials`` (best first) and the reference are
+    trained again with each of ``seeds``: ``runs`` runs of ``epochs`` epochs, of which
+    ``stored`` are stored already (reused, not trained)."""
+
+    kind: ClassVar[str] = "finalists"
+    trials: list[int]
+    seeds: list[int]
+    runs: int
+    stored: int
+    epochs: int
+
+
+@dataclass(frozen=True)
+class FinalistsProgress(Event):
+    """A line of the finalists' re-evaluation: a run trained (with its Δm%), or the total."""
+
+    kind: ClassVar[str] = "finalists_progress"
+    message: str
+
+
 SearchEvent: TypeAlias = (DatasetLoaded | SearchStarted | TrialStale | PruningOff
                           | WaitingForReference | TrialStarted | EpochEnded | TrialEnded
                           | TrialRetried | TrialExploited | TimedOut | WorkerDied | Interrupted
-                          | TrackingFailed)
+                          | TrackingFailed | FinalistsStarted | FinalistsProgress)
 SearchListener: TypeAlias = Callable[[SearchEvent], None]
 """What ``policysearch.search(progress=...)`` takes: called with each event of the search."""
 
@@ -236,7 +258,7 @@ BenchmarkListener: TypeAlias = Callable[[BenchmarkEvent], None]
 SEARCH_EVENTS: tuple[type[Event], ...] = (
     DatasetLoaded, SearchStarted, TrialStale, PruningOff, WaitingForReference, TrialStarted,
     EpochEnded, TrialEnded, TrialRetried, TrialExploited, TimedOut, WorkerDied, Interrupted,
-    TrackingFailed)
+    TrackingFailed, FinalistsStarted, FinalistsProgress)
 BENCHMARK_EVENTS: tuple[type[Event], ...] = (RunStarted, RunEpochEnded, RunEnded)
 
 

@@ -9,7 +9,7 @@ Engine-neutral: engines turn their trials into ``TrialRecord``s; the results tab
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -72,6 +72,11 @@ class SearchCost:
     full_trainings: float | None
     wall_seconds: float | None = None
     device_seconds: dict[str, float] = field(default_factory=dict)
+    # Runs trained beside the study (finalists, ``results --reeval``/``--reference``), which
+    # are not trials: counted apart from the trials' numbers above.
+    rerun_runs: int = 0
+    rerun_epochs: int = 0
+    rerun_seconds: float = 0.0
 
     def line(self, budget_epochs: int | None) -> str:
         units = (f" = {self.full_trainings:.1f} full trainings of {budget_epochs} epochs"
@@ -80,14 +85,27 @@ class SearchCost:
                 if self.wall_seconds is not None else "")
         devices = "".join(f", {s / 3600:.2f} {d}-hours" for d, s in self.device_seconds.items())
         return (f"search cost: {self.trial_epochs} trial-epochs over {self.trials} trials"
-                f"{units}; {self.trial_seconds / 60:.1f} min of trial time{wall}{devices}")
+                f"{units}; {self.trial_seconds / 60:.1f} min of trial time{wall}{devices}"
+                f"{self.rerun_text(budget_epochs)}")
+
+    def rerun_text(self, budget_epochs: int | None) -> str:
+        """``; plus 96 trial-epochs in 8 re-runs beside the study (finalists, re-evaluation)
+        = 4.0 full trainings, 3.1 min``; empty without re-runs."""
+        if not self.rerun_runs:
+            return ""
+        units = (f" = {self.rerun_epochs / budget_epochs:.1f} full trainings"
+                 if budget_epochs else "")
+        return (f"; plus {self.rerun_epochs} trial-epochs in {self.rerun_runs} re-runs beside "
+                f"the study (finalists, re-evaluation){units}, {self.rerun_seconds / 60:.1f} min")
 
     def to_dict(self) -> dict[str, Any]:
         return {"trials": self.trials, "trial_epochs": self.trial_epochs,
                 "trial_seconds": round(self.trial_seconds, 3),
                 "full_trainings": self.full_trainings,
                 "wall_seconds": None if self.wall_seconds is None else round(self.wall_seconds, 3),
-                "device_seconds": {d: round(s, 3) for d, s in self.device_seconds.items()}}
+                "device_seconds": {d: round(s, 3) for d, s in self.device_seconds.items()},
+                "rerun_runs": self.rerun_runs, "rerun_epochs": self.rerun_epochs,
+                "rerun_seconds": round(self.rerun_seconds, 3)}
 
 
 def _union_seconds(intervals: list[tuple[float, float]]) -> float:
@@ -100,7 +118,8 @@ def _union_seconds(intervals: list[tuple[float, float]]) -> float:
 
 
 def search_cost(study: StudyRecords) -> SearchCost:
-    """The compute a study's trials spent (re-evaluations beside the study not included)."""
+    """The compute a study's trials spent, and apart from it what the runs trained beside the
+    study spent (finalists, re-evaluations)."""
     trained = [r for r in study.records if r.epochs]
     epochs = sum(int(r.epochs or 0) for r in trained)
     seconds = sum(float(r.duration_s or 0.0) for r in trained)
@@ -113,8 +132,11 @@ def search_cost(study: StudyRecords) -> SearchCost:
         if r.device:
             kind = r.device.split(":")[0]
             devices[kind] = devices.get(kind, 0.0) + float(r.duration_s or 0.0)
+    spent = [run for runs in study.rerun_spent.values() for run in runs.values()]
     return SearchCost(trials=len(trained), trial_epochs=epochs, trial_seconds=seconds,
-                      full_trainings=full, wall_seconds=wall, device_seconds=devices)
+                      full_trainings=full, wall_seconds=wall, device_seconds=devices,
+                      rerun_runs=len(spent), rerun_epochs=sum(e for e, _ in spent),
+                      rerun_seconds=sum(s for _, s in spent))
 
 
 def stored_data_wait(fractions: Sequence[float]) -> list[float] | None:
@@ -138,17 +160,33 @@ def rerun_entry(subject: str, seed: int, result: Any) -> tuple[str, dict[str, An
         "data_wait": stored_data_wait(result.data_wait), "loader_workers": result.loader_workers}
 
 
-def stored_reruns(stored: Mapping[str, Any]) -> dict[str, dict[int, Metrics]]:
-    """``{subject: {seed: metrics}}`` from ``{key: content}`` of ``rerun_entry`` (other keys
-    ignored)."""
-    runs: dict[str, dict[int, Metrics]] = {}
+def _stored_runs(stored: Mapping[str, Any]) -> Iterator[tuple[str, int, dict[str, Any]]]:
+    """``(subject, seed, content)`` of every run in ``{key: content}`` of ``rerun_entry``
+    (other keys ignored)."""
     for key, value in stored.items():
         if not key.startswith(RERUN_PREFIX) or not isinstance(value, dict):
             continue
         subject, _, seed = key.removeprefix(RERUN_PREFIX).rpartition(":")
         if subject and seed.lstrip("-").isdigit() and value.get("metrics"):
-            runs.setdefault(subject, {})[int(seed)] = value["metrics"]
+            yield subject, int(seed), value
+
+
+def stored_reruns(stored: Mapping[str, Any]) -> dict[str, dict[int, Metrics]]:
+    """``{subject: {seed: metrics}}`` from ``{key: content}`` of ``rerun_entry`` (other keys
+    ignored)."""
+    runs: dict[str, dict[int, Metrics]] = {}
+    for subject, seed, value in _stored_runs(stored):
+        runs.setdefault(subject, {})[seed] = value["metrics"]
     return runs
+
+
+def stored_rerun_spent(stored: Mapping[str, Any]) -> dict[str, dict[int, tuple[int, float]]]:
+    """``{subject: {seed: (epochs, seconds)}}``: what each run of ``stored_reruns`` trained."""
+    spent: dict[str, dict[int, tuple[int, float]]] = {}
+    for subject, seed, value in _stored_runs(stored):
+        spent.setdefault(subject, {})[seed] = (int(value.get("epochs") or 0),
+                                               float(value.get("seconds") or 0.0))
+    return spent
 
 
 def reference_subject(baseline: str | None, task: str | None = None) -> str:
@@ -176,6 +214,8 @@ class StudyRecords:
     # Runs trained beside the study (not trials): {subject: {seed: metrics}}; subjects are
     # trial_subject(n) and reference_subject(...).
     reruns: dict[str, dict[int, Metrics]] = field(default_factory=dict)
+    # What each of those runs trained: {subject: {seed: (epochs, seconds)}} (for the cost).
+    rerun_spent: dict[str, dict[int, tuple[int, float]]] = field(default_factory=dict)
     # Rank against this baseline (trained beside the study) instead of the study's reference.
     reference_baseline: str | None = None
     budget_epochs: int | None = None  # epochs of one full training under the study's budget
@@ -184,9 +224,10 @@ class StudyRecords:
 
     @classmethod
     def from_stored(cls, name: str, info: Mapping[str, Any], records: Sequence[TrialRecord],
-                    reruns: Mapping[str, dict[int, Metrics]] | None = None) -> StudyRecords:
+                    stored_runs: Mapping[str, Any] | None = None) -> StudyRecords:
         """A study from what its engine stored about it (``info``: the Optuna study's user
-        attributes, or a Ray experiment's ``policysearch.json``) and its trials."""
+        attributes, or a Ray experiment's ``policysearch.json``), its trials and the runs
+        trained beside it (``{key: content}`` of ``rerun_entry``; other keys ignored)."""
         if "metrics_info" not in info:
             raise UserError("not a policysearch study (no metrics recorded)",
                             field=f"study {name}")
@@ -207,7 +248,8 @@ class StudyRecords:
             task_weights=dict(space.get("task_weights") or {}),
             objective=space.get("objective", "delta_m"),
             seed=int(definition.get("seed", 0)),
-            reruns={s: dict(r) for s, r in (reruns or {}).items()},
+            reruns=stored_reruns(stored_runs or {}),
+            rerun_spent=stored_rerun_spent(stored_runs or {}),
             tasks=dict(info.get("tasks") or {}),
         )
 
@@ -257,6 +299,11 @@ class StudyRecords:
         if seed == self.seed:
             return record.metrics
         return self.reruns.get(trial_subject(record.number), {}).get(seed)
+
+    def trial_seeds(self, number: int) -> list[int]:
+        """Every seed trial ``number`` was trained with (the study's and its stored re-runs'):
+        the seeds its selection may have looked at, which a fair re-evaluation leaves out."""
+        return sorted({self.seed, *self.reruns.get(trial_subject(number), {})})
 
     def rerun_seeds(self) -> list[int]:
         """Every seed, the study's included, that some stored re-run used."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable
+from pathlib import Path
 
 import albumentations as A
 import numpy as np
@@ -28,6 +29,8 @@ from policysearch.augment import (
     timm_magnitude,
     torchvision_magnitude,
 )
+from policysearch.augment.baselines import TORCHVISION_OPS
+from policysearch.augment.ops import build_slot
 from policysearch.errors import UserError
 from tests.test_ops import _sample as object_sample
 from tests.test_ops import assert_targets_follow
@@ -284,7 +287,7 @@ def _geometric_twin(policy: Policy) -> Policy:
         shared = SubPolicies(tuple(
             tuple(s if keep(s.op) else Slot("identity", s.p, 0.0) for s in sp)
             for sp in shared.policies))
-    return Policy(tasks=policy.tasks, shared=shared)
+    return Policy(tasks=policy.tasks, shared=shared, base=policy.base)
 
 
 ALL_BASELINES = [*BASELINES, "rand-n3-m9-mstd0.5"]
@@ -321,6 +324,163 @@ def test_cutout_never_erases_targets_inside_structures() -> None:
             for key in ("mask", "depth", "boxes", "box_labels"):
                 np.testing.assert_array_equal(out[key], sample[key])
         assert holes > 0
+
+
+# --- contenders as practitioners run them -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["randaugment", "trivialaugment", "autoaugment"])
+def test_flipcrop_contenders_put_flipcrop_before_the_bare_baseline(name: str) -> None:
+    bare, flipcrop = get_baseline(name, TASKS), get_baseline("flipcrop", TASKS)
+    combined = get_baseline(f"flipcrop+{name}", TASKS)
+    assert combined.base == flipcrop.shared and not bare.base
+    assert combined.shared == bare.shared and combined.structure == bare.structure
+    assert combined.provenance == {"baseline": f"flipcrop+{name}"}
+    # Applied first: the pipeline of the shared view starts with the flip and the crop.
+    compose = combined.transform(seed=0).pipeline("shared")
+    assert compose is not None
+    assert [type(t) for t in compose.transforms[:2]] == [A.HorizontalFlip, A.RandomResizedCrop]
+    assert len(compose.transforms) == 3  # then the bare baseline's one block
+
+
+def test_the_benchmark_takes_every_baseline_as_a_contender(tmp_path: Path) -> None:
+    from policysearch.evaluation.benchmark import SEARCHED, BenchmarkOptions, _contenders
+
+    searched = get_baseline("none", TASKS)
+    options = BenchmarkOptions(policy=tmp_path / "p.yaml", baselines=list(BASELINES),
+                               reference="flipcrop+randaugment")
+    contenders = _contenders(options, searched, TASKS)
+    assert [c.name for c in contenders] == [SEARCHED, *BASELINES]
+    for c in contenders[1:]:
+        assert c.policy.base == get_baseline(c.name, TASKS).base
+        assert c.policy.weighting.weights == {t: 1.0 for t in TASKS}
+    options = BenchmarkOptions(policy=tmp_path / "p.yaml", baselines=["flipcrop+cutmix"])
+    with pytest.raises(UserError, match="known: none, crop, flipcrop, .*flipcrop\\+autoaugment"):
+        _contenders(options, searched, TASKS)
+
+
+def test_crop_contender_crops_without_flipping() -> None:
+    policy = get_baseline("crop", CLS)
+    assert policy.shared == (Slot("crop", 1.0, 0.5),) and not policy.base
+    assert get_baseline("flipcrop", CLS).shared == (Slot("hflip", 0.5, 1.0), *policy.shared)
+
+
+# --- torchvision's own tables ------------------------------------------------------------------
+
+# (height, width): torchvision's standard translate is in pixels of the side.
+TV_SIZE = (48, 80)
+# Our deliberate difference: the standard translate is 0.45 of the side, torchvision's 150/331.
+TRANSLATE_RATIO = 0.45 / (150 / 331)
+
+
+def _torchvision_spaces() -> dict[str, tuple[dict, str, int]]:
+    """torchvision's ``_augmentation_space`` of each baseline: (table, our scale, bins)."""
+    from torchvision.transforms import AutoAugment, RandAugment, TrivialAugmentWide
+
+    return {
+        "randaugment": (RandAugment()._augmentation_space(31, TV_SIZE), "standard", 31),
+        "trivialaugment": (TrivialAugmentWide()._augmentation_space(31), "wide", 31),
+        "autoaugment": (AutoAugment()._augmentation_space(10, TV_SIZE), "standard", 10),
+    }
+
+
+def _tv_parameter(name: str, t: A.BasicTransform) -> float:
+    """The parameter torchvision's ``_augmentation_space`` lists that our transform ``t`` of op
+    ``name`` applies (its two ends must agree: an exact strength)."""
+    def exact(pair: tuple[float, float]) -> float:
+        assert pair[0] == pytest.approx(pair[1])
+        return float(pair[0])
+
+    if name == "rotate":
+        return exact(t.rotate)
+    if name.startswith("shear_"):  # torchvision lists the factor, applies atan's angle
+        return math.tan(math.radians(exact(t.shear[name[-1]])))
+    if name.startswith("translate_"):  # pixels at TV_SIZE
+        axis = name[-1]
+        if t.translate_percent is None:
+            return exact(t.translate_px[axis])
+        return exact(t.translate_percent[axis]) * TV_SIZE[1 if axis == "x" else 0]
+    if name in ("brightness", "saturation", "contrast"):
+        return exact(getattr(t, name)) - 1.0
+    if name == "sharpness":  # PIL's factor f: Sharpen's alpha (f - 1) / 13
+        return exact(t.alpha) * 13.0
+    if name == "posterize":  # bits kept
+        return exact(t.num_bits) if isinstance(t, A.Posterize) else 8.0
+    if name == "solarize":  # threshold in pixel values
+        return exact(t.threshold_range) * 255.0
+    raise AssertionError(f"no torchvision parameter for {name}")
+
+
+@pytest.mark.parametrize("baseline", ["randaugment", "trivialaugment", "autoaugment"])
+def test_op_sets_are_torchvisions(baseline: str) -> None:
+    table, _, _ = _torchvision_spaces()[baseline]
+    theirs = {TORCHVISION_OPS[name] for name in table}
+    policy = get_baseline(baseline, CLS)
+    if isinstance(policy.shared, SubPolicies):
+        ours = {s.op for sp in policy.shared.policies for s in sp}
+        assert ours <= theirs and theirs - ours == {"brightness", "shear_y", "translate_x",
+                                                     "translate_y"}  # unused by ImageNet's
+    else:
+        assert isinstance(policy.shared, (RandAugmentSpec, TrivialAugmentSpec))
+        assert set(policy.shared.ops) == theirs and len(policy.shared.ops) == len(table)
+    for name, (magnitudes, signed) in table.items():
+        op = OPS[TORCHVISION_OPS[name]]
+        assert op.signed == signed, name
+        assert op.uses_magnitude == (magnitudes.ndim > 0), name
+
+
+@pytest.mark.parametrize("baseline", ["randaugment", "trivialaugment", "autoaugment"])
+def test_magnitudes_map_to_torchvisions_parameters(baseline: str) -> None:
+    table, scale, bins = _torchvision_spaces()[baseline]
+    checked = 0
+    for name, (magnitudes, _) in table.items():
+        if magnitudes.ndim == 0:
+            continue
+        ours = TORCHVISION_OPS[name]
+        for k in (0, bins // 2, bins - 1):
+            t = build_slot(ours, 1.0, k / (bins - 1), scale=scale)
+            plus = t.transforms[0] if isinstance(t, A.OneOf) else t
+            theirs = float(magnitudes[k])
+            if ours.startswith("translate_") and scale == "standard":
+                theirs *= TRANSLATE_RATIO
+            assert _tv_parameter(ours, plus) == pytest.approx(theirs, abs=1e-5), (name, k)
+            checked += 1
+    assert checked == 3 * sum(m.ndim > 0 for m, _ in table.values())
+
+
+@pytest.mark.parametrize("side", [32, 64, 224, 315])
+def test_the_standard_translate_is_under_one_pixel_short_of_torchvisions_below_316_px(
+        side: int) -> None:
+    from torchvision.transforms import RandAugment
+
+    theirs = float(RandAugment()._augmentation_space(31, (side, side))["TranslateX"][0][-1])
+    plus = build_slot("translate_x", 1.0, 1.0).transforms[0]
+    ours = plus.translate_percent["x"][1] * side
+    assert 0.0 <= theirs - ours < 1.0
+    assert theirs * 316 / side - ours * 316 / side >= 1.0  # from 316 px on, a pixel or more
+
+
+def _shift(side: int, m: float, seed: int) -> int:
+    """How far translate_x (wide) at ``m`` moves an image ``side`` px wide, in pixels."""
+    image = np.zeros((side, side, 3), np.uint8)
+    image[:, 5, 0] = image[:, side - 6, 1] = 255  # a red column at the left, a green one right
+    t = build_slot("translate_x", 1.0, m, scale="wide")
+    out = A.Compose([t], seed=seed)(image=image)["image"]
+    red, green = np.nonzero(out[0, :, 0])[0], np.nonzero(out[0, :, 1])[0]
+    return int(red[0]) - 5 if len(red) else int(green[0]) - (side - 6)
+
+
+@pytest.mark.parametrize("side", [64, 160])
+def test_trivialaugment_wide_translate_is_32_pixels_whatever_the_size(side: int) -> None:
+    shifts = {_shift(side, m, seed) for m in (1.0, 0.5) for seed in range(12)}
+    assert shifts == {32, -32, 16, -16}
+
+
+def test_trivialaugment_wide_translate_moves_a_32_pixel_image_out_entirely() -> None:
+    image = np.full((32, 32, 3), 255, np.uint8)
+    t = build_slot("translate_x", 1.0, 1.0, scale="wide")
+    for seed in range(4):
+        assert not A.Compose([t], seed=seed)(image=image)["image"].any()
 
 
 # --- timm-style strings ------------------------------------------------------------------------
@@ -382,7 +542,9 @@ def test_magnitude_scales_side_by_side() -> None:
 
 
 def test_registered_names_and_errors() -> None:
-    assert list(BASELINES) == ["none", "flipcrop", "randaugment", "trivialaugment", "autoaugment"]
+    assert list(BASELINES) == ["none", "crop", "flipcrop", "randaugment", "trivialaugment",
+                               "autoaugment", "flipcrop+randaugment", "flipcrop+trivialaugment",
+                               "flipcrop+autoaugment"]
     assert all(is_baseline(b) for b in BASELINES) and not is_baseline("fancy")
     with pytest.raises(UserError, match="or a RandAugment string"):
         get_baseline("fancy", CLS)

@@ -12,8 +12,25 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from policysearch.augment import Weighting, load_policy
 from policysearch.cli import app
-from policysearch.evaluation.benchmark import SEARCHED, paired_test, summary_frame
+from policysearch.errors import UserError
+from policysearch.evaluation.benchmark import (
+    EQUAL_WEIGHTS,
+    LOSES,
+    NO_DIFFERENCE,
+    SEARCHED,
+    WINS,
+    ablations,
+    benchmark_seeds,
+    holm,
+    paired_test,
+    selection_seeds,
+    summary_frame,
+    verdicts,
+    wilcoxon_min_p,
+)
+from policysearch.search.lifecycle import reference_policy
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()
@@ -42,10 +59,86 @@ def test_paired_test_is_paired_not_independent() -> None:
 
 
 def test_wilcoxon_needs_more_seeds_to_be_significant() -> None:
-    # With 3 pairs the smallest two-sided p of the signed-rank test is 0.25.
+    # With 3 pairs the smallest two-sided p of the signed-rank test is 0.25; the interval is
+    # the t interval whatever the test.
     result = paired_test([3.0, 5.0, 9.0], [1.0, 2.0, 3.0], "wilcoxon")
-    assert result["p"] == pytest.approx(0.25)
-    assert math.isnan(result["ci_low"])
+    assert result["p"] == pytest.approx(0.25) == wilcoxon_min_p(3)
+    assert result["ci_low"] == pytest.approx(paired_test([3.0, 5.0, 9.0], [1.0, 2.0, 3.0])
+                                             ["ci_low"])
+
+
+def test_wilcoxon_with_five_pairs_cannot_be_significant_and_says_so() -> None:
+    # Five differences of one sign: the exact two-sided minimum, 2 / 2^5.
+    a, b = [5.0, 7.0, 4.0, 9.0, 6.5], [1.0, 2.0, 3.0, 1.5, 2.5]
+    assert paired_test(a, b, "wilcoxon")["p"] == pytest.approx(0.0625) == wilcoxon_min_p(5)
+    assert wilcoxon_min_p(6) < 0.05
+    info = {"t": {"acc": {"higher": True, "primary": True}}}
+    runs = pd.DataFrame([{"contender": c, "seed": s, "delta_m": d, "t.acc": 0.0,
+                          "seconds": 1.0}
+                         for c, values in [(SEARCHED, a), ("flipcrop", b)]
+                         for s, d in enumerate(values)])
+    lines = verdicts(summary_frame(runs, info, "wilcoxon"), "wilcoxon")
+    assert any("5 pairs cannot reach p < 0.05" in line and "0.0625" in line for line in lines)
+    assert not any("cannot reach" in line for line in
+                   verdicts(summary_frame(runs, info, "ttest"), "ttest"))
+
+
+def test_holm_matches_a_hand_example() -> None:
+    # sorted 0.01, 0.03, 0.04: × 3, × 2, × 1 = 0.03, 0.06, 0.04 → non-decreasing 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5, 0.9]) == pytest.approx([1.0, 1.0])  # capped at 1
+    adjusted = holm([0.02, math.nan, 0.01])  # no test: not counted
+    assert adjusted[0] == pytest.approx(0.02) and adjusted[2] == pytest.approx(0.02)
+    assert math.isnan(adjusted[1])
+
+
+def test_a_verdict_needs_the_holm_adjusted_p() -> None:
+    # b and d are significant alone (raw p .031 and .040) but not after Holm over 4 tests.
+    info = {"t": {"acc": {"higher": True, "primary": True}}}
+    searched = [10.0, 11.0, 12.0, 13.0, 14.0]
+    others = {"a": [0.0, 0.5, 1.0, 1.5, 2.0],  # far below: wins
+              "b": [9.0, 9.0, 11.8, 11.5, 11.0],  # differences 1, 2, .2, 1.5, 3
+              "d": [9.0, 9.0, 12.0, 11.5, 11.0],  # differences 1, 2, 0, 1.5, 3
+              "c": [30.0, 31.0, 33.0, 32.0, 35.0]}  # far above: loses
+    runs = pd.DataFrame([{"contender": c, "seed": s, "delta_m": d, "t.acc": 0.0,
+                          "seconds": 1.0}
+                         for c, values in [(SEARCHED, searched), *others.items()]
+                         for s, d in enumerate(values)])
+    summary = summary_frame(runs, info, "ttest").set_index("contender")
+    names = list(others)
+    assert summary.loc[names, "p_holm"].tolist() == pytest.approx(
+        holm(summary.loc[names, "p_value"].tolist()))
+    for name in ("b", "d"):
+        assert summary.loc[name, "p_value"] < 0.05 <= summary.loc[name, "p_holm"]
+        assert summary.loc[name, "verdict"] == NO_DIFFERENCE
+    assert summary.loc["a", "verdict"] == WINS and summary.loc["c", "verdict"] == LOSES
+    lines = verdicts(summary.reset_index(), "ttest")
+    assert any(line.startswith("searched vs b:") and "does not win" in line for line in lines)
+    assert lines[-1].endswith("does not beat b, d, c; it beats a.")
+
+
+def test_ablations_swap_the_loss_weighting() -> None:
+    tasks = {"shape": "classification", "seg": "segmentation"}
+    weighting = Weighting("static", {"shape": 2.0, "seg": 0.5})
+    searched = reference_policy("randaugment", tasks)
+    searched = type(searched)(tasks=tasks, shared=searched.shared, weighting=weighting)
+    found = {c.name: c.policy for c in ablations(searched, ["flipcrop", "none"], tasks)}
+    assert list(found) == [EQUAL_WEIGHTS, "flipcrop/searched-weights", "none/searched-weights"]
+    equal = found[EQUAL_WEIGHTS]
+    assert equal.weighting.weights == {"shape": 1.0, "seg": 1.0}
+    assert equal.augmentation_key() == searched.augmentation_key()
+    for base in ("flipcrop", "none"):
+        swapped, plain = found[f"{base}/searched-weights"], reference_policy(base, tasks)
+        assert swapped.weighting == weighting
+        assert swapped.augmentation_key() == plain.augmentation_key()
+    # Already weighing like the baselines: the ablations would repeat contenders.
+    assert ablations(equal, ["flipcrop"], tasks) == []
+
+
+def test_benchmark_seeds_skip_the_selection_seeds() -> None:
+    assert benchmark_seeds(0, 5, {0}) == [1, 2, 3, 4, 5]
+    assert benchmark_seeds(1, 3, {0, 2}) == [1, 3, 4]
+    assert benchmark_seeds(1, 2, set()) == [1, 2]
 
 
 def test_summary_is_computed_from_the_per_seed_rows() -> None:
@@ -99,10 +192,18 @@ def test_benchmark_writes_consistent_tables_and_reuses_its_runs(searched: Path,
 
     runs = pd.read_csv(out / "runs.csv")
     summary = pd.read_csv(out / "benchmark.csv").set_index("contender")
-    contenders = [SEARCHED, *BASELINES]
+    means = runs.groupby("contender")["delta_m"].mean()
+    best = means[BASELINES].idxmax()  # the ablations add the reference's and the best's
+    ablated = [EQUAL_WEIGHTS, "flipcrop/searched-weights"] + (
+        [f"{best}/searched-weights"] if best != "flipcrop" else [])
+    contenders = [SEARCHED, *BASELINES, *ablated]
     assert sorted(runs["contender"].unique()) == sorted(contenders)
     assert sorted(runs["seed"].unique()) == [1, 2]  # the search trained with seed 0
     assert len(runs) == len(contenders) * 2
+    others = [c for c in contenders if c != SEARCHED]
+    assert summary.loc[others, "p_holm"].tolist() == pytest.approx(
+        holm(summary.loc[others, "p_value"].tolist()))
+    assert set(summary.loc[others, "verdict"]) <= {WINS, LOSES, NO_DIFFERENCE}
     assert (runs.loc[runs["contender"] == "flipcrop", "delta_m"] == 0.0).all()  # the reference
     metric_cols = [c for c in runs.columns if "." in c]
     assert {"shape.accuracy", "seg.miou", "depth.abs_err"} <= set(metric_cols)
@@ -112,7 +213,7 @@ def test_benchmark_writes_consistent_tables_and_reuses_its_runs(searched: Path,
             assert summary.loc[name, f"{col}_std"] == pytest.approx(group[col].std(ddof=1),
                                                                    nan_ok=True)
     paired = runs.pivot(index="seed", columns="contender", values="delta_m")
-    for name in BASELINES:
+    for name in others:
         diff = (paired[SEARCHED] - paired[name]).mean()
         assert summary.loc[name, "diff"] == pytest.approx(diff)
         assert 0.0 <= summary.loc[name, "p_value"] <= 1.0
@@ -123,6 +224,7 @@ def test_benchmark_writes_consistent_tables_and_reuses_its_runs(searched: Path,
     assert cost["full_trainings_by_epochs"] == pytest.approx(3.0)
     text = (out / "benchmark.md").read_text()
     assert all(f"| {c} |" in text for c in contenders)
+    assert "p (Holm)" in text and "Overall (Holm-adjusted, α = 0.05)" in text
     assert "search cost of study tiny: 3 trial-epochs" in text
 
     # Running again trains nothing; a lost run is trained again to the same numbers.
@@ -139,17 +241,53 @@ def test_benchmark_writes_consistent_tables_and_reuses_its_runs(searched: Path,
 def test_a_changed_budget_trains_again(searched: Path, tmp_path: Path) -> None:
     out = tmp_path / "b"
     first = _bench(searched / "best_policy.yaml", out, "--baselines", "none",
-                   "--reference", "none", "--seeds", "1")
+                   "--reference", "none", "--seeds", "1", "--no-ablations")
     assert first.exit_code == 0, first.output
     assert "run 2/2" in first.output
     second = _bench(searched / "best_policy.yaml", out, "--baselines", "none",
-                    "--reference", "none", "--seeds", "1", "--epochs", "2")
+                    "--reference", "none", "--seeds", "1", "--epochs", "2", "--no-ablations")
     assert second.exit_code == 0, second.output
     assert "run 2/2" in second.output and "reusing" not in second.output
     runs = pd.read_csv(out / "runs.csv")
     assert (runs["epochs"] == 2).all()
     assert math.isnan(pd.read_csv(out / "benchmark.csv").set_index("contender")
                       .loc["none", "p_value"])  # one seed: no test
+
+
+def test_the_selection_seeds_come_from_the_search_or_the_policy_file(searched: Path,
+                                                                    tmp_path: Path) -> None:
+    from policysearch.records import trial_subject
+    from policysearch.search.driver import load_study_records
+
+    policy = load_policy(searched / "best_policy.yaml")
+    records = load_study_records(searched, None, None)
+    assert records.seed == 0 and policy.provenance["selection_seeds"] == [0]
+    assert selection_seeds(policy, None, "p.yaml") == {0}  # a copied file still knows
+    bare = type(policy)(tasks=policy.tasks, shared=policy.shared, per_task=policy.per_task,
+                        weighting=policy.weighting, provenance={
+                            "study": records.name, "trial": policy.provenance["trial"]})
+    assert selection_seeds(bare, None, "p.yaml") == set()  # nothing to tell
+    assert selection_seeds(bare, records, "p.yaml") == {0}
+    # A trial also re-run with seed 3 (re-evaluated, raced) may have been picked on seed 3.
+    records.reruns[trial_subject(policy.provenance["trial"])] = {3: {}}
+    assert selection_seeds(bare, records, "p.yaml") == {0, 3}
+    wrong = type(policy)(tasks=policy.tasks, shared=policy.shared,
+                         provenance={"selection_seeds": "0"})
+    with pytest.raises(UserError, match="selection_seeds"):
+        selection_seeds(wrong, None, "p.yaml")
+
+
+@pytest.mark.slow
+def test_the_benchmark_never_trains_with_the_selection_seed(searched: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    result = _bench(searched / "best_policy.yaml", out, "--seed", "0", "--baselines", "none",
+                    "--reference", "none", "--no-ablations")
+    assert result.exit_code == 0, result.output
+    assert "seeds 0 left out: the searched policy was selected on them" in result.output
+    runs = pd.read_csv(out / "runs.csv")
+    assert sorted(runs["seed"].unique()) == [1, 2]  # --seeds 2 from 0, the search's 0 skipped
+    assert json.loads((out / "benchmark.json").read_text())["selection_seeds"] == [0]
 
 
 @pytest.mark.parametrize("args, field", [

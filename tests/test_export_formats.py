@@ -30,7 +30,8 @@ def _searched(seed: int) -> Policy:
 POLICIES = {
     **{name: dataclasses.replace(get_baseline(name, TASKS), provenance={"image_size": 64})
        for name in
-       ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugment")},
+       ("none", "crop", "flipcrop", "randaugment", "trivialaugment", "autoaugment",
+        "flipcrop+randaugment", "flipcrop+trivialaugment", "flipcrop+autoaugment")},
     **{f"searched-{seed}": _searched(seed) for seed in range(4)},
 }
 
@@ -125,6 +126,27 @@ def test_show_prints_every_slot_the_weighting_and_the_phases(tmp_path: Path) -> 
     assert result.exit_code == 0
     assert "0–5" in result.output and "hflip" in result.output
     assert load_policy(tmp_path / "pbt.yaml").schedule
+
+
+def test_every_format_carries_the_base(tmp_path: Path) -> None:
+    policy = POLICIES["flipcrop+autoaugment"]
+    path = policy.to_yaml(tmp_path / "best_policy.yaml")
+    assert load_policy(path).base == policy.base
+    to = tmp_path / "out" / "mine.yaml"
+    result = runner.invoke(app, ["export", "--policy", str(path), "--format", "albumentations",
+                                 "--to", str(to)])
+    assert result.exit_code == 0, result.output
+    loaded = A.load(str(to.parent / "mine.seg.albumentations.json"), data_format="json")
+    assert [type(t) for t in loaded.transforms] == [A.HorizontalFlip, A.RandomResizedCrop,
+                                                    A.OneOf]
+    source = runner.invoke(app, ["export", "--policy", str(path), "--format", "python"])
+    assert source.exit_code == 0, source.output
+    head = source.output.split("seg_transform = A.Compose([", 1)[1].splitlines()[1:3]
+    assert head[0].strip().startswith("A.HorizontalFlip(")
+    assert head[1].strip().startswith("A.RandomResizedCrop(")
+    shown = runner.invoke(app, ["show", str(path)])
+    assert shown.exit_code == 0, shown.output
+    assert "base (before shared)" in shown.output and "hflip" in shown.output
 
 
 def test_show_of_a_missing_file_is_one_line(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -484,8 +485,8 @@ def test_baselines() -> None:
     flipcrop = get_baseline("flipcrop", TASKS)
     assert flipcrop.shared == (Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5))
     assert flipcrop.tasks == TASKS and flipcrop.provenance == {"baseline": "flipcrop"}
-    with pytest.raises(UserError, match="unknown baseline 'fancy'; known: none, flipcrop, "
-                       "randaugment, trivialaugment, autoaugment"):
+    with pytest.raises(UserError, match="unknown baseline 'fancy'; known: none, crop, flipcrop, "
+                       "randaugment, trivialaugment, autoaugment, flipcrop"):
         get_baseline("fancy", TASKS)
 
 
@@ -797,6 +798,89 @@ def test_every_structure_exports_to_plain_albumentations(tmp_path: Path) -> None
                                        labels=sample["box_labels"])["image"], np.int64).sum())
                 for _ in range(20)]
         assert ours == theirs[path], path
+
+
+# --- base --------------------------------------------------------------------------------------
+
+FLIP = (Slot("hflip", 1.0, 1.0),)
+
+
+def test_a_base_runs_before_the_shared_slots_and_every_task_view() -> None:
+    with_base = Policy(tasks=TASKS, base=FLIP, shared=(Slot("rotate", 1.0, 0.5),),
+                       per_task={"seg": (Slot("vflip", 1.0, 1.0),)})
+    flipped = {k: (np.ascontiguousarray(v[:, ::-1]) if k in ("image", "mask", "depth") else v)
+               for k, v in _sample(3, n_boxes=0).items()}
+    without = Policy(tasks=TASKS, shared=(Slot("rotate", 1.0, 0.5),),
+                     per_task={"seg": (Slot("vflip", 1.0, 1.0),)})
+    ours = with_base.transform(seed=4)(_sample(3, n_boxes=0), index=0)
+    theirs = without.transform(seed=4)(flipped, index=0)
+    assert ours.keys() == theirs.keys() == {"shared", "seg"}
+    for view in ours:
+        assert _equal(ours[view], theirs[view]), view
+    compose = with_base.to_albumentations("seg")
+    assert [type(t).__name__ for t in compose.transforms] == ["HorizontalFlip", "OneOf",
+                                                              "VerticalFlip"]
+
+
+def test_adding_a_base_leaves_what_the_shared_slots_draw() -> None:
+    shared = (Slot("invert", 0.5, 1.0), Slot("rotate", 0.5, 0.7), Slot("crop", 0.5, 0.8))
+    plain = Policy(tasks=TASKS, shared=shared, provenance={"image_size": 64})
+    # A base that changes nothing but takes draws of its own: an identity and a flip at p=0.
+    based = Policy(tasks=TASKS, shared=shared, base=(Slot("identity", 1.0, 0.0),
+                                                     Slot("hflip", 0.0, 1.0)))
+    a, b = plain.transform(seed=9), based.transform(seed=9)
+    samples = [_sample(i) for i in range(12)]
+    outputs = [(a(s, index=i)["shared"], b(s, index=i)["shared"]) for i, s in enumerate(samples)]
+    assert all(_equal(x, y) for x, y in outputs)
+    assert len({int(x["image"].sum()) for x, _ in outputs}) > 1  # the slots did fire
+
+
+def test_a_base_applies_in_every_phase_of_a_schedule(tmp_path: Path) -> None:
+    one = Policy(tasks=TASKS, base=FLIP, shared=(Slot("rotate", 1.0, 0.3),))
+    two = Policy(tasks=TASKS, base=FLIP, shared=(Slot("invert", 1.0, 1.0),))
+    policy = Policy.from_phases([(0, one), (3, two)])
+    assert policy.schedule and policy.base == FLIP
+    assert policy.at_epoch(0).base == policy.at_epoch(5).base == FLIP
+    assert load_policy(policy.to_yaml(tmp_path / "p.yaml")) == policy
+    aug = policy.transform()
+    for epoch in (0, 4):
+        aug.set_epoch(epoch)
+        compose = aug.pipeline()
+        assert compose is not None and isinstance(compose.transforms[0], A.HorizontalFlip)
+    with pytest.raises(UserError, match="same tasks, structure and base"):
+        Policy.from_phases([(0, one), (3, Policy(tasks=TASKS, shared=two.shared))])
+
+
+def test_a_base_is_written_read_and_keyed_and_none_leaves_the_file_as_before(
+        tmp_path: Path) -> None:
+    policy = Policy(tasks=TASKS, base=(Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5)),
+                    shared=RandAugmentSpec(), provenance={"image_size": 64})
+    path = policy.to_yaml(tmp_path / "p.yaml")
+    text = path.read_text()
+    assert "base:\n- {op: hflip, p: 0.5, magnitude: 1.0}\n- {op: crop, p: 1.0, magnitude: 0.5}\n" \
+        in text
+    assert list(yaml.safe_load(text))[:5] == ["schema", "tasks", "structure", "base", "shared"]
+    assert load_policy(path) == policy
+    bare = dataclasses.replace(policy, base=())
+    assert "base" not in bare.to_dict()
+    assert bare.augmentation_key() != policy.augmentation_key()
+    assert bare.augmentation_key() == ("randaugment", ((0, RandAugmentSpec(), ()),))
+    assert policy.summary() == ("base: hflip(.5,1.0) crop(1.0,.5) + "
+                                "randaugment(n=2, m=.30, 14 ops)")
+
+
+@pytest.mark.parametrize(("base", "field", "message"), [
+    ("[{op: teleport, p: 1.0, magnitude: 0.5}]", "base[0].op", "unknown op 'teleport'"),
+    ("[{op: hflip, p: 1.5, magnitude: 0.5}]", "base[0].p", r"in \[0, 1\], got 1.5"),
+    ("{op: hflip}", "base", "must be a list"),
+])
+def test_a_bad_base_is_one_line_naming_the_field(tmp_path: Path, base: str, field: str,
+                                                 message: str) -> None:
+    path = tmp_path / "p.yaml"
+    path.write_text(f"schema: {SCHEMA}\ntasks: {{c: classification}}\nbase: {base}\n")
+    with pytest.raises(UserError, match=message) as err:
+        load_policy(path)
+    assert err.value.field == field and "\n" not in str(err.value)
 
 
 # --- import hygiene ----------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 import optuna
 import pandas as pd
 import pytest
+import scipy.stats
 import yaml
 from typer.testing import CliRunner
 
@@ -121,15 +122,21 @@ def test_reeval_stores_runs_beside_the_study_and_reuses_them(
         "rerun:trial:3:1", "rerun:trial:3:2"]
 
     frame = results_frame(records).set_index("trial")
-    # Trial 3: Δm% +15 with the study's seed 0, then +10 and +20 (seeds 1, 2).
+    # Trial 3: Δm% +15 with the study's seed 0 (left out: the trials were ranked on it), then
+    # +10 and +20 with seeds 1, 2.
     assert frame.loc[3, "delta_m_mean"] == pytest.approx(15.0)
-    assert frame.loc[3, "delta_m_std"] == pytest.approx(statistics.stdev([15, 10, 20]))
-    assert frame.loc[2, "delta_m_mean"] == pytest.approx(statistics.mean([10, 10, 20]))
-    assert frame.loc[3, "seeds"] == 3 and pd.isna(frame.loc[1, "seeds"])
-    assert frame[["delta_m_mean", "delta_m_std"]].loc[[0, 1]].isna().all().all()
+    assert frame.loc[3, "delta_m_std"] == pytest.approx(statistics.stdev([10, 20]))
+    half = scipy.stats.t.ppf(0.975, 1) * statistics.stdev([10, 20]) / 2 ** 0.5
+    assert frame.loc[3, "delta_m_low"] == pytest.approx(15.0 - half)
+    assert frame.loc[3, "delta_m_high"] == pytest.approx(15.0 + half)
+    # Trial 2: +10 with the study's seed, then +10 and +20.
+    assert frame.loc[2, "delta_m_mean"] == pytest.approx(statistics.mean([10, 20]))
+    assert frame.loc[3, "seeds"] == 2 and pd.isna(frame.loc[1, "seeds"])
+    assert frame[["delta_m_mean", "delta_m_std", "delta_m_low"]].loc[[0, 1]].isna().all().all()
     text = to_markdown(results_frame(records))
-    assert "over seeds 0, 1, 2 (the study's seed 0 included)" in text
-    assert "within the seed noise" in text  # 15 ± 5 vs 13.3 ± 5.8
+    assert ("over the re-run seeds 1, 2, each against the reference trained with the same "
+            "seed; the study's seed 0, on which the trials were ranked, is left out") in text
+    assert "within the seed noise" in text  # 15 ± 7.1 vs 15 ± 7.1
 
     # The same command again trains nothing; one more trial trains only its own runs.
     trained.clear()
@@ -156,7 +163,7 @@ def test_another_reference_is_trained_at_every_seed_in_use(
     row = frame.set_index("trial").loc[3]
     # Trial 3 (accuracy 0.65, then 0.6 with seed 1) against accuracy 0.4: +62.5 %, +50 %.
     assert row["delta_m"] == pytest.approx(62.5 / 2)
-    assert row["delta_m_mean"] == pytest.approx((62.5 + 50) / 4)
+    assert row["delta_m_mean"] == pytest.approx(50 / 2)  # the study's seed left out
     # The study's own reference needs no training; naming it is the default ranking.
     trained.clear()
     again = reevaluate(out_dir=tmp_path, storage=None, study_name=None, reference="flipcrop")
@@ -170,7 +177,7 @@ def test_a_single_task_reference_is_re_run_one_network_per_task(
     assert trained == [("flipcrop:cls", 1), ("flipcrop:depth", 1), ("trial", 1)]
     row = results_frame(records).set_index("trial").loc[4]
     # Trial 4 (accuracy 0.7, then 0.6) against 0.5 with both seeds: +40 %, +20 %.
-    assert row["delta_m_mean"] == pytest.approx((40 + 20) / 4)
+    assert row["delta_m_mean"] == pytest.approx(20 / 2)  # the study's seed left out
     trained.clear()
     records = reevaluate(out_dir=tmp_path, storage=None, study_name=None,
                          reference="randaugment")
@@ -235,7 +242,8 @@ def test_reeval_through_the_cli(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert "re-run 1/3: reference flipcrop, seed 1" in result.output
     assert "trained 3 runs, reused 0" in result.output
-    assert "seed noise: rank" in result.output
+    # One re-run seed each (the study's own left out): a mean, but no std to compare.
+    assert "seed noise: no trial has two re-run seeds yet" in result.output
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / JOURNAL_NAME)))
     study = optuna.load_study(study_name="tiny", storage=storage)
@@ -245,8 +253,8 @@ def test_reeval_through_the_cli(tmp_path: Path) -> None:
     result = results("--reeval", "2", "--seeds", "1", "--format", "json")
     assert result.exit_code == 0, result.output
     assert "trained 0 runs, reused 3 stored runs" in result.output
-    rows = [r for r in json.loads(result.stdout) if r["seeds"] == 2]
-    assert len(rows) == 2 and all(r["delta_m_std"] >= 0 for r in rows)
+    rows = [r for r in json.loads(result.stdout) if r["seeds"] == 1]  # seed 1; 0 left out
+    assert len(rows) == 2 and all(r["delta_m_std"] is None for r in rows)
     assert _reruns(optuna.load_study(study_name="tiny", storage=storage)) == stored
 
     result = results("--reference", "randaugment")

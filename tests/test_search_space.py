@@ -8,9 +8,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from policysearch.augment import Policy, RandAugmentSpec, SubPolicies
+from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies
 from policysearch.cli import app
-from policysearch.config import SearchSpace
+from policysearch.config import SearchSpace, load_space
+from policysearch.errors import UserError
+from policysearch.search.lifecycle import check_resume, definition
 from policysearch.search.space import parameters, policy_from_params
 from tests.conftest import TINY_SPACE, random_param_values
 
@@ -84,3 +86,52 @@ def test_short_search_of_each_structure(structure: str, shared: dict, tmp_path: 
     exported = yaml.safe_load((out / "best_policy.yaml").read_text())
     assert exported["structure"] in (structure, "randaugment")  # the reference may win
     assert exported["provenance"]["reference"] == "randaugment"
+
+
+# --- a fixed base --------------------------------------------------------------------------------
+
+FLIPCROP_BASE = [{"op": "hflip", "p": 0.5, "magnitude": 1.0},
+                 {"op": "crop", "p": 1.0, "magnitude": 0.5}]
+
+
+@pytest.mark.parametrize("structure, shared", [
+    ("sequence", {"slots": 1, "ops": ["rotate", "contrast"]}),
+    ("randaugment", {"n": [1, 2], "magnitude": [0.1, 0.5], "ops": ["rotate", "contrast"]}),
+])
+def test_every_trial_gets_the_spaces_base_and_searches_none_of_it(structure: str,
+                                                                   shared: dict) -> None:
+    space = _space(structure=structure, shared=shared, base=FLIPCROP_BASE)
+    plain = _space(structure=structure, shared=shared)
+    assert parameters(space, list(TASKS)) == parameters(plain, list(TASKS))
+    for seed in range(3):
+        values = _random_values(space, seed)
+        policy = policy_from_params(space, TASKS, values)
+        assert policy.base == (Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5))
+        assert policy.shared == policy_from_params(plain, TASKS, values).shared
+        assert Policy.from_dict(policy.to_dict()) == policy
+
+
+def test_a_resumed_study_with_another_base_is_refused() -> None:
+    plain = _space()
+    based = _space(base=FLIPCROP_BASE)
+    assert "base" not in definition(plain, 0)["space"]  # studies stored before bases resume
+    check_resume(definition(based, 0), based, 0, where="s.db", study_name="s")
+    for stored, new in ((plain, based), (based, plain),
+                        (based, _space(base=FLIPCROP_BASE[:1]))):
+        with pytest.raises(UserError, match="refusing to resume.*base"):
+            check_resume(definition(stored, 0), new, 0, where="s.db", study_name="s")
+
+
+@pytest.mark.parametrize("base, field, message", [
+    ([{"op": "teleport", "p": 1.0, "magnitude": 0.5}], "base.0.op", "unknown op 'teleport'"),
+    ([{"op": "hflip", "p": 1.0}], "base.0.magnitude", "required key is missing"),
+    ([{"op": "hflip", "p": 1.0, "magnitude": 0.5, "n": 2}], "base.0.n", "unknown key"),
+])
+def test_a_bad_base_in_a_space_file_is_one_line_naming_the_field(
+        tmp_path: Path, base: list, field: str, message: str) -> None:
+    path = tmp_path / "s.yaml"
+    path.write_text(yaml.safe_dump({**TINY_SPACE, "base": base}))
+    with pytest.raises(UserError, match=message) as err:
+        load_space(path)
+    assert err.value.field == field and err.value.source == str(path)
+    assert "\n" not in str(err.value)

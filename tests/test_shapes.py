@@ -10,6 +10,7 @@ import pytest
 
 from policysearch.data import DATASETS, Sample, TaskSpec, get_dataset
 from policysearch.data import shapes as shapes_mod
+from policysearch.data.scene_arrays import MIN_LABEL_PIXELS
 from policysearch.data.shapes import (
     CLASSES,
     MIN_BOX_PIXELS,
@@ -163,7 +164,7 @@ def test_label_from_mask(train) -> None:
     single object, the label is the class with the most mask pixels."""
     for s in train:
         counts = np.bincount(s["mask"].ravel(), minlength=5)[1:]
-        assert counts[s["label"]] >= shapes_mod._MIN_LABEL_PIXELS
+        assert counts[s["label"]] >= MIN_LABEL_PIXELS
         if len(s["box_labels"]) == len(set(s["box_labels"].tolist())) == (counts > 0).sum():
             assert s["label"] == int(np.argmax(counts))
 

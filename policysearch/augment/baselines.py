@@ -4,19 +4,34 @@
 is one ``register_baseline`` call. ``get_baseline`` also takes a timm-style RandAugment string
 (``rand-n2-m9-mstd0.5``, see ``policysearch.augment.timm_strings``).
 
-=================  ============================================================================
-``none``           no augmentation
-``flipcrop``       hflip (p=.5), then a random-resized crop (area >= 0.55)
-``randaugment``    torchvision's RandAugment: N=2 of its 14 ops, M=9 of 30 -> magnitude 0.3
-``trivialaugment`` torchvision's TrivialAugmentWide: one of its 14 ops, magnitude uniform, wide
-``autoaugment``    torchvision's AutoAugment ImageNet policy: 25 sub-policies of 2 slots,
-                   magnitude bin k of 10 -> magnitude k/9
-=================  ============================================================================
+===========================  ==================================================================
+``none``                     no augmentation
+``crop``                     a random-resized crop (area >= 0.55, aspect 3/4..4/3), no flip
+``flipcrop``                 hflip (p=.5), then the random-resized crop
+``randaugment``              torchvision's RandAugment: N=2 of its 14 ops, M=9 -> magnitude 0.3
+``trivialaugment``           torchvision's TrivialAugmentWide: one of its 14 ops, magnitude
+                             uniform, wide ranges
+``autoaugment``              torchvision's AutoAugment ImageNet policy: 25 sub-policies of 2
+                             slots, magnitude bin k of 10 -> magnitude k/9
+``flipcrop+randaugment``     flipcrop's slots as the policy's ``base``, then RandAugment
+``flipcrop+trivialaugment``  the same with TrivialAugmentWide
+``flipcrop+autoaugment``     the same with AutoAugment
+===========================  ==================================================================
+
+The ``flipcrop+`` ones are how practitioners run RandAugment, TrivialAugment and AutoAugment:
+their papers and torchvision's reference recipes always crop and flip first; the bare ones do
+not.
+
+The RandAugment scale: torchvision's ``RandAugment(magnitude=9, num_magnitude_bins=31)`` counts
+M=9 of 0..30, which is our magnitude 9/30 = 0.3 (the ``randaugment`` baseline); timm's
+``rand-m9`` counts 9 of 0..10 (``mmax``), our magnitude 0.9, three times stronger
+(``policysearch.augment.timm_strings``, ``magnitude_scales``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from policysearch.augment.ops import RANDAUGMENT_OPS, TRIVIALAUGMENT_OPS
 from policysearch.augment.policy import Policy
@@ -110,6 +125,13 @@ def get_baseline(name: str, tasks: dict[str, str]) -> Policy:
     )
 
 
+def baselines_table() -> list[dict[str, str]]:
+    """One row per registered baseline, for ``policysearch ops``: ``name`` and ``policy``, its
+    summary (for one classification task)."""
+    return [{"name": name, "policy": get_baseline(name, {"task": "classification"}).summary()}
+            for name in BASELINES]
+
+
 def autoaugment_subpolicies(
     policy: tuple[tuple[tuple[str, float, int | None], ...], ...] = AUTOAUGMENT_IMAGENET,
 ) -> SubPolicies:
@@ -127,9 +149,18 @@ def _none(tasks: dict[str, str]) -> Policy:
     return Policy(tasks=tasks, provenance={"baseline": "none"})
 
 
+# The standard recipe: a random-resized crop (area in [1 - 0.9*0.5, 1] = [0.55, 1]) and flipcrop
+# adds a horizontal flip before it.
+CROP = (Slot("crop", 1.0, 0.5),)
+FLIPCROP = (Slot("hflip", 0.5, 1.0), *CROP)
+
+
+def _crop(tasks: dict[str, str]) -> Policy:
+    return Policy(tasks=tasks, shared=CROP, provenance={"baseline": "crop"})
+
+
 def _flipcrop(tasks: dict[str, str]) -> Policy:
-    shared = (Slot("hflip", 0.5, 1.0), Slot("crop", 1.0, 0.5))
-    return Policy(tasks=tasks, shared=shared, provenance={"baseline": "flipcrop"})
+    return Policy(tasks=tasks, shared=FLIPCROP, provenance={"baseline": "flipcrop"})
 
 
 def _randaugment(tasks: dict[str, str]) -> Policy:
@@ -148,8 +179,20 @@ def _autoaugment(tasks: dict[str, str]) -> Policy:
                   provenance={"baseline": "autoaugment"})
 
 
+def _on_flipcrop(name: str, factory: BaselineFactory) -> BaselineFactory:
+    """The baseline ``factory`` with flipcrop's slots as its base."""
+    def with_base(tasks: dict[str, str]) -> Policy:
+        return replace(factory(tasks), base=FLIPCROP, provenance={"baseline": name})
+    return with_base
+
+
 register_baseline("none", _none)
+register_baseline("crop", _crop)
 register_baseline("flipcrop", _flipcrop)
 register_baseline("randaugment", _randaugment)
 register_baseline("trivialaugment", _trivialaugment)
 register_baseline("autoaugment", _autoaugment)
+register_baseline("flipcrop+randaugment", _on_flipcrop("flipcrop+randaugment", _randaugment))
+register_baseline("flipcrop+trivialaugment",
+                  _on_flipcrop("flipcrop+trivialaugment", _trivialaugment))
+register_baseline("flipcrop+autoaugment", _on_flipcrop("flipcrop+autoaugment", _autoaugment))

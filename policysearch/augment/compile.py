@@ -77,16 +77,19 @@ def compile_shared(shared: Shared) -> tuple[list[A.BasicTransform], list[Op]]:
 def task_compose(policy: PolicyData, task: str, *, size: tuple[int, int] | None = None,
                  seed: int | None = None) -> A.Compose:
     """``Policy.to_albumentations`` of a policy without a schedule and one of its tasks: the
-    shared structure, then ``task``'s slots, with albumentations' keys for the task's kind."""
+    base, the shared structure, then ``task``'s slots, with albumentations' keys for the task's
+    kind."""
     kind = policy.tasks[task]
     if kind == "normals":
         raise UserError(
             "surface normals need policysearch's own step; use load_policy(...).transform()",
             field=task,
         )
-    transforms, ops = compile_shared(policy.shared)
-    more, more_ops = compile_shared(policy.per_task.get(task, ()))
-    transforms, ops = transforms + more, ops + more_ops
+    transforms: list[A.BasicTransform] = []
+    ops: list[Op] = []
+    for part in (policy.base, policy.shared, policy.per_task.get(task, ())):
+        more, more_ops = compile_shared(part)
+        transforms, ops = transforms + more, ops + more_ops
     if any(op.sized for op in ops):
         size = size or _size_from(policy.provenance.get("image_size"))
         if size is None:

@@ -2,8 +2,10 @@
 
 Every random draw of a policy derives from a key: (augmentation seed, epoch, sample index, view,
 slot). Each slot of a view (a top-level transform of its albumentations pipeline; slot 0 is the
-pipeline itself) owns a NumPy generator and a ``random.Random`` drawing from it, reseeded from
-its key before the view runs on a sample. So a sample's augmentation does not depend on which
+pipeline itself; the shared slots are 1, 2, ...; a policy's base slots, which run first in the
+shared view, are -1, -2, ..., so adding a base does not change what the shared slots draw) owns
+a NumPy generator and a ``random.Random`` drawing from it, reseeded from its key before the view
+runs on a sample. So a sample's augmentation does not depend on which
 process prepares it, in which order, or what ran before (the numbers are the same with 0, 1 or 8
 DataLoader workers), and two policies that share a slot draw the same numbers for it on the same
 sample and epoch — common random numbers, which make their comparison less noisy.

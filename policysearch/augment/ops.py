@@ -8,8 +8,13 @@ are random by nature and their strength is always sampled, the magnitude boundin
 
 Two **scales** give the range at magnitude 1: ``standard`` (AutoAugment / RandAugment, torchvision's
 ``RandAugment._augmentation_space``) and ``wide`` (torchvision's ``TrivialAugmentWide``: rotate
-135°, shear 0.99, translate the whole side, enhance factors 0.01..1.99, posterize down to 2 bits;
-ops TrivialAugmentWide lacks keep their standard range). ``Op.range_wide_at_1`` documents it.
+135°, shear 0.99, translate 32 px, enhance factors 0.01..1.99, posterize down to 2 bits; ops
+TrivialAugmentWide lacks keep their standard range). ``Op.range_wide_at_1`` documents it.
+
+Both follow torchvision's tables (a test reads them), with two choices of ours: the standard
+translate is 0.45 of the side (AutoAugment's 150 px of 331, rounded; torchvision's 150/331 =
+0.4532 shifts under 1 px more below 316 px), and the wide translate is 32 px *whatever the
+image size*, as in torchvision: the whole side of a 32×32 image, half of a 64×64 one.
 
 Structures that *sample* the strength (TrivialAugment, RandAugment's ``mstd``) use
 ``build_sampled`` / ``build_gaussian``: the magnitude is drawn per application through
@@ -250,7 +255,8 @@ def _normal_cdf(x: float, mean: float, std: float) -> float:
 _AT_1: dict[str, dict[str, float]] = {
     "rotate": {"standard": 30.0, "wide": 135.0},  # degrees
     "shear": {"standard": 0.3, "wide": 0.99},  # shear factor
-    "translate": {"standard": 0.45, "wide": 1.0},  # fraction of the side (TA-wide: 32 px of 32)
+    # standard: a fraction of the side; wide: pixels, whatever the size (TrivialAugmentWide's)
+    "translate": {"standard": 0.45, "wide": 32.0},
     "scale": {"standard": 0.5, "wide": 0.5},  # zoom 1 ± x
     "enhance": {"standard": 0.9, "wide": 0.99},  # brightness/contrast/saturation/sharpness
     "hue": {"standard": 0.25, "wide": 0.25},  # fraction of the hue circle
@@ -302,8 +308,12 @@ def _shear(lo: float, hi: float, scale: str, *, axis: str) -> A.Affine:
 
 
 def _translate(lo: float, hi: float, scale: str, *, axis: str) -> A.Affine:
+    # Whole pixels, truncated toward 0 as torchvision's int(): Affine truncates the shift it
+    # draws from either range.
     k = _k("translate", scale)
     other = "y" if axis == "x" else "x"
+    if scale == "wide":
+        return _affine(translate_px={axis: (k * lo, k * hi), other: (0.0, 0.0)})
     return _affine(translate_percent={axis: (k * lo, k * hi), other: (0.0, 0.0)})
 
 
@@ -519,8 +529,9 @@ def _register_builtin_ops() -> None:
             fills_outside=True)
     for axis, side in (("x", "width"), ("y", "height")):
         reg(f"translate_{axis}", geo,
-            f"shift along {axis} by 0.45*m of the {side} (wide: 1.0*m; whole pixels)",
-            "±0.45 of the side", "±1.0 of the side", _with(_translate, axis=axis),
+            f"shift along {axis} by 0.45*m of the {side} (wide: 32*m pixels whatever the "
+            "size, as torchvision's TrivialAugmentWide; whole pixels)",
+            "±0.45 of the side", "±32 px (any size)", _with(_translate, axis=axis),
             signed=True, fills_outside=True)
     reg("scale", geo, "zoom about the centre by factor 1±0.5*m", "×0.5 .. ×1.5", None, _scale,
         signed=True, fills_outside=True)
@@ -566,7 +577,7 @@ def _register_builtin_ops() -> None:
 _register_builtin_ops()
 
 # torchvision's RandAugment and TrivialAugmentWide op lists (the same 14 ops), on our names:
-# Color -> saturation; TranslateX/Y -> translate_x/y (a fraction of the side, not pixels).
+# Color -> saturation; TranslateX/Y -> translate_x/y (standard: a fraction of the side).
 RANDAUGMENT_OPS: tuple[str, ...] = (
     "identity", "shear_x", "shear_y", "translate_x", "translate_y", "rotate", "brightness",
     "saturation", "contrast", "sharpness", "posterize", "solarize", "autocontrast", "equalize",

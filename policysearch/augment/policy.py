@@ -43,6 +43,9 @@ class Policy:
     ``RandAugmentSpec`` or ``TrivialAugmentSpec``; ``structure`` follows from its type when
     left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
 
+    ``base``: slots applied to every sample before the shared part, in every phase (the
+    recipe a search or a baseline builds on, e.g. flip and crop); empty by default.
+
     ``schedule`` (PBT results): phases (``Phase``) by epoch, the first from epoch 0, their
     ``from_epoch`` increasing; ``shared`` and ``per_task`` left out are then taken from the
     last phase (given, they must equal it). ``at_epoch(e)`` resolves it; see the module
@@ -60,11 +63,14 @@ class Policy:
     weighting: Weighting = field(default_factory=Weighting)
     provenance: dict[str, Any] = field(default_factory=dict)
     schedule: tuple[Phase, ...] = ()
+    base: tuple[Slot, ...] = ()
     source: InitVar[str] = field(default="<policy>", kw_only=True)
 
     def __post_init__(self, source: str) -> None:
         if isinstance(self.schedule, list):
             self.schedule = tuple(self.schedule)
+        if isinstance(self.base, list):
+            self.base = tuple(self.base)
         if isinstance(self.schedule, tuple):
             for phase in self.schedule:
                 if isinstance(phase, Phase) and self.structure == "subpolicies" \
@@ -97,27 +103,29 @@ class Policy:
 
     def augmentation_key(self) -> tuple[Any, ...]:
         """What decides how this policy augments, hashable; training and ``from_phases`` tell
-        policies apart by it. Equal keys: the same structure, shared slots, per-task slots of
-        the same tasks (so the same views, each with the same transforms) and schedule phases.
-        The tasks' kinds and order, the weighting and the provenance are not part of it."""
+        policies apart by it. Equal keys: the same structure, base, shared slots, per-task slots
+        of the same tasks (so the same views, each with the same transforms) and schedule
+        phases. The tasks' kinds and order, the weighting and the provenance are not part of
+        it. A policy without a base has the key it had before bases existed."""
         phases = [(p.from_epoch, p.shared, p.per_task) for p in self.schedule] \
             or [(0, self.shared, self.per_task)]
-        return (self.structure, tuple(
+        key: tuple[Any, ...] = (self.structure, tuple(
             (start, shared, tuple(sorted((t, s) for t, s in per_task.items() if s)))
             for start, shared, per_task in phases))
+        return (*key, ("base", self.base)) if self.base else key
 
     # --- schedules -----------------------------------------------------------------------------
 
     def at_epoch(self, epoch: int) -> Policy:
         """The plain policy (no schedule) in force at ``epoch`` (counted from 0): that of the
         last phase whose ``from_epoch`` is at most ``epoch``. A policy without a schedule
-        returns itself. Tasks, structure, weighting and provenance are this policy's."""
+        returns itself. Tasks, structure, base, weighting and provenance are this policy's."""
         if not self.schedule:
             return self
         phase = self.schedule[self.phase_index(epoch)]
         return Policy(tasks=dict(self.tasks), shared=phase.shared, per_task=dict(phase.per_task),
                       structure=self.structure, weighting=self.weighting,
-                      provenance=dict(self.provenance))
+                      provenance=dict(self.provenance), base=self.base)
 
     def phase_index(self, epoch: int) -> int:
         """The index in ``schedule`` of the phase in force at ``epoch`` (0 without one)."""
@@ -136,8 +144,8 @@ class Policy:
         """The policy that applies each plain policy of ``(from_epoch, policy)`` from its
         epoch on (the first from epoch 0). Consecutive phases that augment alike
         (``augmentation_key``) are merged; one phase left gives a plain policy without a
-        schedule. Tasks and structure come from the policies (which must agree), weighting and
-        provenance from the last unless given."""
+        schedule. Tasks, structure and base come from the policies (which must agree: a base
+        applies in every phase), weighting and provenance from the last unless given."""
         if not phases:
             raise ValueError("from_phases needs at least one (from_epoch, policy)")
         merged: list[tuple[int, Policy]] = []
@@ -153,13 +161,15 @@ class Policy:
         if len(merged) == 1:
             only = merged[0][1]
             return cls(tasks=dict(only.tasks), shared=only.shared, per_task=dict(only.per_task),
-                       structure=only.structure, weighting=weighting, provenance=provenance)
+                       structure=only.structure, weighting=weighting, provenance=provenance,
+                       base=only.base)
         for _, policy in merged:
-            if policy.tasks != last.tasks or policy.structure != last.structure:
-                raise UserError("every phase must have the same tasks and structure "
+            if policy.tasks != last.tasks or policy.structure != last.structure \
+                    or policy.base != last.base:
+                raise UserError("every phase must have the same tasks, structure and base "
                                 f"({last.structure}, {', '.join(last.tasks)})", field="schedule")
         return cls(tasks=dict(last.tasks), structure=last.structure, weighting=weighting,
-                   provenance=provenance,
+                   provenance=provenance, base=last.base,
                    schedule=tuple(Phase(start, p.shared, dict(p.per_task)) for start, p in merged))
 
     # --- views ---------------------------------------------------------------------------------
@@ -195,7 +205,8 @@ class Policy:
         self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None,
         epoch: int | None = None,
     ) -> A.Compose:
-        """A plain ``A.Compose``: the shared structure, then ``task``'s slots, albumentations keys.
+        """A plain ``A.Compose``: the base, the shared structure, then ``task``'s slots, with
+        albumentations keys.
 
         A policy with a schedule needs ``epoch``: the Compose of the phase in force then (a
         Compose cannot switch phases by itself); without a schedule ``epoch`` is ignored.

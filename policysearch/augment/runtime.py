@@ -21,19 +21,22 @@ from policysearch.augment.draws import SlotRandom, draw_key
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
 from policysearch.augment.ops import FILL_MASK
-from policysearch.augment.types import SHARED, STRUCTURES, PolicyData, Shared
+from policysearch.augment.types import SHARED, STRUCTURES, PolicyData, Shared, Slot
 from policysearch.errors import UserError
 
 
 class _View:
-    """One view's compiled pipeline, and the generators of its slots (``draws``)."""
+    """One view's compiled pipeline, and the generators of its slots (``draws``): the
+    ``base`` slots (the shared view's only), then those of ``shared``."""
 
     __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported",
-                 "randoms")
+                 "randoms", "slots")
 
-    def __init__(self, name: str, shared: Shared) -> None:
+    def __init__(self, name: str, shared: Shared, base: tuple[Slot, ...] = ()) -> None:
         self.name = name
+        base_transforms, base_ops = compile_shared(base)
         transforms, ops = compile_shared(shared)
+        transforms, ops = base_transforms + transforms, base_ops + ops
         self.spatial = any(op.kind == "geometric" for op in ops)
         self.marker = any(op.fills_outside for op in ops)
         self.size: tuple[int, int] | None = None
@@ -42,6 +45,7 @@ class _View:
         # Leaf transforms that move pixels but have no rule to turn surface normals.
         self.unsupported = normals_unsupported(transforms)
         self.randoms: list[SlotRandom] = []
+        self.slots: list[int] = []
         if not transforms:
             return
         if self.spatial:
@@ -58,21 +62,26 @@ class _View:
             # Cutout erases the image only; without a bbox processor it leaves boxes alone
             # (with one it would shrink or drop boxes under the hole).
             t.set_processors({})
-        # Slot 0: the Compose's own draws; slot i: the i-th top-level transform and its
-        # children. (A seeded Compose would hand every transform the same generator.)
-        self.randoms = [SlotRandom() for _ in range(len(self.compose.transforms) + 1)]
+        # Slot 0: the Compose's own draws; slot i: the i-th top-level transform of ``shared``
+        # and its children; slot -i: the i-th of the base, so that adding a base leaves what
+        # the shared slots draw unchanged. (A seeded Compose would hand every transform the
+        # same generator.)
+        self.slots = [0, *range(-1, -len(base_transforms) - 1, -1),
+                      *range(1, len(transforms) - len(base_transforms) + 1)]
+        self.randoms = [SlotRandom() for _ in self.slots]
         self.compose.set_random_state(self.randoms[0].numpy, self.randoms[0].python)
         for t, r in zip(self.compose.transforms, self.randoms[1:], strict=True):
             t.set_random_state(r.numpy, r.python)
 
     def reseed(self, seed: int, epoch: int, index: int) -> None:
         """Key every slot's draws to (seed, epoch, sample index, this view, slot)."""
-        for slot, r in enumerate(self.randoms):
+        for slot, r in zip(self.slots, self.randoms, strict=True):
             r.reseed(draw_key(seed, epoch, index, self.name, slot))
 
 
 class MultiTaskAugment:
-    """``sample -> {view: sample}``: view ``shared`` is the sample under the shared slots, and
+    """``sample -> {view: sample}``: view ``shared`` is the sample under the base and the
+    shared slots, and
     each task with per-task slots gets a view (its name) = the shared view further transformed
     by its slots, one draw of the shared slots per sample. With ``task``, returns that task's
     single view sample instead of the dict.
@@ -112,7 +121,7 @@ class MultiTaskAugment:
                 names = [t for t in phase.tasks if phase.per_task.get(t)]
             else:
                 names = [task] if phase.view_of(task) == task else []
-            self._phases.append((_View(SHARED, phase.shared),
+            self._phases.append((_View(SHARED, phase.shared, phase.base),
                                  [_View(t, phase.per_task[t]) for t in names]))
         for shared, task_views in self._phases:
             self._shared, self._task_views = shared, task_views

@@ -13,6 +13,7 @@
    RandAugment and TrivialAugment settings, per-task slots of known tasks, the schedule's
    phases, the weighting method, its params and weights, provenance keys. Its type tests (a
    mapping, a tuple of ``Slot``) are for policies built in code, which go through it alone.
+   The base is a plain list of slots in every structure, read and checked like a sequence.
 
 Every problem is a one-line ``UserError`` naming the source and the field.
 """
@@ -44,8 +45,8 @@ if TYPE_CHECKING:
     from policysearch.augment.types import Shared
 
 SCHEMA = "policysearch.policy/v1"
-_TOP_KEYS = ("schema", "tasks", "structure", "shared", "per_task", "weighting", "provenance",
-             "schedule")
+_TOP_KEYS = ("schema", "tasks", "structure", "base", "shared", "per_task", "weighting",
+             "provenance", "schedule")
 _PHASE_KEYS = ("from_epoch", "shared", "per_task")
 _SLOT_KEYS = ("op", "p", "magnitude")
 _RANDAUGMENT_KEYS = ("n", "magnitude", "mstd", "ops", "scale")
@@ -88,6 +89,7 @@ def policy_arguments(data: Any, source: str) -> dict[str, Any]:
         args["shared"] = _read_shared(data.get("shared"), structure, source)
     if not schedule or "per_task" in data:
         args["per_task"] = _read_per_task(data.get("per_task"), source, "per_task")
+    args["base"] = _read_slots(data.get("base") or [], source, "base")
     args["weighting"] = _read_weighting(data.get("weighting") or {}, source)
     args["provenance"] = _copy(data.get("provenance") or {})
     args["schedule"] = schedule
@@ -238,6 +240,7 @@ def check_policy(policy: PolicyData, source: str) -> None:
         if not isinstance(kind, str) or not kind:
             raise UserError("a task kind must be a non-empty string (e.g. segmentation)",
                             source=source, field=f"tasks.{name}")
+    _check_slots(policy.base, source, "base")
     _check_shared(policy.shared, policy.structure, source)
     _check_per_task(policy.per_task, tasks, source, "per_task")
     _check_schedule(policy, tasks, source)

@@ -19,12 +19,16 @@ if TYPE_CHECKING:
 
 
 def policy_dict(policy: PolicyData) -> dict[str, Any]:
-    """The YAML mapping of ``policy``: schema, tasks, structure, shared, per_task, weighting,
-    provenance, and ``schedule`` only when set."""
-    data = {
+    """The YAML mapping of ``policy``: schema, tasks, structure, ``base`` only when set,
+    shared, per_task, weighting, provenance, and ``schedule`` only when set."""
+    data: dict[str, Any] = {
         "schema": SCHEMA,
         "tasks": dict(policy.tasks),
         "structure": policy.structure,
+    }
+    if policy.base:
+        data["base"] = [_slot_dict(s) for s in policy.base]
+    data |= {
         "shared": _shared_dict(policy.shared),
         "per_task": _per_task_dict(policy.per_task),
         "weighting": _weighting_dict(policy.weighting),
@@ -44,6 +48,8 @@ def write_yaml(policy: PolicyData, path: str | Path) -> Path:
     for part in (data, *data.get("schedule", ())):
         part["shared"] = _flow_shared(part["shared"], policy.structure)
         part["per_task"] = {t: [_FlowMap(s) for s in v] for t, v in part["per_task"].items()}
+    if "base" in data:
+        data["base"] = [_FlowMap(s) for s in data["base"]]
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
     path.write_text(text, encoding="utf-8")
     return path

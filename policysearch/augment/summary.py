@@ -4,7 +4,10 @@ A slot is ``op(p,magnitude)`` with two decimals at most, ``rotate(.6,.3)``; view
 `` | ``, ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)``; the other structures read
 ``subpolicies(...)``, ``randaugment(n=2, m=.30, 14 ops)``, ``trivialaugment(14 ops)``. A
 schedule shows its phases by first epoch, ``e0: hflip(.5,1.0) → e4: rotate(.6,.3)`` (more than
-four phases: the first two, how many are left out, the last two). A weighting other than
+four phases: the first two, how many are left out, the last two). A base comes first,
+``base: hflip(.5,1.0) crop(1.0,.5) + randaugment(n=2, m=.30, 14 ops)``; it applies in every
+phase, so it is shown once before them (no square brackets: rich tables read them as markup).
+A weighting other than
 ``static`` is added, ``| weighting: dwa(temperature=2)``.
 """
 
@@ -29,6 +32,8 @@ def policy_summary(policy: PolicyData) -> str:
         parts = [" → ".join(texts)]
     else:
         parts = [_slots_text(policy.tasks, policy.shared, policy.per_task)]
+    if policy.base:
+        parts[0] = f"base: {' '.join(_slot_text(s) for s in policy.base)} + {parts[0]}"
     if policy.weighting.method != "static":
         parts.append(f"weighting: {_weighting_text(policy.weighting)}")
     return " | ".join(parts)

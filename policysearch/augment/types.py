@@ -18,9 +18,15 @@ structure          ``Policy.shared``                           YAML ``shared:``
                    magnitude uniform in [0, 1], wide ranges
 =================  ==========================================  ===================================
 
-Per-task slots are always a plain sequence (a task's extra view). Every structure compiles to
-stock albumentations blocks (``OneOf``, ``Sequential``, ``RandomOrder``), so exported files load
-with plain ``A.load``.
+Per-task slots are always a plain sequence (a task's extra view).
+
+A policy may carry a **base**: a plain sequence of slots applied to every sample before the
+shared part (so before the per-task views branch off), in every phase of a schedule, e.g. the
+random crop and flip a training recipe always applies. YAML ``base: [{op, p, magnitude}, ...]``,
+left out when empty; a search space's ``base`` is every trial's, never searched.
+
+Every structure compiles to stock albumentations blocks (``OneOf``, ``Sequential``,
+``RandomOrder``), so exported files load with plain ``A.load``.
 
 **Schedules** (population-based searches, PBA): a policy may carry a ``schedule``, a list
 of phases (``Phase``), each the shared and per-task slots in force from its ``from_epoch``
@@ -185,6 +191,7 @@ class PolicyData(Protocol):
     weighting: Weighting
     provenance: dict[str, Any]
     schedule: tuple[Phase, ...]
+    base: tuple[Slot, ...]
 
     def at_epoch(self, epoch: int) -> PolicyData:
         """The plain policy in force at ``epoch``."""

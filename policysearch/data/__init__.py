@@ -1,7 +1,8 @@
 """Datasets: the protocol every dataset follows, the built-in ones and the file formats.
 
-``get_dataset(spec, **options)`` takes a built-in name (``shapes``, ``multidigits``) or a file
-format with a path (``coco:PATH``, ``nyuv2:PATH``, ``attributes:PATH``, ``folder:PATH``).
+``get_dataset(spec, **options)`` takes a built-in name (``shapes``, ``multidigits``,
+``scenes``) or a file format with a path (``coco:PATH``, ``nyuv2:PATH``, ``attributes:PATH``,
+``folder:PATH``).
 A format's module defines ``load(path: Path, options: LoadOptions) -> FileDataset``; it is
 imported when first used. ``register_dataset`` / ``register_format`` add a user's own.
 """
@@ -39,6 +40,7 @@ __all__ = [
 DATASETS: dict[str, Callable[..., MultiTaskDataset] | str] = {
     "shapes": ShapesDataset,
     "multidigits": "policysearch.data.multidigits:MultiDigitsDataset",
+    "scenes": "policysearch.data.scenes:ScenesDataset",
 }
 # File formats by scheme: ``load(path, options)`` or the "module:attribute" of one.
 FORMATS: dict[str, Callable[[Path, LoadOptions], MultiTaskDataset] | str] = {

@@ -1,5 +1,6 @@
-"""What the built-in generated datasets (``shapes``, ``multidigits``) share: split names, the
-per-sample random generators, option checks, read-only stacked arrays and the dataset base.
+"""What the built-in generated datasets (``shapes``, ``multidigits``, ``scenes``) share: split
+names, the per-sample random generators, option checks, read-only stacked arrays and the dataset
+base.
 
 Samples are deterministic in (seed, split, index): ``sample_rng`` seeds each sample's own
 generator with (salt, seed, split id, index), the salt keeping one dataset's sequences apart

@@ -13,33 +13,23 @@ nearer objects occlude farther ones. Every sample carries the targets of four ta
 
 Samples are deterministic in (seed, split, index): sample ``i`` of a split is drawn from its
 own ``numpy.random.default_rng`` seeded with (salt, seed, split id, i), so it does not depend
-on the split's length. A split is generated once and cached as one ``.npz`` file.
+on the split's length. A split is generated once and cached as one ``.npz`` file
+(``policysearch.data.cache``).
 """
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import json
-import os
-import tempfile
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
 
-from policysearch.data.base import Sample, SampleSequence, TaskSpec
-from policysearch.data.generated import (
-    SPLITS,
-    ArraySplit,
-    GeneratedDataset,
-    check_split,
-    read_only,
-    sample_rng,
-)
+from policysearch.data import scene_arrays
+from policysearch.data.base import Sample, TaskSpec
+from policysearch.data.cache import cache_file, cached, default_cache_dir
+from policysearch.data.generated import SPLITS, GeneratedDataset, check_split, sample_rng
+from policysearch.data.scene_arrays import MIN_BOX_PIXELS, SceneSplit
 
 __all__ = [
     "CLASSES",
@@ -58,24 +48,14 @@ __all__ = [
 VERSION = 5
 
 CLASSES: tuple[str, ...] = ("circle", "square", "triangle", "star")
-MIN_BOX_PIXELS = 12
 
 _SALT = 0x5A4E5  # keeps these seed sequences apart from other users of (seed, ...)
-_MIN_LABEL_PIXELS = 20  # the labelled (largest) object is this visible (fewer on small images)
-_LABEL_MARGIN = 0.6  # the second-largest visible object has at most this share of the largest
 _Z_NEAR, _Z_FAR = 1.5, 5.0  # object base depths
 _Z_GAP = 0.65  # minimal gap between base depths: > 2 x the largest in-object deviation (0.21)
 _Z_SLOPE = 0.1  # largest depth change per circumradius across an object
 _REL_CLIP = 1.5  # relative coordinates (in circumradii) are clipped to this for the slope
 # Circumradius factor per class (circle, square, triangle, star): comparable areas.
 _CLASS_SCALE = np.array([0.85, 0.95, 1.15, 1.1])
-_ARRAY_KEYS = ("images", "masks", "depths", "labels", "boxes", "box_labels", "box_offsets")
-
-
-def default_cache_dir() -> Path:
-    """``$POLICYSEARCH_CACHE`` if set, else ``~/.cache/policysearch``."""
-    env = os.environ.get("POLICYSEARCH_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "policysearch"
 
 
 # --------------------------------------------------------------------------------------------
@@ -225,20 +205,13 @@ def _try_scene(rng: np.random.Generator, size: int) -> Scene:
         img[cover] = colour[None, :] * shade[:, None] + rng.normal(0, 4, size=(rel_x.size, 3))
         instance[cover] = k + 1
         mask[cover] = cls + 1
-    visible = np.bincount(instance.ravel(), minlength=n + 1)[1:]
-    boxes, box_labels = [], []
-    for k in range(n):
-        if visible[k] < MIN_BOX_PIXELS:
-            continue
-        ys, xs = np.nonzero(instance == k + 1)
-        boxes.append((xs.min(), ys.min(), xs.max() + 1, ys.max() + 1))
-        box_labels.append(int(classes[k]))
+    visible, boxes, box_labels = scene_arrays.object_boxes(instance, classes)
     sample: Sample = {
         "image": np.clip(np.rint(img), 0, 255).astype(np.uint8),
         "label": int(classes[int(np.argmax(visible))]),
         "mask": mask,
-        "boxes": np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-        "box_labels": np.asarray(box_labels, dtype=np.int64),
+        "boxes": boxes,
+        "box_labels": box_labels,
         "depth": depth,
     }
     return Scene(sample, instance, classes.astype(np.int64), zs, coverage, visible)
@@ -250,112 +223,29 @@ def render_scene(rng: np.random.Generator, size: int = 64) -> Scene:
     Scenes whose largest visible object is tiny, or hardly larger than the next one, are
     redrawn, so that the classification label (class of the largest visible object) is clear.
     """
-    min_pixels = max(MIN_BOX_PIXELS, min(_MIN_LABEL_PIXELS, size * size // 200))
     for _ in range(100):
         scene = _try_scene(rng, size)
-        ranked = np.sort(scene.visible)[::-1]
-        if ranked[0] >= min_pixels and (
-            ranked.size == 1 or ranked[1] <= _LABEL_MARGIN * ranked[0]
-        ):
+        if scene_arrays.clear_label(scene.visible, size):
             break
     return scene
 
 
 def generate_split(seed: int, split: str, n: int, size: int = 64) -> dict[str, np.ndarray]:
-    """Generate the ``n`` samples of ``split`` as stacked arrays (the cache file's content).
-
-    Keys: ``images`` (N,H,W,3) uint8, ``masks`` (N,H,W) uint8, ``depths`` (N,H,W) float32,
-    ``labels`` (N,) int64, ``boxes`` (M,4) float32, ``box_labels`` (M,) int64 and
-    ``box_offsets`` (N+1,) int64: the boxes of image ``i`` are rows
-    ``box_offsets[i]:box_offsets[i+1]``.
-    """
+    """Generate the ``n`` samples of ``split`` as stacked arrays (the cache file's content;
+    keys in ``policysearch.data.scene_arrays``)."""
     check_split(split)
-    images = np.empty((n, size, size, 3), dtype=np.uint8)
-    masks = np.empty((n, size, size), dtype=np.uint8)
-    depths = np.empty((n, size, size), dtype=np.float32)
-    labels = np.empty(n, dtype=np.int64)
-    offsets = np.zeros(n + 1, dtype=np.int64)
-    boxes, box_labels = [], []
-    for i in range(n):
-        sample = render_scene(sample_rng(_SALT, seed, split, i), size).sample
-        images[i] = sample["image"]
-        masks[i] = sample["mask"]
-        depths[i] = sample["depth"]
-        labels[i] = sample["label"]
-        boxes.append(sample["boxes"])
-        box_labels.append(sample["box_labels"])
-        offsets[i + 1] = offsets[i] + len(sample["boxes"])
-    return {
-        "images": images,
-        "masks": masks,
-        "depths": depths,
-        "labels": labels,
-        "boxes": np.concatenate(boxes).astype(np.float32).reshape(-1, 4)
-        if boxes else np.zeros((0, 4), np.float32),
-        "box_labels": np.concatenate(box_labels).astype(np.int64)
-        if box_labels else np.zeros(0, np.int64),
-        "box_offsets": offsets,
-    }
+    return scene_arrays.stack([render_scene(sample_rng(_SALT, seed, split, i), size).sample
+                               for i in range(n)])
 
 
 # --------------------------------------------------------------------------------------------
 # Dataset
 
 
-class ShapesSplit(ArraySplit, SampleSequence):
-    """One split of ``shapes``: a sequence of fresh sample dicts over stacked arrays.
-
-    Every ``__getitem__`` returns new arrays (copies), so callers may modify them freely.
-    The stacked arrays are read-only attributes (``images``, ``masks``, ``depths``,
-    ``labels``, ``boxes``, ``box_labels``, ``box_offsets``) for vectorised use.
-    """
-
-    ARRAYS = _ARRAY_KEYS
-
-    def __init__(self, arrays: dict[str, np.ndarray]):
-        (self.images, self.masks, self.depths, self.labels, self.boxes, self.box_labels,
-         self.box_offsets) = read_only(arrays, _ARRAY_KEYS, copy=False)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def _get(self, i: int) -> Sample:
-        lo, hi = int(self.box_offsets[i]), int(self.box_offsets[i + 1])
-        return {
-            "image": self.images[i].copy(),
-            "label": int(self.labels[i]),
-            "mask": self.masks[i].copy(),
-            "boxes": self.boxes[lo:hi].copy(),
-            "box_labels": self.box_labels[lo:hi].copy(),
-            "depth": self.depths[i].copy(),
-        }
+ShapesSplit = SceneSplit  # one split of ``shapes`` (see ``policysearch.data.scene_arrays``)
 
 
-def _valid_arrays(arrays: dict[str, np.ndarray], n: int, size: int) -> bool:
-    """Whether loaded cache arrays have the expected keys, shapes and dtypes."""
-    expected: dict[str, tuple[tuple[int, ...] | None, Any]] = {
-        "images": ((n, size, size, 3), np.uint8),
-        "masks": ((n, size, size), np.uint8),
-        "depths": ((n, size, size), np.float32),
-        "labels": ((n,), np.int64),
-        "boxes": (None, np.float32),
-        "box_labels": (None, np.int64),
-        "box_offsets": ((n + 1,), np.int64),
-    }
-    for key, (shape, dtype) in expected.items():
-        arr = arrays.get(key)
-        if arr is None or arr.dtype != dtype or (shape is not None and arr.shape != shape):
-            return False
-    m = int(arrays["box_offsets"][-1])
-    return (
-        arrays["boxes"].shape == (m, 4)
-        and arrays["box_labels"].shape == (m,)
-        and int(arrays["box_offsets"][0]) == 0
-        and bool(np.all(np.diff(arrays["box_offsets"]) >= 0))
-    )
-
-
-class ShapesDataset(GeneratedDataset[ShapesSplit]):
+class ShapesDataset(GeneratedDataset[SceneSplit]):
     """The built-in ``shapes`` dataset (see the module docstring).
 
     Splits are generated on first use and cached under ``cache_dir`` (default
@@ -380,45 +270,12 @@ class ShapesDataset(GeneratedDataset[ShapesSplit]):
         check_split(split)
         params = {"version": VERSION, "seed": self.seed, "size": self.size, "split": split,
                   "n": self.counts[split]}
-        digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:12]
-        directory = self.cache_dir if self.cache_dir is not None else default_cache_dir()
-        return directory / f"shapes-v{VERSION}-{split}-{digest}.npz"
+        return cache_file(self.cache_dir, "shapes", VERSION, split, params)
 
-    def _make_split(self, name: str) -> ShapesSplit:
+    def _make_split(self, name: str) -> SceneSplit:
         """Loaded from the cache, or generated and cached."""
-        path = self.cache_path(name)
         n = self.counts[name]
-        arrays = _read_cache(path)
-        if arrays is None or not _valid_arrays(arrays, n, self.size):
-            arrays = generate_split(self.seed, name, n, self.size)
-            _write_cache(path, arrays)
-        return ShapesSplit(arrays)
-
-
-def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
-    """The arrays of a cache file, or None when it is missing or unreadable."""
-    if not path.is_file():
-        return None
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {key: data[key] for key in _ARRAY_KEYS if key in data.files}
-    except Exception:  # corrupt, truncated, wrong format: regenerate
-        return None
-
-
-def _write_cache(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to ``path`` atomically; a failure only costs the cache (warning)."""
-    tmp_name = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-        os.replace(tmp_name, path)
-        tmp_name = None
-    except OSError as err:
-        warnings.warn(f"could not write the shapes cache {path}: {err}", stacklevel=3)
-    finally:
-        if tmp_name is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp_name)
+        return SceneSplit(cached(
+            self.cache_path(name), scene_arrays.KEYS,
+            lambda arrays: scene_arrays.valid(arrays, n, self.size),
+            lambda: generate_split(self.seed, name, n, self.size)))

@@ -2,12 +2,19 @@
 under one budget for several seeds and evaluated on the **test** split (data the search never
 saw).
 
-Contenders: ``searched`` (the policy file, its loss weighting included) and named baselines
-(each with every task's loss weighing 1, as the search's reference trial). Each seed's Δm% is
-measured against the reference contender trained with that same seed; differences between the
-searched policy and a baseline are paired by seed (paired t-test by default, or Wilcoxon's
-signed-rank test). Every run is stored in ``<out>/runs/`` with a fingerprint of what it
-trained, so running the same command again trains only what is missing.
+Contenders: ``searched`` (the policy file, its loss weighting included), named baselines
+(each with every task's loss weighing 1, as the search's reference trial) and, unless left
+out, ablations that separate augmentation from loss weighting: ``searched/equal-weights``
+(the searched augmentation, every loss weighing 1) and ``<baseline>/searched-weights`` (the
+space's reference augmentation and the best baseline, with the searched loss weighting).
+
+Each seed's Δm% is measured against the reference contender trained with that same seed;
+differences between the searched policy and each other contender are paired by seed (95% t
+interval; paired t-test by default, or Wilcoxon's signed-rank test), and the p-values of one
+table are corrected for multiple comparisons (Holm); a verdict needs the corrected p. The
+seeds the searched policy was selected on are never benchmark seeds. Every run is stored in
+``<out>/runs/`` with a fingerprint of what it trained, so running the same command again
+trains only what is missing.
 """
 
 from __future__ import annotations
@@ -18,14 +25,14 @@ import math
 import os
 import re
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from policysearch.augment import Policy, is_baseline, load_policy
+from policysearch.augment import BASELINES, Policy, Weighting, is_baseline, load_policy
 from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
 from policysearch.events import BenchmarkListener, RunEnded, RunEpochEnded, RunStarted
@@ -42,6 +49,9 @@ if TYPE_CHECKING:
 
 ALL_BASELINES = ("none", "flipcrop", "randaugment", "trivialaugment", "autoaugment")
 SEARCHED = "searched"
+EQUAL_WEIGHTS = f"{SEARCHED}/equal-weights"  # the searched augmentation, every loss weighing 1
+SEARCHED_WEIGHTS = "searched-weights"  # "<baseline>/searched-weights"
+WINS, LOSES, NO_DIFFERENCE = "searched wins", "searched loses", "no significant difference"
 SIGNIFICANCE_TESTS = ("ttest", "wilcoxon")
 ALPHA = 0.05
 RUN_SCHEMA = "policysearch.benchmark-run/v1"
@@ -69,8 +79,9 @@ class BenchmarkOptions(SpaceOverrides):
     storage: str | None = None  # … or its database and study name
     study: str | None = None
     space: str | Path | None = None  # default: the search's stored space, else "default"
-    seeds: int = 3
-    seed: int = 1  # seeds seed … seed + seeds − 1; the search trains with seed 0 by default
+    seeds: int = 5
+    seed: int = 1  # the first seed; the seeds the policy was selected on are skipped
+    ablations: bool = True
     device: str = "auto"
     threads: int | None = None
     significance: str = "ttest"
@@ -81,6 +92,12 @@ class BenchmarkOptions(SpaceOverrides):
 class Contender:
     name: str
     policy: Policy
+
+
+def contender_kind(name: str) -> str:
+    """``searched``, ``ablation`` (a name with a ``/``, which no baseline has) or
+    ``baseline``."""
+    return SEARCHED if name == SEARCHED else "ablation" if "/" in name else "baseline"
 
 
 @dataclass
@@ -140,7 +157,7 @@ def _contenders(options: BenchmarkOptions, policy: Policy,
     names = list(dict.fromkeys(options.baselines))
     for name in names:
         if not is_baseline(name):
-            raise UserError(f"unknown baseline {name!r}; known: {', '.join(ALL_BASELINES)} "
+            raise UserError(f"unknown baseline {name!r}; known: {', '.join(BASELINES)} "
                             "or a timm-style string such as rand-m9-n2", field="--baselines")
         if name == SEARCHED or not re.fullmatch(r"[A-Za-z0-9_.+-]+", name):
             raise UserError(f"cannot name a contender {name!r}", field="--baselines")
@@ -150,6 +167,68 @@ def _contenders(options: BenchmarkOptions, policy: Policy,
         names.append(options.reference)
     return [Contender(SEARCHED, policy)] + [Contender(n, reference_policy(n, tasks))
                                              for n in names]
+
+
+def ablations(policy: Policy, bases: Sequence[str], tasks: dict[str, str]) -> list[Contender]:
+    """The ablations of ``policy``: ``searched/equal-weights`` (its augmentation with the
+    baselines' loss weighting) and ``<base>/searched-weights`` for each of ``bases`` (that
+    baseline's augmentation with ``policy``'s weighting). None when ``policy`` already weighs
+    like the baselines: they would train the searched policy and the baselines again."""
+    from policysearch.search.lifecycle import reference_policy
+
+    equal = reference_policy("none", tasks).weighting  # what every baseline weighs with
+    if policy.weighting == equal:
+        return []
+    return [Contender(EQUAL_WEIGHTS, with_weighting(policy, equal))] + [
+        Contender(f"{b}/{SEARCHED_WEIGHTS}", with_weighting(reference_policy(b, tasks),
+                                                            policy.weighting))
+        for b in dict.fromkeys(bases)]
+
+
+def with_weighting(policy: Policy, weighting: Weighting) -> Policy:
+    """``policy`` with another loss weighting (augmentation and provenance as they were)."""
+    return replace(policy, weighting=weighting)
+
+
+def best_baseline(frame: pd.DataFrame) -> str | None:
+    """The baseline with the best mean Δm% in ``frame`` (``runs_frame``; the first of equals),
+    None when no baseline has a finite mean."""
+    baselines = frame[frame["contender"].map(contender_kind) == "baseline"]
+    means = baselines.groupby("contender", sort=False)["delta_m"].mean().dropna()
+    return None if means.empty else str(means.idxmax())
+
+
+# --- seeds ---------------------------------------------------------------------------------------
+
+
+def selection_seeds(policy: Policy, records: StudyRecords | None, source: str) -> set[int]:
+    """The seeds the searched policy was selected on: those its provenance names (an exported
+    policy's ``selection_seeds``) and, with the search's records, the search's seed and the
+    seeds of the trial's stored re-runs. Empty when neither is known."""
+    prov = policy.provenance or {}
+    named = prov.get("selection_seeds") or []
+    if not isinstance(named, list) or not all(isinstance(s, int) and not isinstance(s, bool)
+                                              for s in named):
+        raise UserError(f"expected a list of whole numbers, got {named!r}", source=source,
+                        field="provenance.selection_seeds")
+    seeds = set(named)
+    if records is not None:
+        seeds.add(records.seed)
+        trial = prov.get("trial")
+        if prov.get("study") == records.name and isinstance(trial, int):
+            seeds.update(records.trial_seeds(trial))
+    return seeds
+
+
+def benchmark_seeds(first: int, count: int, exclude: Collection[int]) -> list[int]:
+    """The first ``count`` seeds from ``first`` up that are not in ``exclude``."""
+    seeds: list[int] = []
+    seed = first
+    while len(seeds) < count:
+        if seed not in exclude:
+            seeds.append(seed)
+        seed += 1
+    return seeds
 
 
 def _check_options(options: BenchmarkOptions) -> None:
@@ -249,27 +328,72 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 def paired_test(a: Sequence[float], b: Sequence[float], method: str = "ttest"
                 ) -> dict[str, float]:
     """Compare ``a`` with ``b`` paired by position: mean difference a − b, its 95% confidence
-    interval (t distribution; paired t-test only) and the two-sided p-value. Differences that
-    are all equal give p = 0 when they are not zero and 1 when they are (the tests are
+    interval (t distribution, whatever the test), the number of pairs and the two-sided
+    p-value of the paired t-test or (``wilcoxon``) Wilcoxon's signed-rank test. Differences
+    that are all equal give p = 0 when they are not zero and 1 when they are (the tests are
     undefined there). Fewer than two pairs: p and the interval are NaN."""
     from scipy import stats
 
     diffs = [x - y for x, y in zip(a, b, strict=True) if math.isfinite(x - y)]
     out = {"diff": statistics.fmean(diffs) if diffs else math.nan, "ci_low": math.nan,
-           "ci_high": math.nan, "p": math.nan}
+           "ci_high": math.nan, "p": math.nan, "pairs": len(diffs)}
     if len(diffs) < 2:
         return out
     mean, sd = statistics.fmean(diffs), statistics.stdev(diffs)
     if sd == 0.0:
         out.update(ci_low=mean, ci_high=mean, p=0.0 if mean != 0.0 else 1.0)
         return out
+    half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
+    out.update(ci_low=mean - half, ci_high=mean + half)
     if method == "ttest":
-        half = float(stats.t.ppf(0.975, len(diffs) - 1)) * sd / math.sqrt(len(diffs))
-        out.update(ci_low=mean - half, ci_high=mean + half,
-                   p=float(stats.ttest_1samp(diffs, 0.0).pvalue))
+        out.update(p=float(stats.ttest_1samp(diffs, 0.0).pvalue))
     else:
         out.update(p=float(stats.wilcoxon(diffs).pvalue))
     return out
+
+
+def wilcoxon_min_p(pairs: int) -> float:
+    """The smallest two-sided p-value the exact signed-rank test can give with ``pairs``
+    pairs (every difference of one sign): 2 / 2^pairs, 0.0625 for 5."""
+    return 2.0 / 2.0 ** pairs if pairs > 0 else 1.0
+
+
+def wilcoxon_note(pairs: int) -> str | None:
+    """Why Wilcoxon cannot call anything significant with ``pairs`` pairs; None if it can."""
+    smallest = wilcoxon_min_p(pairs)
+    if smallest < ALPHA:
+        return None
+    return (f"Wilcoxon's signed-rank test with {pairs} pairs cannot reach p < {ALPHA}: its "
+            f"smallest two-sided p is {smallest:.4g}, so no difference can be significant "
+            f"(use the paired t-test or at least {_wilcoxon_pairs_needed()} seeds)")
+
+
+def _wilcoxon_pairs_needed() -> int:
+    return next(n for n in range(1, 64) if wilcoxon_min_p(n) < ALPHA)
+
+
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm–Bonferroni adjusted p-values, in the order given: the k-th smallest of the m
+    finite p-values times m − k + 1, made non-decreasing in that order and capped at 1. NaN
+    (no test) stays NaN and is not counted in m."""
+    ranked = sorted((p, i) for i, p in enumerate(pvalues) if math.isfinite(p))
+    adjusted = [math.nan] * len(pvalues)
+    running = 0.0
+    for k, (p, i) in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - k) * p))
+        adjusted[i] = running
+    return adjusted
+
+
+def verdict(diff: float, p_holm: float) -> str:
+    """The verdict of one comparison: it needs the Holm-adjusted p below ``ALPHA``."""
+    if not math.isfinite(diff):
+        return "no paired runs"
+    if not math.isfinite(p_holm):
+        return "one seed: no test"
+    if p_holm >= ALPHA:
+        return NO_DIFFERENCE
+    return WINS if diff > 0 else LOSES
 
 
 def _primary(info: MetricsInfo) -> list[tuple[str, str]]:
@@ -299,9 +423,10 @@ def runs_frame(runs: dict[tuple[str, int], dict[str, Any]], contenders: list[str
 
 def summary_frame(runs: pd.DataFrame, info: MetricsInfo, method: str) -> pd.DataFrame:
     """One row per contender: mean and std (over seeds) of Δm% and every metric, and the
-    searched policy's paired difference in Δm% to it (``diff`` = searched − contender),
-    its interval, p-value and whether it is larger than the seed noise (the larger of the
-    two contenders' Δm% std)."""
+    searched policy's paired difference in Δm% to it (``diff`` = searched − contender), its
+    95% t interval, the number of ``pairs``, the raw ``p_value``, ``p_holm`` (Holm-adjusted
+    over every contender of the table), the ``verdict`` (``verdict``) and whether the
+    difference is larger than the seed noise (the larger of the two contenders' Δm% std)."""
     metric_cols = [f"{t}.{m}" for t, metrics in info.items() for m in metrics]
     searched = runs[runs["contender"] == SEARCHED].set_index("seed")["delta_m"]
     rows = []
@@ -316,10 +441,16 @@ def summary_frame(runs: pd.DataFrame, info: MetricsInfo, method: str) -> pd.Data
             noise = max(_nan0(row["delta_m_std"]),
                         _nan0(statistics.stdev(searched) if len(searched) > 1 else math.nan))
             row.update(diff=test["diff"], ci_low=test["ci_low"], ci_high=test["ci_high"],
-                       p_value=test["p"], seed_std=noise,
+                       pairs=test["pairs"], p_value=test["p"], seed_std=noise,
                        beyond_noise=bool(len(common) > 1 and abs(test["diff"]) > noise))
         rows.append(row)
-    return pd.DataFrame(rows)
+    frame = pd.DataFrame(rows)
+    if "p_value" in frame.columns:
+        frame["p_holm"] = holm(frame["p_value"].tolist())
+        frame["verdict"] = [None if name == SEARCHED else verdict(diff, p)
+                            for name, diff, p in zip(frame["contender"], frame["diff"],
+                                                     frame["p_holm"], strict=True)]
+    return frame
 
 
 def _nan0(value: float) -> float:
@@ -327,28 +458,63 @@ def _nan0(value: float) -> float:
 
 
 def verdicts(summary: pd.DataFrame, method: str) -> list[str]:
-    """One plain sentence per baseline: does the searched policy beat it?"""
+    """Plain sentences: one per contender (does the searched policy beat it, by the
+    Holm-adjusted test?), a note when Wilcoxon cannot be significant, and the overall
+    verdict against the baselines."""
+    others = summary[summary["contender"] != SEARCHED]
     lines = []
-    for _, row in summary[summary["contender"] != SEARCHED].iterrows():
-        diff, p = row["diff"], row["p_value"]
+    pairs = [int(n) for n in others.get("pairs", pd.Series(dtype=float)).dropna()]
+    note = wilcoxon_note(max(pairs)) if method == "wilcoxon" and pairs else None
+    if note is not None:
+        lines.append(note + ".")
+    for _, row in others.iterrows():
+        name, diff, p = row["contender"], row["diff"], row["p_value"]
+        what = f"searched vs {name}: "
         if not math.isfinite(diff):
-            lines.append(f"searched vs {row['contender']}: no paired runs")
+            lines.append(what + "no paired runs")
             continue
-        side = "better" if diff > 0 else "worse"
         if not math.isfinite(p):
-            lines.append(f"searched vs {row['contender']}: {diff:+.2f} Δm% (one seed: no test)")
+            lines.append(what + f"{diff:+.2f} Δm% (one seed: no test)")
             continue
-        sig = (f"significant (p = {p:.3f} < {ALPHA})" if p < ALPHA
-               else f"not significant (p = {p:.3f})")
+        ci = (f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
+              if math.isfinite(row["ci_low"]) else "")
+        outcome = {WINS: "the searched policy wins", LOSES: "the searched policy loses"}.get(
+            row["verdict"], "the searched policy does not win (not significant after Holm)")
         noise = ("beyond" if row["beyond_noise"] else "within") + \
             f" the seed std ({row['seed_std']:.2f})"
-        lines.append(f"searched vs {row['contender']}: {diff:+.2f} Δm% ({side}), {sig} by "
-                     f"{_test_name(method)}, {noise}")
+        lines.append(f"{what}{diff:+.2f} Δm%{ci}, raw p = {p:.3f}, Holm p = "
+                     f"{row['p_holm']:.3f} ({_test_name(method)}): {outcome}; {noise}"
+                     f"{_reading(str(name))}")
+    lines.append(overall_verdict(summary))
     return lines
 
 
+def overall_verdict(summary: pd.DataFrame) -> str:
+    """Whether the searched policy beats every baseline by the Holm-adjusted test, and where
+    it does not."""
+    rows = summary[summary["contender"].map(contender_kind) == "baseline"]
+    beaten = [str(n) for n, v in zip(rows["contender"], rows.get("verdict", []), strict=False)
+              if v == WINS]
+    not_beaten = [str(n) for n in rows["contender"] if str(n) not in beaten]
+    head = f"Overall (Holm-adjusted, α = {ALPHA}): "
+    if not not_beaten:
+        return head + "the searched policy beats every baseline."
+    return (head + f"the searched policy does not beat {', '.join(not_beaten)}"
+            + (f"; it beats {', '.join(beaten)}." if beaten else "; it beats no baseline."))
+
+
+def _reading(name: str) -> str:
+    if name == EQUAL_WEIGHTS:
+        return " — what the searched loss weights add to the searched augmentation"
+    if contender_kind(name) == "ablation":
+        base = name.split("/")[0]
+        return (f" — what the searched augmentation adds over {base}, both with the searched "
+                "loss weights")
+    return ""
+
+
 def _test_name(method: str) -> str:
-    return "a paired t-test" if method == "ttest" else "Wilcoxon's signed-rank test"
+    return "paired t-test" if method == "ttest" else "Wilcoxon's signed-rank test"
 
 
 # --- cost ----------------------------------------------------------------------------------------
@@ -402,24 +568,28 @@ def to_markdown(outcome: BenchmarkOutcome, header: list[str], method: str) -> st
     primary = _primary(info)
     lines = ["# Benchmark: searched policy vs standard augmentations", "", *header, ""]
     head = ["contender", "Δm% (test)", *(f"{t} {m}" for t, m in primary),
-            f"searched − contender ({'paired t-test' if method == 'ttest' else 'Wilcoxon'})",
-            "s / run"]
-    lines += ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+            "searched − contender [95% CI]",
+            f"p ({'paired t-test' if method == 'ttest' else 'Wilcoxon'})", "p (Holm)",
+            "verdict", "s / run"]
+    lines += ["| " + " | ".join(head) + " |",
+              "|---|" + "---:|" * (len(head) - 3) + "---|---:|"]  # verdict: left-aligned
     for _, row in summary.iterrows():
         cells = [str(row["contender"]), _pm(row["delta_m"], row["delta_m_std"], 2)]
         cells += [_pm(row[f"{t}.{m}"], row[f"{t}.{m}_std"], 3) for t, m in primary]
         if row["contender"] == SEARCHED:
-            cells.append("")
+            cells += ["", "", "", ""]
         else:
-            diff, p = row["diff"], row["p_value"]
+            diff = row["diff"]
             ci = (f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]"
                   if math.isfinite(row["ci_low"]) else "")
-            cells.append(f"{diff:+.2f}{ci}, p = {p:.3f}" + (" *" if p < ALPHA else "")
-                         if math.isfinite(p) else f"{diff:+.2f}")
+            cells += [f"{diff:+.2f}{ci}" if math.isfinite(diff) else "–",
+                      _p(row["p_value"]), _p(row["p_holm"]), str(row["verdict"])]
         cells.append(f"{row['seconds']:.0f}")
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "Mean ± std over seeds. `*`: p < 0.05. Brackets: 95% confidence interval of "
-              "the paired difference in Δm%.", ""]
+    lines += ["", "Mean ± std over seeds. Brackets: 95% t interval of the paired difference in "
+              f"Δm% (searched − contender, paired by seed). p (Holm): adjusted for the "
+              f"{int(summary['p_value'].notna().sum()) if 'p_value' in summary else 0} "
+              f"comparisons of this table; a verdict needs it below {ALPHA}.", ""]
     lines += [f"- {v}" for v in outcome.verdicts]
     if outcome.cost is not None:
         lines += ["", cost_line(outcome.cost) + "."]
@@ -435,6 +605,10 @@ def to_markdown(outcome: BenchmarkOutcome, header: list[str], method: str) -> st
     return "\n".join(lines) + "\n"
 
 
+def _p(value: float) -> str:
+    return f"{value:.3f}" if math.isfinite(value) else "–"
+
+
 def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> Path:
     """Bar plot of Δm% (mean ± std over seeds, every seed as a dot), the searched policy
     highlighted."""
@@ -446,7 +620,8 @@ def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> P
     names = summary["contender"].tolist()
     means = summary["delta_m"].fillna(0.0).to_numpy()
     stds = summary["delta_m_std"].fillna(0.0).to_numpy()
-    colors = ["#d95f02" if n == SEARCHED else "#7570b3" for n in names]
+    colors = [{SEARCHED: "#d95f02", "ablation": "#1b9e77"}.get(contender_kind(n), "#7570b3")
+              for n in names]
     fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.0, 4.0), dpi=120)
     xs = range(len(names))
     ax.bar(xs, means, yerr=stds, capsize=5, color=colors, alpha=0.85)
@@ -496,26 +671,46 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
 
     info = metrics_info_from_tasks([make_task(spec) for spec in dataset.tasks])
     contenders = _contenders(options, policy, tasks)
-    seeds = list(range(options.seed, options.seed + options.seeds))
+    ablated = ablations(policy, [space.reference], tasks) if options.ablations else []
+    contenders += ablated
+    if options.ablations and not ablated:
+        say("no ablations: the searched policy weighs every loss 1, as the baselines do")
+    excluded = selection_seeds(policy, records, str(options.policy))
+    seeds = benchmark_seeds(options.seed, options.seeds, excluded)
+    skipped = sorted(excluded & set(range(options.seed, seeds[-1] + 1)))
+    if skipped:
+        say(f"seeds {', '.join(map(str, skipped))} left out: the searched policy was selected "
+            "on them")
     budget = space.budget
     say(f"benchmark: {len(contenders)} contenders × {len(seeds)} seeds on {space.dataset} "
         f"(test split: {len(dataset.split('test'))} samples), {budget.epochs} epochs each")
     runs, trained, reused = _train_runs(contenders, seeds, space, dataset, options, say, events)
-    names = [c.name for c in contenders]
     weights = dict(space.task_weights or {}) or None
-    frame = runs_frame(runs, names, seeds, info, options.reference, weights)
+    frame = runs_frame(runs, [c.name for c in contenders], seeds, info, options.reference,
+                       weights)
+    best = best_baseline(frame)
+    if ablated and best is not None and best != space.reference:
+        say(f"best baseline: {best}; training it with the searched loss weights")
+        extra = ablations(policy, [best], tasks)[1:]
+        more = _train_runs(extra, seeds, space, dataset, options, say, events)
+        contenders += extra
+        runs.update(more[0])
+        trained, reused = trained + more[1], reused + more[2]
+        frame = runs_frame(runs, [c.name for c in contenders], seeds, info, options.reference,
+                           weights)
     summary = summary_frame(frame, info, options.significance)
     searched_seconds = float(frame.loc[frame["contender"] == SEARCHED, "seconds"].mean())
     outcome = BenchmarkOutcome(runs=frame, summary=summary, metrics_info=info,
                                cost=cost_summary(records, budget.epochs, searched_seconds),
                                verdicts=verdicts(summary, options.significance),
                                trained=trained, reused=reused)
-    outcome.files = _write(outcome, options, space, policy, seeds, len(dataset.split("test")))
+    outcome.files = _write(outcome, options, space, policy, seeds, sorted(excluded),
+                           len(dataset.split("test")))
     return outcome
 
 
 def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSpace,
-           policy: Policy, seeds: list[int], n_test: int) -> list[Path]:
+           policy: Policy, seeds: list[int], excluded: list[int], n_test: int) -> list[Path]:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     budget = space.budget
@@ -528,10 +723,17 @@ def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSp
         f"; dataset `{space.dataset}`, test split ({n_test} samples), never seen by the search.",
         f"Budget per run: {budget.epochs} epochs, batch {budget.batch_size}, lr {budget.lr:g}, "
         f"{budget.optimizer}, encoder `{budget.encoder}`, image size {budget.image_size}; "
-        f"seeds {seeds[0]}–{seeds[-1]}; device `{device}`.",
+        f"seeds {', '.join(map(str, seeds))}; device `{device}`.",
+        "Seeds the searched policy was selected on (left out): "
+        + (", ".join(map(str, excluded)) if excluded else
+           "unknown (no search found and none in the policy's provenance)") + ".",
         f"Δm%: against `{options.reference}` trained with the same seed (primary metrics; "
         f"mean over tasks). Baselines weigh every task's loss 1; `searched` uses its own "
-        f"loss weighting ({policy.weighting.method}).",
+        f"loss weighting ({policy.weighting.method})"
+        + ("; ablations: `searched/equal-weights` is the searched augmentation with every "
+           "loss weighing 1, `<baseline>/searched-weights` that baseline with the searched "
+           "loss weighting." if any(contender_kind(n) == "ablation"
+                                    for n in outcome.summary["contender"]) else "."),
     ]
     md = out / "benchmark.md"
     md.write_text(to_markdown(outcome, header, options.significance))
@@ -541,7 +743,9 @@ def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSp
     js = out / "benchmark.json"
     js.write_text(json.dumps({
         "policy": str(options.policy), "reference": options.reference,
-        "significance": options.significance, "seeds": seeds, "dataset": space.dataset,
+        "significance": options.significance, "seeds": seeds,
+        "selection_seeds": excluded, "alpha": ALPHA, "correction": "holm",
+        "dataset": space.dataset,
         "budget": budget.model_dump(mode="json"), "cost": outcome.cost,
         "verdicts": outcome.verdicts,
         "summary": json.loads(outcome.summary.to_json(orient="records")),
@@ -553,5 +757,6 @@ def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSp
     return [md, csv, runs_csv, js, png]
 
 
-__all__ = ["ALL_BASELINES", "BenchmarkOptions", "BenchmarkOutcome", "paired_test",
-           "run_benchmark", "summary_frame"]
+__all__ = ["ALL_BASELINES", "BenchmarkOptions", "BenchmarkOutcome", "ablations",
+           "benchmark_seeds", "holm", "paired_test", "run_benchmark", "selection_seeds",
+           "summary_frame", "wilcoxon_min_p"]

@@ -24,7 +24,7 @@ from policysearch.augment import Policy, is_baseline
 from policysearch.config import SearchSpace
 from policysearch.errors import UserError
 from policysearch.records import StudyRecords, delta_m, trial_subject
-from policysearch.reporting.tables import results_frame
+from policysearch.reporting.tables import best_search_trials
 
 if TYPE_CHECKING:
     from policysearch.data.base import MultiTaskDataset
@@ -166,6 +166,12 @@ class _Trainer:
         return f": Δm% {value:+.2f}" if math.isfinite(value) else ": Δm% undefined"
 
 
+def extra_seeds(records: StudyRecords, seeds: int) -> list[int]:
+    """The seeds re-runs train with: the study's seed + 1 … + ``seeds``, never the seed its
+    trials trained (and were ranked) with."""
+    return list(range(records.seed + 1, records.seed + seeds + 1))
+
+
 def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | None,
                top: int | None = None, seeds: int = 2, reference: str | None = None,
                task_weights: Mapping[str, float] | None = None, device: str = "auto",
@@ -199,19 +205,18 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
         raise UserError("the study has no complete reference trial yet",
                         field=f"study {records.name}")
     if top is not None:
-        frame = results_frame(records, warn=False, task_weights=task_weights)
-        chosen = frame[frame["rank"].notna() & frame["role"].eq("search")].head(top)
+        chosen = best_search_trials(records, top, task_weights)
         if len(chosen) < top:
             say(f"only {len(chosen)} complete search trials to re-evaluate")
         by_number = {r.number: r for r in records.records}
         trial_runs = []
-        for number in chosen["trial"]:
-            rec = by_number[int(number)]
+        for number in chosen:
+            rec = by_number[number]
             policy = _policy(rec.policy, f"trial {rec.number}", records)
             trial_runs.append(Run(trial_subject(rec.number), 0, policy, f"trial {rec.number}",
                                   trial=rec.number))
         runs = []
-        for seed in range(records.seed + 1, records.seed + seeds + 1):
+        for seed in extra_seeds(records, seeds):
             runs += reference_runs(records, [seed], tasks)  # first: the trials' Δm% needs it
             runs += [Run(r.subject, seed, r.policy, r.label, r.trial) for r in trial_runs]
         trainer.run(runs)
@@ -223,4 +228,5 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
     return store.records().with_reference(reference)
 
 
-__all__ = ["Run", "reevaluate", "reference_runs", "stored_space", "study_space"]
+__all__ = ["Run", "extra_seeds", "reevaluate", "reference_runs",
+           "stored_space", "study_space"]

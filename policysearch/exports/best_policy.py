@@ -3,17 +3,25 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from policysearch.augment import Policy, load_policy
 from policysearch.errors import UserError
 from policysearch.records import StudyRecords
-from policysearch.reporting.tables import results_frame
+from policysearch.reporting.tables import (
+    best_search_trials,
+    fresh_seed_deltas,
+    mean_interval,
+    results_frame,
+)
 
-__all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy", "pick_trial"]
+__all__ = ["ExportResult", "export_policy", "albumentations_path", "load_policy",
+           "pick_finalist", "pick_trial"]
 
 
 @dataclass
@@ -42,7 +50,7 @@ def albumentations_path(yaml_path: Path, task: str, from_epoch: int | None = Non
 
 
 def pick_trial(study: StudyRecords, rank: int | None = 1,
-               task_weights: dict[str, float] | None = None, *, front: bool = False,
+               task_weights: Mapping[str, float] | None = None, *, front: bool = False,
                priority: str | None = None) -> tuple[Policy, dict]:
     """The policy of one trial, with its provenance (which says how it was picked).
 
@@ -63,6 +71,14 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
         if not 1 <= rank <= len(ranked):
             raise UserError(f"rank must be between 1 and {len(ranked)}", field="--rank")
         row, picked = ranked[ranked["rank"] == rank].iloc[0], f"rank {rank} by Δm%"
+    return _picked(study, row, picked, task_weights)
+
+
+def _picked(study: StudyRecords, row: pd.Series, picked: str,
+            task_weights: Mapping[str, float] | None,
+            extra: Mapping[str, Any] | None = None) -> tuple[Policy, dict]:
+    """The policy of the trial of ``row`` (a ``results_frame`` row) with its provenance:
+    ``picked`` says how it was picked, ``extra`` adds to it."""
     record = next(r for r in study.records if r.number == int(row["trial"]))
     if record.policy is None:
         raise UserError(f"trial {record.number} stored no policy", field=f"study {study.name}")
@@ -74,6 +90,7 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
         "delta_m": round(float(row["delta_m"]), 4),
         "reference": study.reference_baseline or study.reference_name,
         "dataset": study.dataset,
+        "selection_seeds": study.trial_seeds(record.number),  # the benchmark leaves them out
     }
     if study.objective == "pareto":
         deltas = {t: float(row[f"delta.{t}"]) for t in study.metrics_info}
@@ -84,8 +101,45 @@ def pick_trial(study: StudyRecords, rank: int | None = 1,
     weights = study.task_weights if task_weights is None else task_weights
     if any(w != 1.0 for w in weights.values()):
         provenance["task_weights"] = dict(weights)
+    provenance.update(extra or {})
     policy = Policy.from_dict(dict(record.policy), source=f"study {study.name}")
     return replace(policy, provenance=provenance), provenance
+
+
+def pick_finalist(study: StudyRecords, finalists: int,
+                  task_weights: Mapping[str, float] | None = None) -> tuple[Policy, dict]:
+    """Of the ``finalists`` best complete search trials by Δm% (``--finalists``), the one with
+    the best mean Δm% over the seeds of its re-runs, the study's seed left out
+    (``tables.fresh_seed_deltas``); ties go to the better rank. Its provenance lists every
+    finalist's mean, 95% t interval and seeds. While no finalist has a re-run: rank 1, as
+    ``pick_trial``."""
+    frame = results_frame(study, warn=False, task_weights=task_weights).set_index("trial")
+    by_number = {r.number: r for r in study.records}
+    entries = []
+    for number in best_search_trials(study, finalists, task_weights):
+        values = fresh_seed_deltas(study, by_number[number], task_weights)
+        mean, low, high = mean_interval(list(values.values()))
+        entries.append({"trial": number, "rank": int(frame.loc[number, "rank"]),
+                        "delta_m": _rounded(frame.loc[number, "delta_m"]),
+                        "mean": _rounded(mean), "interval": [_rounded(low), _rounded(high)],
+                        "seeds": list(values)})
+    raced = [e for e in entries if e["seeds"]]
+    if not raced:
+        return pick_trial(study, 1, task_weights)
+    best = max(raced, key=lambda e: (e["mean"], -e["rank"]))
+    seeds = ", ".join(str(s) for s in best["seeds"])
+    picked = (f"best mean Δm% of the {len(entries)} finalists (the best trials by Δm%, trained "
+              f"again with seeds other than the study's), over seeds {seeds}")
+    row = frame.loc[best["trial"]].copy()
+    row["trial"] = best["trial"]
+    extra = {"delta_m_mean": best["mean"], "delta_m_interval": best["interval"],
+             "seeds": best["seeds"], "finalists": entries}
+    return _picked(study, row, picked, task_weights, extra)
+
+
+def _rounded(value: float) -> float | None:
+    """For provenance: 4 decimals, None for NaN (no interval from one seed)."""
+    return round(float(value), 4) if math.isfinite(value) else None
 
 
 def _front_member(study: StudyRecords, ranked: pd.DataFrame,

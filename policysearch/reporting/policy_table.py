@@ -1,5 +1,6 @@
 """A policy as a readable table (``policysearch show FILE``): one row per slot, by phase and
-view, then the loss weighting and where the policy came from."""
+view (the base first, in every phase), then the loss weighting and where the policy came
+from."""
 
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def policy_rows(policy: Policy) -> list[dict[str, str]]:
         phases = [("all", policy.shared, policy.per_task)]
     rows: list[dict[str, str]] = []
     for epochs, shared, per_task in phases:
+        rows += [{"epochs": epochs, "view": "base (before shared)", "slot": str(i),
+                  **_slot(slot)} for i, slot in enumerate(policy.base, start=1)]
         rows += [{"epochs": epochs, **row} for row in _shared_rows(shared)]
         for task in policy.tasks:
             for i, slot in enumerate(per_task.get(task, ()), start=1):

@@ -20,6 +20,8 @@ from policysearch.events import (
     BenchmarkEvent,
     DatasetLoaded,
     EpochEnded,
+    FinalistsProgress,
+    FinalistsStarted,
     Interrupted,
     PruningOff,
     RunEnded,
@@ -38,6 +40,17 @@ from policysearch.events import (
     WorkerDied,
     to_dict,
 )
+
+
+def finalists_line(event: FinalistsStarted) -> str:
+    """What the finalists' race will train, said before it starts (its cost cap)."""
+    trials = ", ".join(str(t) for t in event.trials)
+    seeds = ", ".join(str(s) for s in event.seeds)
+    left = event.runs - event.stored
+    return (f"finalists: trials {trials} (the {len(event.trials)} best by Δm%) and the "
+            f"reference, each with seeds {seeds}: {event.runs} runs of {event.epochs} epochs "
+            f"= {event.runs * event.epochs} trial-epochs at most; {event.stored} stored, "
+            f"{left} to train ({left * event.epochs} trial-epochs)")
 
 
 def _fmt_time(seconds: float) -> str:
@@ -160,6 +173,10 @@ class ProgressPrinter:
             case TrackingFailed():
                 say(f"--log-to stopped logging: {event.error}; the search goes on",
                     highlight=False)
+            case FinalistsStarted():
+                say(finalists_line(event), highlight=False)
+            case FinalistsProgress():
+                say(f"  {event.message}", highlight=False)
             case TimedOut():
                 say(f"timeout reached: stopping with {event.finished} of {event.target} trials "
                     "finished; run the same command to continue", highlight=False)

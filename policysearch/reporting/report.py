@@ -205,6 +205,13 @@ def _summary(study: StudyRecords, frame: pd.DataFrame) -> str:
     if not ranked.empty:
         best = ranked.iloc[0]
         cards.append(_card(f"{best['delta_m']:+.2f}", f"best Δm% (trial {int(best['trial'])})"))
+    raced = (ranked[ranked["delta_m_mean"].notna()] if "delta_m_mean" in ranked.columns
+             else ranked.iloc[0:0])
+    if not raced.empty:  # finalists / re-evaluated trials: the best mean, as the export picks
+        top = raced.loc[raced["delta_m_mean"].idxmax()]
+        cards.append(_card(f"{top['delta_m_mean']:+.2f}",
+                           f"best mean Δm% over re-run seeds (trial {int(top['trial'])}, "
+                           f"{int(top['seeds'])} seeds)"))
     cards.append(_card(str(len(frame)), ", ".join(f"{n} {s}" for s, n in sorted(states.items()))
                        or "trials"))
     if cost.full_trainings is not None:
@@ -287,6 +294,13 @@ def _cost_section(study: StudyRecords) -> str:
     if cost.wall_seconds is not None:
         rows.append(("wall time (while at least one trial ran)", _minutes(cost.wall_seconds)))
     rows += [(f"{kind}-hours", f"{s / 3600:.2f}") for kind, s in cost.device_seconds.items()]
+    if cost.rerun_runs:
+        units = (f" = {cost.rerun_epochs / study.budget_epochs:.2f} full trainings"
+                 if study.budget_epochs else "")
+        rows += [("re-runs beside the study (finalists, re-evaluation; not trials)",
+                  str(cost.rerun_runs)),
+                 ("their trial-epochs", f"{cost.rerun_epochs}{units}"),
+                 ("their time", _minutes(cost.rerun_seconds))]
     wait = data_wait_stats(study)
     if wait is not None:
         percent, workers, trials = wait

@@ -65,20 +65,42 @@ def pareto_optimal(points: Sequence[Sequence[float]]) -> list[bool]:
     return [not any(dominates(q, p) for q in points) for p in points]
 
 
-def _seed_values(study: StudyRecords, rec: TrialRecord, refs: Mapping[int, Metrics | None],
-                 weights: Mapping[str, float], notes: set[str]) -> list[float]:
-    """A trial's Δm% for every seed it was trained with whose reference (trained with the
-    same seed) is known."""
-    values = []
-    for seed, ref in refs.items():
+def fresh_seed_deltas(study: StudyRecords, rec: TrialRecord,
+                      weights: Mapping[str, float] | None = None,
+                      refs: Mapping[int, Metrics | None] | None = None,
+                      notes: set[str] | None = None) -> dict[int, float]:
+    """A trial's Δm% at every seed of its stored re-runs but the study's own (the seed the
+    trials were ranked on, whose value is biased by that selection), each against the
+    reference trained with the same seed; seeds whose reference is missing or whose Δm% is
+    undefined are left out. ``refs``: the references by seed, when already looked up."""
+    weights = study.task_weights if weights is None else weights
+    values = {}
+    for seed in sorted(study.reruns.get(trial_subject(rec.number), {})):
+        ref = refs.get(seed) if refs is not None else study.reference_metrics(seed)
         metrics = study.trial_metrics(rec, seed)
-        if metrics is None or ref is None:
+        if seed == study.seed or metrics is None or ref is None:
             continue
         value, found = delta_m(metrics, ref, study.metrics_info, weights)
-        notes.update(found)
+        if notes is not None:
+            notes.update(found)
         if math.isfinite(value):
-            values.append(value)
+            values[seed] = value
     return values
+
+
+def mean_interval(values: Sequence[float]) -> tuple[float, float, float]:
+    """Mean and 95% t interval (low, high) of ``values``; the interval is NaN for fewer
+    than two values, the mean too for none."""
+    from scipy import stats
+
+    if not values:
+        return math.nan, math.nan, math.nan
+    mean = statistics.mean(values)
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = (float(stats.t.ppf(0.975, len(values) - 1)) * statistics.stdev(values)
+            / math.sqrt(len(values)))
+    return mean, mean - half, mean + half
 
 
 def results_frame(study: StudyRecords, *, warn: bool = True,
@@ -89,10 +111,11 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     Δm% weighs the tasks by ``task_weights`` (default: the study's, else 1 each). A pareto
     study adds ``delta.<task>`` (each task's Δ%) and ``pareto`` (Pareto-optimal among the
     complete search trials; the reference is not a candidate); ranks stay by Δm%. Trials with
-    stored re-runs add ``delta_m_mean``, ``delta_m_std`` (sample std) and ``seeds``: over
-    every seed they were trained with, the study's included, each against the reference
-    trained with the same seed. The loss weights are a trial's final weights (what a dynamic
-    method ended with) when it recorded them, else its policy's static weights.
+    stored re-runs (finalists, re-evaluation) add ``delta_m_mean``, ``delta_m_std`` (sample
+    std), ``delta_m_low`` and ``delta_m_high`` (95% t interval of the mean) and ``seeds``:
+    over the seeds of their re-runs, the study's own left out (``fresh_seed_deltas``). The
+    loss weights are a trial's final weights (what a dynamic method ended with) when it
+    recorded them, else its policy's static weights.
     ``data_wait``: the mean over the trial's epochs of the share of each epoch's wall time the
     training step waited for its next batch, in % (1 decimal; NaN when not recorded: pruned or
     failed trials, older studies); ``loader_workers``: the DataLoader worker processes that
@@ -102,7 +125,8 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     task_weights = dict(study.task_weights if task_weights is None else task_weights)
     pareto = study.objective == "pareto"
     rerun_trials = {s for s in study.reruns if s.startswith("trial:")}
-    refs = {s: study.reference_metrics(s) for s in study.rerun_seeds()} if rerun_trials else {}
+    refs = ({s: study.reference_metrics(s) for s in study.rerun_seeds() if s != study.seed}
+            if rerun_trials else {})
     rows = []
     seen_notes: set[str] = set()
     for rec in study.records:
@@ -116,9 +140,12 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
         if rerun_trials:
             values = []
             if trial_subject(rec.number) in rerun_trials and scored and rec.state == "complete":
-                values = _seed_values(study, rec, refs, task_weights, seen_notes)
-            row["delta_m_mean"] = statistics.mean(values) if values else math.nan
+                values = list(fresh_seed_deltas(study, rec, task_weights, refs,
+                                                seen_notes).values())
+            mean, low, high = mean_interval(values)
+            row["delta_m_mean"] = mean
             row["delta_m_std"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row["delta_m_low"], row["delta_m_high"] = low, high
             row["seeds"] = len(values) if values else pd.NA
         if pareto:
             deltas = task_deltas(rec.metrics, ref, study.metrics_info)[0] if scored else {}
@@ -174,10 +201,21 @@ def results_frame(study: StudyRecords, *, warn: bool = True,
     if rerun_trials:
         seeds = ", ".join(str(s) for s in refs)
         frame.attrs["reeval"] = (
-            f"delta_m_mean ± delta_m_std: Δm% over seeds {seeds} (the study's seed "
-            f"{study.seed} included), each against the reference trained with the same seed.")
+            f"delta_m_mean ± delta_m_std, 95% t interval [delta_m_low, delta_m_high]: Δm% over "
+            f"the re-run seeds {seeds or '(none yet)'}, each against the reference trained with "
+            f"the same seed; the study's seed {study.seed}, on which the trials were ranked, "
+            "is left out.")
         frame.attrs["seed_noise"] = seed_noise_line(frame)
     return frame
+
+
+def best_search_trials(study: StudyRecords, top: int,
+                       task_weights: Mapping[str, float] | None = None) -> list[int]:
+    """The numbers of the ``top`` best complete search trials by Δm% (the reference trial
+    not counted), best first: the trials re-evaluated, and a search's finalists."""
+    frame = results_frame(study, warn=False, task_weights=task_weights)
+    chosen = frame[frame["rank"].notna() & frame["role"].eq("search")].head(top)
+    return [int(n) for n in chosen["trial"]]
 
 
 def data_wait_stats(study: StudyRecords) -> tuple[float, list[int], int] | None:
@@ -225,7 +263,8 @@ def seed_noise_line(frame: pd.DataFrame) -> str:
     combined std, √(std₁² + std₂²)."""
     done = frame[frame["rank"].notna() & frame["delta_m_std"].notna()].sort_values("rank")
     if done.empty:
-        return "seed noise: no trial has been trained with more than one seed yet"
+        return ("seed noise: no trial has two re-run seeds yet (the study's own seed is left "
+                "out); re-evaluate with --seeds 2 or more")
 
     def text(row: pd.Series) -> str:
         return (f"rank {int(row['rank'])} (trial {int(row['trial'])}) Δm% "
@@ -311,9 +350,11 @@ def to_csv(frame: pd.DataFrame, top: int | None = None) -> str:
 
 
 def compact_columns(frame: pd.DataFrame, info: MetricsInfo) -> list[str]:
-    """Columns for a terminal: rank, trial, state, Δm% (and its mean ± std over seeds), the
-    Pareto mark and per-task Δ%, primary metrics, policy, duration, data wait (%)."""
-    cols = ["rank", "trial", "state", "delta_m", "delta_m_mean", "delta_m_std", "seeds",
+    """Columns for a terminal: rank, trial, state, Δm% (and its mean over re-run seeds with
+    the 95% interval), the Pareto mark and per-task Δ%, primary metrics, policy, duration,
+    data wait (%)."""
+    cols = ["rank", "trial", "state", "delta_m", "delta_m_mean", "delta_m_low", "delta_m_high",
+            "seeds",
             "pareto", *(f"delta.{task}" for task in info)]
     for task, task_info in info.items():
         cols += [f"{task}.{m}" for m, meta in task_info.items() if meta.get("primary")]

@@ -13,9 +13,15 @@ import pandas as pd
 
 from policysearch.errors import UserError
 from policysearch.events import Interrupted, SearchEvent, SearchListener
-from policysearch.exports.best_policy import ExportResult, export_policy, pick_trial
+from policysearch.exports.best_policy import (
+    ExportResult,
+    export_policy,
+    pick_finalist,
+    pick_trial,
+)
 from policysearch.records import StudyRecords
 from policysearch.reporting.tables import results_frame, write_results
+from policysearch.search.finalists import check_finalists, race_finalists
 from policysearch.search.options import (
     OBJECTIVES,
     SearchOptions,
@@ -148,6 +154,7 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
 
     check_options(options)
     space = resolve_space(options)
+    check_finalists(options, space.objective)
     # A bad encoder name or weights file is a user error before any trial, not inside one.
     make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
     study_name = options.study or space.name
@@ -171,7 +178,7 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
         run.progress = _fan_out(run.progress, checkpoint.report)
         try:
             with _study_lock(options, out_dir):
-                records = _engine(options)(run)
+                records = race_finalists(run, _engine(options)(run))
         except KeyboardInterrupt:
             _report_interrupt(run, lambda study: checkpoint(study, final=True))
             raise
@@ -182,14 +189,18 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
 
 
 def _finish(run: SearchRun, records: StudyRecords, checkpoint: _Checkpoint) -> SearchOutcome:
-    """The final results table, the best policy exported, the final report."""
+    """The final results table, the best policy exported (with ``--finalists`` the finalist
+    with the best mean Δm% over its fresh seeds), the final report."""
     table = results_frame(records)
     outcome = SearchOutcome(study=records, table=table, out_dir=run.out_dir,
                             files=write_results(table, run.out_dir))
     front = run.space.objective == "pareto"
     if (bool(table.get("pareto", pd.Series(dtype=bool)).any()) if front
             else table["rank"].notna().any()):
-        policy, _ = pick_trial(records, rank=None if front else 1, front=front)
+        if run.options.finalists and not front:
+            policy, _ = pick_finalist(records, run.options.finalists)
+        else:
+            policy, _ = pick_trial(records, rank=None if front else 1, front=front)
         outcome.export = export_policy(policy, run.out_dir / "best_policy.yaml")
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())

@@ -48,6 +48,10 @@ class SearchOptions(SpaceOverrides):
     scheduler: str = "asha"  # asha | pbt | none
     report: bool = True  # keep OUT/report.html current (policysearch.reporting.report)
     log_to: str | None = None  # tensorboard | mlflow (policysearch.reporting.tracking)
+    # After the trials: the K best trained again with S fresh seeds, the best mean exported
+    # (policysearch.search.finalists); 0: off.
+    finalists: int = 0
+    finalist_seeds: int = 3
 
     def trial_threads(self) -> int:
         """CPU threads per trial: ``--threads``, else this host's CPUs shared by the workers."""

@@ -31,7 +31,6 @@ from policysearch.records import (
     StudyRecords,
     TrialRecord,
     rerun_entry,
-    stored_reruns,
 )
 from policysearch.search.lifecycle import check_resume, definition
 from policysearch.search.locks import exclusive
@@ -190,7 +189,7 @@ def study_records(study: optuna.Study) -> StudyRecords:
     attrs = study.user_attrs
     return StudyRecords.from_stored(study.study_name, attrs,
                                     [to_record(t) for t in study.get_trials(deepcopy=False)],
-                                    stored_reruns(attrs))
+                                    attrs)
 
 
 def load_records(*, out_dir: Path | None, storage: str | None,

@@ -43,12 +43,10 @@ from typing import TYPE_CHECKING, Any
 
 from policysearch.errors import UserError
 from policysearch.records import (
-    Metrics,
     MetricsInfo,
     StudyRecords,
     TrialRecord,
     rerun_entry,
-    stored_reruns,
 )
 
 if TYPE_CHECKING:
@@ -215,20 +213,22 @@ def mark_stale(experiment: Path) -> list[int]:
 
 
 def study_records_from(info: Mapping[str, Any], records: Sequence[TrialRecord],
-                       reruns: Mapping[str, dict[int, Metrics]] | None = None) -> StudyRecords:
-    """StudyRecords from an experiment file's content and its trials."""
-    return StudyRecords.from_stored(str(info.get("study", "")), info, records, reruns)
+                       stored_runs: Mapping[str, Any] | None = None) -> StudyRecords:
+    """StudyRecords from an experiment file's content, its trials and the runs trained beside
+    it (``read_reruns``)."""
+    return StudyRecords.from_stored(str(info.get("study", "")), info, records, stored_runs)
 
 
-def read_reruns(experiment: Path) -> dict[str, dict[int, Metrics]]:
-    """The runs trained beside the experiment (``save_rerun``): {subject: {seed: metrics}}."""
+def read_reruns(experiment: Path) -> dict[str, dict[str, Any]]:
+    """The runs trained beside the experiment (``save_rerun``): {key: content} of
+    ``records.rerun_entry``."""
     folder = Path(experiment) / RERUNS_DIR
     stored = {}
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
         data = _read_json(path)
         if isinstance(data, dict) and isinstance(data.get("key"), str):
             stored[data["key"]] = data
-    return stored_reruns(stored)
+    return stored
 
 
 def load_ray_records(path: Path) -> StudyRecords:

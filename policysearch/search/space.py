@@ -117,7 +117,8 @@ def _slots(prefix: str, count: int, values: Mapping[str, Any]) -> tuple[Slot, ..
 
 def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
                        values: Mapping[str, Any]) -> Policy:
-    """The policy a trial's parameter values stand for (``tasks``: name -> kind)."""
+    """The policy a trial's parameter values stand for (``tasks``: name -> kind); the space's
+    ``base`` is its base, the same in every trial."""
     per_task = {t: _slots(f"task.{t}", space.per_task.slots, values) for t in space.per_task.tasks}
     shared: tuple[Slot, ...] | SubPolicies | RandAugmentSpec
     if space.structure == "subpolicies":
@@ -131,6 +132,7 @@ def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
         shared = _slots("shared", space.shared.slots, values)
     return Policy(
         tasks=dict(tasks),
+        base=tuple(Slot(op=s.op, p=s.p, magnitude=s.magnitude) for s in space.base),
         shared=shared,
         per_task={t: s for t, s in per_task.items() if s},
         weighting=_weighting(space.weights, list(tasks), values),
