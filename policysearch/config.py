@@ -262,8 +262,11 @@ class Budget(_Strict):
 class DatasetOptions(_Strict):
     """How the dataset is made or read.
 
-    ``n_train``/``n_val``/``n_test``: split sizes of a generated dataset (shapes, multidigits).
-    ``seed``: its generator seed, and the seed of any split carved from train. ``val_fraction``:
+    ``n_train``/``n_val``/``n_test``: split sizes of a generated dataset (shapes, multidigits,
+    scenes). ``seed``: its generator seed, and the seed of any split carved from train.
+    ``test_seed`` (scenes): the seed of its test split alone (default ``seed``), so that a fresh
+    test split leaves train and val as they were. ``normals`` (scenes): add the surface-normals
+    task. ``val_fraction``:
     share of train carved into a missing val (or test) split of a file dataset. ``limit``: at
     most this many samples per split of a file dataset. ``skip_bad_samples``: leave out (and
     count) samples whose files fail the up-front check instead of stopping.
@@ -273,6 +276,8 @@ class DatasetOptions(_Strict):
     n_val: int = Field(200, ge=8, le=1_000_000)
     n_test: int = Field(500, ge=8, le=1_000_000)
     seed: int = Field(0, ge=0)
+    test_seed: int | None = Field(None, ge=0)
+    normals: bool | None = None
     val_fraction: float = Field(0.1, gt=0, lt=1)
     limit: int | None = Field(None, ge=1)
     skip_bad_samples: bool = False
@@ -434,6 +439,9 @@ class SearchSpace(_Strict):
             data["weights"].pop("params", None)
         if not data["base"]:  # likewise
             data.pop("base")
+        for key in ("test_seed", "normals"):  # likewise
+            if data["dataset_options"].get(key) is None:
+                data["dataset_options"].pop(key, None)
         return data
 
     def fingerprint(self) -> str:

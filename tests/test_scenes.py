@@ -232,3 +232,29 @@ def test_short_trial_with_the_default_reference_and_a_worker(tmp_path, monkeypat
     worker = run_trial(policy, ds, budget.model_copy(update={"loader_workers": 1}), seed=0,
                        device="cpu", threads=1)
     assert worker.metrics == alone.metrics
+
+
+def test_a_space_file_sets_test_seed_and_normals_for_scenes_only(tmp_path, monkeypatch) -> None:
+    from policysearch.config import DatasetOptions, load_space
+    from policysearch.data.loading import load_dataset
+
+    monkeypatch.setenv("POLICYSEARCH_CACHE", str(tmp_path))
+    default = load_space("default")
+    assert "test_seed" not in default.canonical()["dataset_options"]  # old studies still match
+    budget = default.budget.model_copy(update={"image_size": 32})
+    options = DatasetOptions(n_train=8, n_val=8, n_test=8, test_seed=5, normals=True)
+    space = default.model_copy(update={"dataset": "scenes", "dataset_options": options,
+                                       "budget": budget})
+    assert space.canonical()["dataset_options"]["test_seed"] == 5
+    dataset = load_dataset(space)
+    assert [t.kind for t in dataset.tasks][-1] == "normals"
+    direct = get_dataset("scenes", size=32, n_train=8, n_val=8, n_test=8, test_seed=5,
+                         normals=True, cache_dir=tmp_path)
+    assert _equal(dataset.split("test"), direct.split("test"))
+    assert not _equal(dataset.split("test"), get_dataset(
+        "scenes", size=32, n_train=8, n_val=8, n_test=8, normals=True,
+        cache_dir=tmp_path).split("test"))
+    shapes = default.model_copy(update={"dataset_options": DatasetOptions(test_seed=5)})
+    with pytest.raises(UserError) as err:
+        load_dataset(shapes)
+    assert err.value.field == "dataset_options.test_seed"

@@ -21,8 +21,14 @@ def load_dataset(space: SearchSpace) -> MultiTaskDataset:
         if not isinstance(size, int):
             raise UserError(f"the built-in dataset {space.dataset!r} is generated square: give "
                             f"one side, not {list(size)}", field="image_size")
+        extra = {key: getattr(opts, key) for key in ("test_seed", "normals")
+                 if getattr(opts, key) is not None}
+        if extra and space.dataset != "scenes":
+            key = next(iter(extra))
+            raise UserError(f"{key} is an option of the scenes dataset, not of "
+                            f"{space.dataset!r}", field=f"dataset_options.{key}")
         dataset = get_dataset(space.dataset, size=size, seed=opts.seed, n_train=opts.n_train,
-                              n_val=opts.n_val, n_test=opts.n_test)
+                              n_val=opts.n_val, n_test=opts.n_test, **extra)
     for split in ("train", "val"):
         if len(dataset.split(split)) == 0:
             raise UserError(f"the {split} split is empty", field="dataset")

@@ -1,0 +1,46 @@
+"""The evidence protocol names only things that exist: its contenders are registered baselines,
+its datasets registered generators whose files are committed, its spaces load; and the ledger
+numbers its rows in order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from policysearch.augment import BASELINES
+from policysearch.config import load_space
+from policysearch.data import DATASETS
+
+ROOT = Path(__file__).resolve().parent.parent
+PROTOCOL = yaml.safe_load((ROOT / "benchmarks" / "protocol.yaml").read_text())
+
+
+def test_the_protocol_has_a_version_and_a_status() -> None:
+    assert isinstance(PROTOCOL["version"], int) and PROTOCOL["version"] >= 1
+    assert PROTOCOL["status"] in ("draft", "frozen")
+    if PROTOCOL["status"] == "frozen":  # a final run needs its seeds and test data fixed
+        assert PROTOCOL["seeds"]["count"] >= PROTOCOL["seeds"]["minimum"] >= 5
+        assert all(d["final_seed"] is not None and d["space"] for d in
+                   PROTOCOL["datasets"].values())
+
+
+def test_every_contender_is_a_registered_baseline() -> None:
+    missing = [name for name in PROTOCOL["contenders"] if name not in BASELINES]
+    assert not missing
+
+
+def test_every_dataset_is_a_committed_registered_generator() -> None:
+    assert len(PROTOCOL["datasets"]) >= 3
+    for name, entry in PROTOCOL["datasets"].items():
+        assert name in DATASETS
+        assert (ROOT / entry["generator"]).is_file()
+        if entry["space"]:
+            assert load_space(str(ROOT / entry["space"])).dataset == name
+
+
+def test_the_ledger_numbers_its_rows_in_order() -> None:
+    text = (ROOT / "benchmarks" / "ledger.md").read_text()
+    numbers = [int(n) for n in re.findall(r"^\| (\d+) \|", text, flags=re.MULTILINE)]
+    assert numbers == list(range(1, len(numbers) + 1)) and numbers
