@@ -111,8 +111,8 @@ print(f"report: {report}")
 
 # --- 7. benchmark --------------------------------------------------------------------------------
 # The searched policy against baselines on the *test* split. The dataset and budget are the
-# search's (found beside best_policy.yaml). One seed and one baseline keep it tiny; a real
-# benchmark uses seeds=3 or more and all baselines (the default).
+# search's (found beside best_policy.yaml). One seed, one baseline and no ablation runs keep it
+# tiny; a real benchmark uses the default 5 seeds or more, all baselines and the ablations.
 # events= is given each run's events (policysearch.events.BenchmarkEvent).
 
 
@@ -123,7 +123,7 @@ def bench_events(event: BenchmarkEvent) -> None:
 
 
 bench = ps.benchmark(OUT / "best_policy.yaml", baselines=["none"], reference="flipcrop",
-                     seeds=1, device="cpu", threads=1, out=OUT / "benchmark",
+                     seeds=1, ablations=False, device="cpu", threads=1, out=OUT / "benchmark",
                      events=bench_events)
 for _, row in bench.summary.iterrows():  # one row per contender (mean ± std over seeds)
     print(f"benchmark {row['contender']:>8}: test Δm% vs flipcrop {row['delta_m']:+.2f}")

@@ -221,7 +221,8 @@ def test_dataset_specs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         get_dataset("cocoa:/x")
     with pytest.raises(UserError, match="coco: needs a path"):
         get_dataset("coco:")
-    with pytest.raises(UserError, match="unknown dataset 'shape'; known: multidigits, shapes"):
+    with pytest.raises(UserError,
+                       match="unknown dataset 'shape'; known: multidigits, scenes, shapes"):
         get_dataset("shape")
     seen = {}
 

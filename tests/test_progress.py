@@ -129,7 +129,7 @@ def test_benchmark_quiet_and_json_logs(tmp_path: Path) -> None:
     assert _search(tmp_path, "--quiet").exit_code == 0
     policy = tmp_path / "s" / "best_policy.yaml"
     args = ["benchmark", "--policy", str(policy), "--baselines", "none", "--seeds", "1",
-            "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "b")]
+            "--no-ablations", "--device", "cpu", "--threads", "1", "--out", str(tmp_path / "b")]
     logged = runner.invoke(app, [*args, "--json-logs"])
     assert logged.exit_code == 0, logged.output
     records = [json.loads(line) for line in logged.output.strip().splitlines()]
