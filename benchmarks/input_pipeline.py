@@ -6,9 +6,10 @@ Writes benchmarks/results/input_pipeline.md (or --out). Method:
   * feed rate: ``policysearch.input_pipeline.InputPipeline`` over the training split of
     ``shapes`` (every target: class, mask, boxes, depth), batch 32, the batches consumed and
     dropped (the stand-in model). The workers persist; the first epoch starts them and fills the
-    dataset's cache, so each configuration is timed over the next ``EPOCHS`` epochs and the best
-    one is reported. 64×64 and 224×224 images; the baselines and a searched policy with per-task
-    views (``SEARCHED``). With 0 workers the batches are prepared in this process.
+    dataset's cache, so each configuration is timed over the next epochs, for at least
+    ``SECONDS`` (each next epoch asked for ahead, as a trial does), in interleaved rounds.
+    64×64 and 224×224 images; the baselines and a searched policy with per-task views
+    (``SEARCHED``). With 0 workers the batches are prepared in this process.
   * scaling efficiency: rate(k workers) / (k × rate(1 worker)), up to the cores present; the
     projection to a 16-core GPU host assumes the efficiency measured at the most workers here.
   * the machine's ceiling: k independent processes preparing the same batches with no
@@ -21,7 +22,7 @@ Writes benchmarks/results/input_pipeline.md (or --out). Method:
 
 GPU rows are measured by benchmarks/gpu.py where a GPU is lent.
 
-    .venv/bin/python benchmarks/input_pipeline.py             # ~6 minutes on 2 cores
+    .venv/bin/python benchmarks/input_pipeline.py             # ~12 minutes on 2 cores
     .venv/bin/python benchmarks/input_pipeline.py --smoke-test
 """
 
@@ -47,10 +48,12 @@ SEARCHED = {
                  "depth": [{"op": "blur", "p": 0.3, "magnitude": 0.5}]},
 }
 BATCH = 32
-EPOCHS = 2
-# One process of the ceiling measurement: prepares the batches of ``epochs`` epochs in-process
-# (one OpenCV and torch thread, as a loader worker) after a warm-up batch, waits for the common
-# start time, prints samples/s.
+SECONDS = 3.0  # the least a feed-rate measurement is timed for (an epoch is 0.2-0.5 s)
+ROUNDS = 3  # interleaved repetitions of every measurement (a shared VM's speed drifts)
+# One process of the ceiling measurement: prepares the batches of whole epochs in-process, for
+# at least ``seconds``
+# (one OpenCV and torch thread, as a loader worker) after a warm-up batch, says it is ready, waits
+# for the go on stdin (all start together), prints samples/s.
 _CEILING = """
 import sys, time
 sys.path.insert(0, {here!r})
@@ -64,13 +67,17 @@ dataset = get_dataset("shapes", size={size}, n_train={n}, n_val=8, n_test=8)
 tasks = {{t.name: t.kind for t in dataset.tasks}}
 policy = policies(tasks)[{name!r}]
 batches = PreparedBatches(dataset.split("train"), [make_task(t) for t in dataset.tasks])
-requests = [BatchRequest(epoch=e, indices=tuple(range(s, min(s + {batch}, {n}))), seed=0,
+def epoch(e):
+    return [BatchRequest(epoch=e, indices=tuple(range(s, min(s + {batch}, {n}))), seed=0,
                          phase=policy, key=policy.augmentation_key())
-            for e in range({epochs}) for s in range(0, {n}, {batch})]
-batches.prepare(requests[0])
-time.sleep(max(0.0, {start} - time.time()))
-began = time.perf_counter()
-count = sum(batches.prepare(r)["size"] for r in requests)
+            for s in range(0, {n}, {batch})]
+batches.prepare(epoch(0)[0])
+print("ready", flush=True)
+sys.stdin.readline()
+began, count, e = time.perf_counter(), 0, 0
+while time.perf_counter() - began < {seconds}:
+    count += sum(batches.prepare(r)["size"] for r in epoch(e))
+    e += 1
 print(count / (time.perf_counter() - began))
 """
 
@@ -85,8 +92,9 @@ def policies(tasks: dict[str, str]) -> dict[str, object]:
     return found
 
 
-def feed_rate(samples, tasks, policy, workers: int, epochs: int) -> float:  # noqa: ANN001
-    """Best samples/s over ``epochs`` timed epochs, after one that starts the workers."""
+def feed_rate(samples, tasks, policy, workers: int, seconds: float) -> float:  # noqa: ANN001
+    """Samples/s over whole epochs timed for at least ``seconds``, after one that starts the
+    workers; each next epoch is asked for (prefetched) as the last one ends, as a trial does."""
     import numpy as np
     import torch
 
@@ -94,66 +102,94 @@ def feed_rate(samples, tasks, policy, workers: int, epochs: int) -> float:  # no
 
     pipeline = InputPipeline(samples, tasks, workers=workers, device=torch.device("cpu"))
     key = policy.augmentation_key()
-    rates = []
+
+    def requests(epoch: int) -> list[BatchRequest]:
+        order = np.random.default_rng(epoch).permutation(len(samples))
+        return [BatchRequest(epoch=epoch, indices=tuple(int(i) for i in order[s:s + BATCH]),
+                             seed=0, phase=policy, key=key) for s in range(0, len(order), BATCH)]
+
     try:
-        for epoch in range(epochs + 1):
-            order = np.random.default_rng(epoch).permutation(len(samples))
-            requests = [BatchRequest(epoch=epoch, indices=tuple(int(i) for i in order[s:s + BATCH]),
-                                     seed=0, phase=policy, key=key)
-                        for s in range(0, len(order), BATCH)]
-            start = time.perf_counter()
-            count = sum(batch["size"] for batch in pipeline.epoch(requests))
-            if epoch:  # the first epoch starts the workers
-                rates.append(count / (time.perf_counter() - start))
+        sum(batch["size"] for batch in pipeline.epoch(requests(0)))  # starts the workers
+        pipeline.prefetch(requests(1))
+        epoch, count, start = 1, 0, time.perf_counter()
+        while True:
+            count += sum(batch["size"] for batch in pipeline.epoch(requests(epoch)))
+            if time.perf_counter() - start >= seconds:
+                return count / (time.perf_counter() - start)
+            epoch += 1
+            pipeline.prefetch(requests(epoch))
     finally:
         pipeline.close()
-    return max(rates)
 
 
-def ceiling(size: int, n: int, name: str, processes: int, epochs: int) -> float:
+def ceiling(size: int, n: int, name: str, processes: int, seconds: float) -> float:
     """Summed samples/s of ``processes`` independent processes preparing batches in-process."""
     import subprocess
     import sys
 
-    start = time.time() + 15  # time for every process to import and generate its data
     code = _CEILING.format(here=str(HERE), size=size, n=n, name=name, batch=BATCH,
-                           epochs=epochs, start=start)
-    procs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-             for _ in range(processes)]
-    outputs = [p.communicate(timeout=600)[0] for p in procs]
+                           seconds=seconds)
+    procs = [subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    try:
+        for proc in procs:  # every process has imported, generated its data, warmed up
+            if proc.stdout is None or proc.stdout.readline().strip() != "ready":
+                raise SystemExit("a ceiling process failed before it was ready")
+        for proc in procs:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [p.communicate(timeout=600)[0] for p in procs]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
     if any(p.returncode for p in procs):
         raise SystemExit("a ceiling process failed")
     return sum(float(out.strip().splitlines()[-1]) for out in outputs)
 
 
 def feed_table(sizes: tuple[int, ...], n_train: dict[int, int], worker_counts: list[int],
-               epochs: int) -> tuple[list[str], dict[tuple[int, str], dict[int, float]]]:
+               seconds: float, rounds: int
+               ) -> tuple[list[str], dict[tuple[int, str], dict[int, float]],
+                          dict[tuple[int, str], dict[int, float]]]:
+    """Per (size, policy): the median over ``rounds`` of each worker count's rate (key -1: the
+    ceiling), and the median over rounds of each round's own ratios (efficiency per worker
+    count, key -1: most workers ÷ ceiling). A round measures every configuration once, in an
+    order rotated from round to round, so that a slow spell of a shared machine falls on all
+    of them alike and a ratio compares measurements taken minutes apart, not a whole run."""
     from policysearch.data import get_dataset
     from policysearch.tasks import make_task
 
-    rows, rates = [], {}
+    rows, rates, ratios = [], {}, {}
+    most = worker_counts[-1]
     for size in sizes:
         dataset = get_dataset("shapes", size=size, n_train=n_train[size], n_val=8, n_test=8)
         tasks = {t.name: t.kind for t in dataset.tasks}
         task_objects = [make_task(spec) for spec in dataset.tasks]
         samples = dataset.split("train")
         for name, policy in policies(tasks).items():
-            by_workers = {w: feed_rate(samples, task_objects, policy, w, epochs)
-                          for w in worker_counts}
-            most = worker_counts[-1]
-            top = ceiling(size, n_train[size], name, most, epochs + 1) if most >= 1 else 0.0
-            by_workers[-1] = top
-            rates[(size, name)] = by_workers
-            one = by_workers.get(1)
-            cells = []
-            for w in worker_counts:
-                eff = (f" ({by_workers[w] / (w * one):.2f})" if one and w >= 1 else "")
-                cells.append(f"{by_workers[w]:,.0f}{eff}")
-            share = f"{by_workers[most] / top:.2f}" if top else "–"
-            rows.append(f"| {size}×{size} | {name} | " + " | ".join(cells)
-                        + f" | {top:,.0f} | {share} |")
+            configs = worker_counts + ([-1] if most >= 1 else [])
+            measured: dict[int, list[float]] = {c: [] for c in configs}
+            for r in range(rounds):
+                for c in configs[r % len(configs):] + configs[:r % len(configs)]:
+                    measured[c].append(
+                        ceiling(size, n_train[size], name, most, seconds) if c == -1
+                        else feed_rate(samples, task_objects, policy, c, seconds))
+            by_workers = {c: statistics.median(v) for c, v in measured.items()}
+            paired = {w: statistics.median(measured[w][r] / (w * measured[1][r])
+                                           for r in range(rounds))
+                      for w in worker_counts if w >= 1}
+            if most >= 1:
+                paired[-1] = statistics.median(measured[most][r] / measured[-1][r]
+                                               for r in range(rounds))
+            rates[(size, name)], ratios[(size, name)] = by_workers, paired
+            cells = [f"{by_workers[w]:,.0f}" + (f" ({paired[w]:.2f})" if w >= 1 else "")
+                     for w in worker_counts]
+            top = (f"{by_workers[-1]:,.0f} | {paired[-1]:.2f}" if most >= 1 else "– | –")
+            rows.append(f"| {size}×{size} | {name} | " + " | ".join(cells) + f" | {top} |")
             print(rows[-1], flush=True)
-    return rows, rates
+    return rows, rates, ratios
 
 
 def trial_wait(workers: int, threads: int, epochs: int, smoke: bool
@@ -235,19 +271,25 @@ def main() -> None:
     worker_counts = list(range(0, min(cores, 2 if smoke else 8) + 1))
     sizes = (32,) if smoke else (64, 224)
     n_train = {32: 64} if smoke else {64: 1024, 224: 256}
-    epochs = 1 if smoke else EPOCHS
+    seconds = 0.5 if smoke else SECONDS
     started = time.perf_counter()
 
-    rows, rates = feed_table(sizes, n_train, worker_counts, epochs)
+    rounds = 1 if smoke else ROUNDS
+    rows, rates, ratios = feed_table(sizes, n_train, worker_counts, seconds, rounds)
     trial_epochs = 1 if smoke else 4
     setups = [(0, cores), (1, cores), (1, max(1, cores - 1))]
-    waits = {(w, t): trial_wait(w, t, trial_epochs, smoke) for w, t in setups}
+    runs: dict[tuple[int, int], list[tuple[list[float], float]]] = {s: [] for s in setups}
+    for _ in range(rounds):  # interleaved, as the feed rates
+        for w, t in setups:
+            runs[(w, t)].append(trial_wait(w, t, trial_epochs, smoke))
+    waits = {s: ([statistics.median(r[0][e] for r in found) for e in range(trial_epochs)],
+                 statistics.median(r[1] for r in found)) for s, found in runs.items()}
     repeats = 2 if smoke else 5
     first, prepared = first_batch_times(smoke, repeats)
 
     most = worker_counts[-1]
-    effs = [r[most] / (most * r[1]) for r in rates.values() if most >= 1 and r.get(1)]
-    of_ceiling = [r[most] / r[-1] for r in rates.values() if r.get(-1)]
+    effs = [r[most] for r in ratios.values() if most >= 1]
+    of_ceiling = [r[-1] for r in ratios.values() if -1 in r]
     low = min(effs) if effs else float("nan")
     median_eff = statistics.median(effs) if effs else float("nan")
     head = " | ".join(f"{w} workers" if w != 1 else "1 worker" for w in worker_counts)
@@ -261,10 +303,13 @@ def main() -> None:
         "## Feed rate (samples/s), stand-in model of zero cost",
         "",
         f"Batches of {BATCH} from the `shapes` training split (class, mask, boxes, depth), "
-        "augmented and collated by `InputPipeline` and dropped; best of "
-        f"{epochs} epoch(s) after the one that starts the workers. In brackets: scaling "
-        "efficiency, rate ÷ (workers × the 1-worker rate). 0 workers: prepared in the training "
-        "process.",
+        "augmented and collated by `InputPipeline` and dropped; a measurement times whole "
+        f"epochs for at least {seconds:g} s, after the one that starts the workers, each next "
+        "epoch asked for as the last one ends (as a trial does). Each configuration is "
+        f"measured {rounds} time(s), in interleaved rounds (every configuration once per round, "
+        "the order rotated), and the table gives the median. In brackets: scaling efficiency, "
+        "rate ÷ (workers × the 1-worker rate), each round's own ratio, median over the rounds; "
+        "likewise the last column. 0 workers: prepared in the training process.",
         "",
         f"| image | policy | {head} | ceiling: {most} plain processes | {most} workers ÷ "
         "ceiling |",
@@ -276,7 +321,7 @@ def main() -> None:
         "processes doing the same work without a DataLoader — the pipeline delivers "
         + (f"{statistics.median(of_ceiling):.0%} (median; lowest {min(of_ceiling):.0%})"
            if of_ceiling else "–")
-        + f". The ceiling over {most} × the 1-worker rate, median "
+        + f". The ceiling over {most} × the 1-worker rate (medians), median "
         + (f"{statistics.median([r[-1] / (most * r[1]) for r in rates.values() if r.get(1)]):.2f}"
            if most >= 1 else "–")
         + ", says how far this machine's cores run side by side at all.",
@@ -299,7 +344,9 @@ def main() -> None:
         f"The default space's dataset and budget, {trial_epochs} epoch(s), reference policy "
         "(flipcrop), seed 0; the model on `threads` torch threads. Data wait: the share "
         "of each epoch's wall time the step waited for its next batch (with 0 workers the "
-        "whole preparation). The last row leaves a core to the worker.",
+        f"whole preparation). Each setting is run {rounds} time(s), interleaved; the table "
+        "gives the median of each epoch's fraction and of the trial time. The last row leaves "
+        "a core to the worker.",
         "",
         "| loader workers | model threads | data wait per epoch | trial time |",
         "|---|---|---|---|",

@@ -95,7 +95,7 @@ def main() -> None:
     from policysearch.augment import Slot
     from policysearch.config import load_space
     from policysearch.data.loading import load_dataset
-    from policysearch.records import delta_m
+    from policysearch.records import delta_m, task_deltas
     from policysearch.search.lifecycle import reference_policy
     from policysearch.tasks import task_setup
     from policysearch.training import Seeds, Trainer, evaluate
@@ -197,6 +197,18 @@ def main() -> None:
         sd, lo, hi = sd_interval(values)
         return f"{sd:.2f} [{lo:.2f}–{hi:.2f}] (n = {len(values)})"
 
+    def terms(view) -> dict[str, dict[str, float]]:  # noqa: ANN001
+        found = {"seed": [task_deltas(view(A[s]), view(A[0]), info)[0]
+                          for s in range(1, n_seeds)],
+                 "augment": [task_deltas(view(F[s]), view(A[0]), info)[0]
+                             for s in range(n_seeds)]}
+        # A task whose reference metric is ~0 is left out of Δm% (and of this table).
+        return {k: {t: statistics.stdev(d[t] for d in v) for t in tasks
+                    if all(t in d for d in v)} for k, v in found.items()}
+
+    by_task = {f"last epoch, {n_val} images": terms(last),
+               f"{big_val} validation images": terms(big_val_of)}
+    primary = [(t, m) for t, ms in info.items() for m, i in ms.items() if i["primary"]]
     sigma_d = sd_interval(base["paired"])[0]
     best_sigma = min(sd_interval(m["paired"])[0] for m in levers.values())
     seconds = [r["seconds"] for r in done.values()]
@@ -205,7 +217,7 @@ def main() -> None:
         "",
         f"Machine: {cpu_model()}, {threads} cores, no GPU. Command: "
         f"`.venv/bin/python benchmarks/noise.py{' --smoke-test' if smoke else ''}` "
-        f"({len(plan)} trainings of {statistics.fmean(seconds):.0f} s on average, stored under "
+        f"({len(plan)} trainings, median {statistics.median(seconds):.0f} s each, stored under "
         f"`{store}`; this run {(time.perf_counter() - started) / 60:.1f} min).",
         "",
         f"Default space: `shapes` ({len(dataset.split('train'))} training, "
@@ -241,6 +253,41 @@ def main() -> None:
             f"{_n(seeds_needed(sigma_d, delta, 0.05 / k))} | "
             f"{_n(seeds_needed(best_sigma, delta, 0.05 / k))}"
             for k in CONTENDERS) + " |" for delta in (3, 5, 10)),
+        "",
+        "## Where the noise comes from",
+        "",
+        "Δm% is the mean over tasks of each task's relative change (its primary metrics "
+        "averaged). The standard deviation of each task's term, training seed varying (measure "
+        "1) and augmentation draws only (measure 2), and the spread of the primary metrics "
+        "themselves over A's seeds:",
+        "",
+        "| scoring | " + " | ".join(f"{t}: seed / draws" for t in tasks) + " |",
+        "|---|" + "---|" * len(tasks),
+        *(f"| {name} | " + " | ".join(
+            f"{terms['seed'][t]:.1f} / {terms['augment'][t]:.1f}"
+            if t in terms["seed"] and t in terms["augment"] else "–" for t in tasks) + " |"
+          for name, terms in by_task.items()),
+        "",
+        "| primary metric | mean over A's seeds (last epoch) | sd | sd, "
+        f"{big_val} images |",
+        "|---|---|---|---|",
+        *(f"| {t} {m} | {statistics.fmean(last(A[s])[t][m] for s in A):.3f} | "
+          f"{statistics.stdev(last(A[s])[t][m] for s in A):.3f} | "
+          f"{statistics.stdev(A[s]['big'][t][m] for s in A):.3f} |"
+          for t, m in primary),
+        "",
+        f"None of the levers measured here reaches the target (sd ≤ 2 points): the floor at "
+        f"this budget is about {min(sd_interval(m['seed'])[0] for m in levers.values()):.1f} "
+        "points for one trial. Scoring more validation images helps only a little because most "
+        "of the spread is the trained network's, not the sampling of the scored images, and "
+        "the last epochs of a cosine schedule, whose learning rate is near zero there, hardly "
+        "differ, so averaging their metrics changes nothing. An average of weights (EMA or SWA) "
+        "was not measured. Averaging k "
+        "training seeds per trial divides the sd by √k: reaching 2 points from "
+        f"{sd_interval(base['seed'])[0]:.1f} takes about "
+        f"{math.ceil((sd_interval(base['seed'])[0] / 2) ** 2)} seeds per trial. The largest "
+        "term is the task whose head is furthest from converged at this budget (above); a "
+        "budget where it converges is the other way to lower the floor.",
         "",
         f"## Every run (Δm% against A(0), last epoch, {n_val} validation images)",
         "",

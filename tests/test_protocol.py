@@ -26,6 +26,30 @@ def test_the_protocol_has_a_version_and_a_status() -> None:
                    PROTOCOL["datasets"].values())
 
 
+def test_the_seed_count_is_the_noise_studys_power_calculation() -> None:
+    # The count and its detectable difference come from benchmarks/noise.py's table: recompute.
+    import importlib.util
+
+    seeds = PROTOCOL["seeds"]
+    if seeds["count"] is None:
+        assert PROTOCOL["status"] == "draft"
+        return
+    assert seeds["count"] >= seeds["minimum"] >= 5
+    spec = importlib.util.spec_from_file_location("noise", ROOT / "benchmarks" / "noise.py")
+    assert spec is not None and spec.loader is not None
+    noise = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        spec.loader.exec_module(noise)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    text = (ROOT / "benchmarks" / "results" / "noise.md").read_text()
+    sigma = float(text.split("with σ_d = ")[1].split(" ")[0])
+    assert noise.seeds_needed(sigma, seeds["detectable_difference"], 0.05 / 12) == seeds["count"]
+
+
 def test_every_contender_is_a_registered_baseline() -> None:
     missing = [name for name in PROTOCOL["contenders"] if name not in BASELINES]
     assert not missing
