@@ -221,9 +221,11 @@ def main() -> None:
                if math.isfinite(adjusted[key]) and adjusted[key] < ALPHA]
     lines += [
         "",
-        "Differs from full-length trials after Holm's correction: "
-        + ("; ".join(differs) if differs else "no setting") + ". "
-        "A best validation Δm% is the maximum over the trials a search tried, scored against one "
+        ("Differs from full-length trials after Holm's correction: "
+         + ("; ".join(differs) if differs else "no setting") + ". "
+         if any(math.isfinite(t["p"]) for _, t in tests.values())
+         else "No test yet: a paired test needs two seeds finished in both settings. ")
+        + "A best validation Δm% is the maximum over the trials a search tried, scored against one "
         "reference run, so it carries the selection's optimism and one trial's noise "
         "(benchmarks/results/noise.md); it says which configuration finds high scores for its "
         "trial-epochs, not how good the chosen policy is on fresh seeds.",
