@@ -336,7 +336,7 @@ def main() -> None:
         tasks, _ = task_setup(dataset)
         train = dataset.split("train")
         samples = [train[i] for i in range(len(train))]
-        named = policies(load_space("default"), tasks)
+        named = policies(load_space("default").for_tasks(tasks), tasks)
 
         aug_rows = [(name, len(p.views()), augment_rate(p, samples, rounds))
                     for name, p in named]

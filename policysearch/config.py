@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -108,11 +109,71 @@ class SharedSpace(SlotSpace):
         return value
 
 
+# The task kinds ``per_task.tasks: auto`` gives views: the image-level ones (a label or labels
+# per image), the tasks the default space's photometric per-task ops are meant for.
+AUTO_VIEW_KINDS: tuple[str, ...] = ("classification", "multilabel")
+
+
+class TaskKinds(_Strict):
+    """``per_task.tasks: {kinds: [...]}``: a view for every task of these kinds."""
+
+    kinds: list[str] = Field(min_length=1)
+
+    @field_validator("kinds")
+    @classmethod
+    def _unique(cls, kinds: list[str]) -> list[str]:
+        if len(set(kinds)) != len(kinds):
+            raise ValueError("lists a kind twice")
+        return kinds
+
+
 class PerTaskSpace(SlotSpace):
-    """Slots searched separately for each task listed in ``tasks`` (each adds a view)."""
+    """Slots searched separately for each task ``tasks`` selects (each adds a view): a list of
+    task names; ``auto``, every task of a kind in ``AUTO_VIEW_KINDS``; or ``{kinds: [...]}``,
+    every task of those kinds. A rule is resolved against the dataset's tasks (``selects``)
+    before a search uses the space (``SearchSpace.for_tasks``)."""
 
     slots: int = Field(1, ge=0, le=8)
-    tasks: list[str] = Field(default_factory=list)
+    tasks: list[str] | Literal["auto"] | TaskKinds = Field(default_factory=list)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _names_or_rule(cls, value: Any) -> Any:
+        # Checked here, so that an error names per_task.tasks rather than a member of the union.
+        if value == "auto" or isinstance(value, TaskKinds):
+            return value
+        if isinstance(value, list):
+            for i, name in enumerate(value):
+                if not isinstance(name, str):
+                    raise ValueError(f"item {i} must be a task name, got {name!r}")
+            return value
+        if isinstance(value, dict):
+            try:
+                return TaskKinds.model_validate(value)
+            except ValidationError as err:
+                first = err.errors()[0]
+                where = ".".join(str(part) for part in first["loc"])
+                message = {"extra_forbidden": "unknown key",
+                           "missing": "required key is missing"}.get(
+                    first["type"], first["msg"].removeprefix("Value error, "))
+                raise ValueError(f"{where}: {message}" if where else message) from None
+        raise ValueError("must be a list of task names, auto, or {kinds: [KIND, ...]}, "
+                         f"got {value!r}")
+
+    def selects(self, tasks: Mapping[str, str]) -> list[str]:
+        """The tasks given a view, of ``tasks`` (the dataset's, name -> kind, in order)."""
+        if isinstance(self.tasks, list):
+            return list(self.tasks)
+        kinds = AUTO_VIEW_KINDS if self.tasks == "auto" else tuple(self.tasks.kinds)
+        return [name for name, kind in tasks.items() if kind in kinds]
+
+    @property
+    def names(self) -> list[str]:
+        """The tasks given a view; a space whose ``tasks`` is a rule must be resolved first."""
+        if not isinstance(self.tasks, list):
+            raise ValueError("per_task.tasks is a rule: resolve the space against its "
+                             "dataset's tasks first (SearchSpace.for_tasks)")
+        return self.tasks
 
 
 class WeightSpace(_Strict):
@@ -400,6 +461,10 @@ class SearchSpace(_Strict):
     budget: Budget = Budget()
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
+    # Fit the space to the dataset it runs on (``policysearch.space_adapt``): leave out the ops
+    # that the dataset declares unsafe or that cannot move its targets, replace a reference that
+    # uses one, keep only the dataset_options it takes. The resolved space defines the study.
+    adapt: bool = False
 
     @field_validator("reference")
     @classmethod
@@ -430,10 +495,19 @@ class SearchSpace(_Strict):
             raise _user_error(err, "command line") from None
         return self.model_copy(update={"budget": budget})
 
+    def for_tasks(self, tasks: Mapping[str, str]) -> SearchSpace:
+        """A copy whose ``per_task.tasks`` lists the tasks its rule selects of ``tasks``
+        (name -> kind, in the dataset's order); a list of names is kept as it is."""
+        if isinstance(self.per_task.tasks, list):
+            return self
+        per_task = self.per_task.model_copy(update={"tasks": self.per_task.selects(tasks)})
+        return self.model_copy(update={"per_task": per_task})
+
     def canonical(self) -> dict[str, Any]:
         """Everything that defines the study: a resume must match it exactly."""
         data = self.model_dump(mode="json")
         data.pop("description", None)
+        data.pop("adapt", None)  # the space it resolved to defines the study
         data["budget"].pop("loader_workers", None)  # changes no number
         if not data["weights"].get("params"):  # as stored before the field existed
             data["weights"].pop("params", None)
@@ -544,7 +618,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
 
 def validate_tasks(space: SearchSpace, task_names: list[str], source: str) -> None:
     """Check that per-task policies name tasks the dataset has."""
-    for i, task in enumerate(space.per_task.tasks):
+    for i, task in enumerate(space.per_task.names):
         if task not in task_names:
             raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
                             source=source, field=f"per_task.tasks[{i}]")
@@ -552,6 +626,6 @@ def validate_tasks(space: SearchSpace, task_names: list[str], source: str) -> No
         if task not in task_names:
             raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
                             source=source, field=f"task_weights.{task}")
-    if space.per_task.tasks and space.per_task.slots == 0:
+    if space.per_task.names and space.per_task.slots == 0:
         raise UserError("per_task.tasks is set but per_task.slots is 0", source=source,
                         field="per_task.slots")

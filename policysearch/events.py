@@ -50,6 +50,25 @@ class DatasetLoaded(Event):
 
 
 @dataclass(frozen=True)
+class SpaceAdapted(Event):
+    """The search space ``space`` was resolved against the dataset ``dataset``: what changed
+    (``changes``: ops left out, the reference replaced, the per-task views a rule chose) and
+    ``warnings`` (unsafe ops a space without ``adapt`` keeps as written). Sent only when there
+    is something to say (``policysearch.space_adapt``)."""
+
+    kind: ClassVar[str] = "space_adapted"
+    space: str
+    dataset: str
+    changes: list[str]
+    warnings: list[str]
+
+    def lines(self) -> list[str]:
+        """What a person reads: the changes on one line, then one line per warning."""
+        head = [f"space {self.space} adapted to {self.dataset}: {'; '.join(self.changes)}"]
+        return (head if self.changes else []) + [f"warning: {w}" for w in self.warnings]
+
+
+@dataclass(frozen=True)
 class SearchStarted(Event):
     """The study is open: ``finished`` of ``target`` trials done; ``workers`` when several
     processes (or Ray trials at once) share it."""
@@ -206,10 +225,10 @@ class FinalistsProgress(Event):
     message: str
 
 
-SearchEvent: TypeAlias = (DatasetLoaded | SearchStarted | TrialStale | PruningOff
-                          | WaitingForReference | TrialStarted | EpochEnded | TrialEnded
-                          | TrialRetried | TrialExploited | TimedOut | WorkerDied | Interrupted
-                          | TrackingFailed | FinalistsStarted | FinalistsProgress)
+SearchEvent: TypeAlias = (DatasetLoaded | SpaceAdapted | SearchStarted | TrialStale
+                          | PruningOff | WaitingForReference | TrialStarted | EpochEnded
+                          | TrialEnded | TrialRetried | TrialExploited | TimedOut | WorkerDied
+                          | Interrupted | TrackingFailed | FinalistsStarted | FinalistsProgress)
 SearchListener: TypeAlias = Callable[[SearchEvent], None]
 """What ``policysearch.search(progress=...)`` takes: called with each event of the search."""
 
@@ -256,9 +275,9 @@ BenchmarkListener: TypeAlias = Callable[[BenchmarkEvent], None]
 """What ``policysearch.benchmark(events=...)`` takes: called with each run's events."""
 
 SEARCH_EVENTS: tuple[type[Event], ...] = (
-    DatasetLoaded, SearchStarted, TrialStale, PruningOff, WaitingForReference, TrialStarted,
-    EpochEnded, TrialEnded, TrialRetried, TrialExploited, TimedOut, WorkerDied, Interrupted,
-    TrackingFailed, FinalistsStarted, FinalistsProgress)
+    DatasetLoaded, SpaceAdapted, SearchStarted, TrialStale, PruningOff, WaitingForReference,
+    TrialStarted, EpochEnded, TrialEnded, TrialRetried, TrialExploited, TimedOut, WorkerDied,
+    Interrupted, TrackingFailed, FinalistsStarted, FinalistsProgress)
 BENCHMARK_EVENTS: tuple[type[Event], ...] = (RunStarted, RunEpochEnded, RunEnded)
 
 

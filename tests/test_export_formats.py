@@ -22,7 +22,7 @@ TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection
 
 
 def _searched(seed: int) -> Policy:
-    space = load_space("default")
+    space = load_space("default").for_tasks(TASKS)
     policy = policy_from_params(space, TASKS, random_param_values(space, list(TASKS), seed=seed))
     return dataclasses.replace(policy, provenance={"image_size": 64})  # as a search exports it
 

@@ -125,7 +125,7 @@ def valid_space() -> dict:
 
 @pytest.fixture(scope="module")
 def valid_policy() -> dict:
-    space = load_space("default")
+    space = load_space("default").for_tasks(SHAPES_TASKS)
     policy = policy_from_params(space, SHAPES_TASKS,
                                 random_param_values(space, list(SHAPES_TASKS), seed=3))
     return policy.to_dict()

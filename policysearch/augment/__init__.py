@@ -68,7 +68,7 @@ from policysearch.augment.ops import (  # noqa: E402
     register_op,
 )
 from policysearch.augment.policy import Policy, load_policy  # noqa: E402
-from policysearch.augment.runtime import MultiTaskAugment  # noqa: E402
+from policysearch.augment.runtime import MultiTaskAugment, targets_not_moved  # noqa: E402
 from policysearch.augment.schema import SCHEMA  # noqa: E402
 from policysearch.augment.seeding import augments_of, seed_worker  # noqa: E402
 from policysearch.augment.timm_strings import (  # noqa: E402
@@ -143,6 +143,7 @@ __all__ = [
     "register_baseline",
     "register_op",
     "seed_worker",
+    "targets_not_moved",
     "timm_magnitude",
     "torchvision_magnitude",
 ]

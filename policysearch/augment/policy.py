@@ -172,6 +172,22 @@ class Policy:
                    provenance=provenance, base=last.base,
                    schedule=tuple(Phase(start, p.shared, dict(p.per_task)) for start, p in merged))
 
+    def op_names(self) -> frozenset[str]:
+        """Every op the policy may apply: its base's, its shared part's (a RandAugment or
+        TrivialAugment op list included) and its per-task slots', in every phase."""
+        phases = [(p.shared, p.per_task) for p in self.schedule] or [(self.shared,
+                                                                       self.per_task)]
+        names = {s.op for s in self.base}
+        for shared, per_task in phases:
+            if isinstance(shared, SubPolicies):
+                names.update(s.op for sub in shared.policies for s in sub)
+            elif isinstance(shared, tuple):
+                names.update(s.op for s in shared)
+            else:  # RandAugmentSpec, TrivialAugmentSpec
+                names.update(shared.ops)
+            names.update(s.op for slots in per_task.values() for s in slots)
+        return frozenset(names)
+
     # --- views ---------------------------------------------------------------------------------
 
     def view_of(self, task: str) -> str:

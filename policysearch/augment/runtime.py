@@ -9,18 +9,20 @@ normals turned with the image (``policysearch.augment.normals``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, cast
 
 import albumentations as A
 import cv2
 import numpy as np
+from albumentations.core.composition import BaseCompose
+from albumentations.core.transforms_interface import DualTransform
 
 from policysearch.augment.compile import box_params, compile_shared, transforms_of_type
 from policysearch.augment.draws import SlotRandom, draw_key
 from policysearch.augment.normals import frame_of, turn
 from policysearch.augment.normals import unsupported as normals_unsupported
-from policysearch.augment.ops import FILL_MASK
+from policysearch.augment.ops import FILL_MASK, build_slot
 from policysearch.augment.types import SHARED, STRUCTURES, PolicyData, Shared, Slot
 from policysearch.errors import UserError
 
@@ -188,6 +190,34 @@ class MultiTaskAugment:
             for view in (self._shared, *own):
                 if view.unsupported:
                     raise UserError(_no_normals_rule(view), field=f"tasks.{name}")
+
+
+def targets_not_moved(op: str, keys: Collection[str]) -> list[str]:
+    """The sample keys among ``keys`` that ``op`` cannot move with the image: ``normals`` when
+    a transform it builds moves pixels with no rule to turn normals (a view refuses to run
+    then), ``boxes`` when one moves pixels but not boxes (albumentations raises mid-epoch).
+    Every built-in op moves every target (image, mask, depth, normals, boxes, instance
+    masks); this finds a user's op that does not."""
+    if not {"boxes", "normals"} & set(keys):
+        return []  # albumentations moves every mask-like plane with any pixel-moving transform
+    transform = build_slot(op, 1.0, 1.0)
+    missing = []
+    if "boxes" in keys and any(_without_boxes(t) for t in _leaves(transform)):
+        missing.append("boxes")
+    if "normals" in keys and normals_unsupported([transform]):
+        missing.append("normals")
+    return missing
+
+
+def _leaves(transform: Any) -> list[Any]:
+    if isinstance(transform, BaseCompose):
+        return [leaf for t in transform.transforms for leaf in _leaves(t)]
+    return [transform]
+
+
+def _without_boxes(transform: Any) -> bool:
+    return (isinstance(transform, DualTransform)
+            and type(transform).apply_to_bboxes is DualTransform.apply_to_bboxes)
 
 
 def _no_normals_rule(view: _View) -> str:

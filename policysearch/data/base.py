@@ -84,7 +84,12 @@ class SampleSequence(Sequence[Sample]):
 
 
 class MultiTaskDataset(Protocol):
-    """Any dataset: its tasks and one sequence of sample dicts per split."""
+    """Any dataset: its tasks and one sequence of sample dicts per split.
+
+    Optionally ``unsafe_ops``, a tuple of op names that change what its labels mean (read
+    with ``unsafe_ops(dataset)``; none when absent): a space with ``adapt: true`` leaves them
+    out (``policysearch.space_adapt``), any other warns about them.
+    """
 
     name: str
     tasks: tuple[TaskSpec, ...]
@@ -92,6 +97,12 @@ class MultiTaskDataset(Protocol):
     def split(self, name: str) -> Sequence[Sample]:
         """``train``, ``val`` or ``test``; the search reads only train and val."""
         ...
+
+
+def unsafe_ops(dataset: object) -> tuple[str, ...]:
+    """The ops ``dataset`` declares unsafe for it (its ``unsafe_ops``, e.g. multidigits'
+    hflip, which swaps what left_digit and right_digit name); () when it declares none."""
+    return tuple(getattr(dataset, "unsafe_ops", None) or ())
 
 
 class TaskSubset:

@@ -17,6 +17,8 @@ is then the root). Paths in the YAML are relative to the root (absolute paths wo
       - {name: objects, kind: detection, folder: boxes, format: json, classes: [car, person]}
       - {name: scene, kind: classification, file: labels.csv, classes: [indoor, outdoor]}
       - {name: tags, kind: multilabel, file: tags.csv, classes: [sunny, rainy]}
+    unsafe_ops: [hflip]           # optional: ops that change what the labels mean (here: if
+                                  # left and right mattered); an adapting space leaves them out
 
 Every key is checked: an unknown key, a missing required one or a bad value stops the load
 with one line naming the YAML file and the key (``dataset.yaml: tasks[1].scale: unknown key``).
@@ -374,6 +376,16 @@ class SplitFiles(_Strict):
     test: str | None = None
 
 
+def _known_ops(names: list[str]) -> list[str]:
+    from policysearch.augment import OPS
+
+    for i, name in enumerate(names):
+        if name not in OPS:
+            raise ValueError(f"unknown op {name!r} (item {i}); run 'policysearch ops' to list "
+                             "them")
+    return names
+
+
 class FolderConfig(_Strict):
     """The contents of ``dataset.yaml`` (see the module docstring)."""
 
@@ -381,6 +393,7 @@ class FolderConfig(_Strict):
     images: str = "images"
     splits: SplitFiles | None = None
     tasks: list[AnyTask] = Field(min_length=1)
+    unsafe_ops: Annotated[list[str], AfterValidator(_known_ops)] = Field(default_factory=list)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -443,6 +456,7 @@ def load(path: Path, options: LoadOptions) -> FileDataset:
                      "(--skip-bad-samples)")
     dataset.notes.extend(notes)
     dataset.skipped[:0] = skipped
+    dataset.unsafe_ops = tuple(config.unsafe_ops)
     return dataset
 
 

@@ -26,7 +26,8 @@ Tasks and targets of a sample dict:
 
 Horizontal flips are harmful by construction: they mirror the digits *and* swap the two
 positions, while ``left_digit`` / ``right_digit`` keep naming what was left / right before
-the flip, so a search should learn to avoid ``hflip`` on this dataset.
+the flip, so a search should learn to avoid ``hflip`` on this dataset. The dataset declares
+it unsafe (``unsafe_ops``): the default space, which adapts to its dataset, leaves it out.
 
 Splits use disjoint source digits: the 1,797 digits are divided once, per class, by a fixed
 permutation into pools of 60 % (train), 20 % (val) and 20 % (test) -- the same for every
@@ -268,6 +269,9 @@ class MultiDigitsDataset(GeneratedDataset[MultiDigitsSplit]):
         TaskSpec("seg", "segmentation", num_classes=11, class_names=("background",) + DIGITS,
                  key="mask"),
     )
+    # A horizontal flip swaps the digits' places while left_digit/right_digit keep naming the
+    # old ones (see the module docstring): an adapted space leaves it out.
+    unsafe_ops: tuple[str, ...] = ("hflip",)
 
     def __init__(self, seed: int = 0, size: int = 32, n_train: int = 1000, n_val: int = 300,
                  n_test: int = 500, cache_dir: str | Path | None = None):

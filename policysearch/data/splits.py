@@ -136,13 +136,16 @@ def carve(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
 @dataclass
 class FileDataset:
     """A dataset read from files: its tasks, one sequence of samples per split, and what the
-    reports must say about it (``notes``: e.g. how val was made; ``skipped``: bad samples)."""
+    reports must say about it (``notes``: e.g. how val was made; ``skipped``: bad samples).
+    ``unsafe_ops``: ops that change what its labels mean (the folder format's
+    ``unsafe_ops``), see ``policysearch.data.base.unsafe_ops``."""
 
     name: str
     tasks: tuple[TaskSpec, ...]
     splits: dict[str, Sequence[Sample]]
     notes: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    unsafe_ops: tuple[str, ...] = ()
 
     def split(self, name: str) -> Sequence[Sample]:
         if name not in SPLITS:

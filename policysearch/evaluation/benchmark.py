@@ -35,7 +35,13 @@ import pandas as pd
 from policysearch.augment import BASELINES, Policy, Weighting, is_baseline, load_policy
 from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
-from policysearch.events import BenchmarkListener, RunEnded, RunEpochEnded, RunStarted
+from policysearch.events import (
+    BenchmarkListener,
+    RunEnded,
+    RunEpochEnded,
+    RunStarted,
+    SpaceAdapted,
+)
 from policysearch.records import (
     MetricsInfo,
     StudyRecords,
@@ -649,7 +655,7 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
 
     ``progress`` gets a line per step; ``events`` each run's ``BenchmarkEvent`` (start, every
     epoch, end)."""
-    from policysearch.data.loading import load_dataset
+    from policysearch.space_adapt import load_adapted
     from policysearch.training import resolve_device
 
     say = progress or (lambda line: None)
@@ -658,7 +664,11 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
     records = _search_records(options, say)
     space = resolve_benchmark_space(options, records)
     resolve_device(options.device)
-    dataset = load_dataset(space)
+    adapted, dataset = load_adapted(space)
+    space = adapted.space
+    for line in SpaceAdapted(space.name, space.dataset, list(adapted.changes),
+                             list(adapted.warnings)).lines():
+        say(line)
     if len(dataset.split("test")) == 0:
         raise UserError("the test split is empty: the benchmark evaluates on it",
                         source=space.dataset, field="dataset")

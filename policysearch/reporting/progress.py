@@ -29,6 +29,7 @@ from policysearch.events import (
     RunStarted,
     SearchEvent,
     SearchStarted,
+    SpaceAdapted,
     TimedOut,
     TrackingFailed,
     TrialEnded,
@@ -125,6 +126,9 @@ class ProgressPrinter:
                 say(f"dataset {event.name}: {sizes}", highlight=False)
                 for note in event.notes:
                     say(f"  {note}", highlight=False)
+            case SpaceAdapted():
+                for line in event.lines():
+                    say(line, highlight=False, markup=False)
             case SearchStarted():
                 self.finished, self.target = event.finished, event.target
                 self.workers = event.workers if event.workers is not None else 1
@@ -283,10 +287,10 @@ class QuietPrinter:
 class JsonLogPrinter:
     """``--json-logs``: one JSON object per line and event — ``{"event": kind, "time": unix
     seconds, ...the event's fields}`` (``policysearch.events.to_dict``) — for log collectors.
-    Events: those of a search (dataset, start, trial_start, epoch with the metrics, trial_end
-    with the state, Δm% or error, stale, worker_died, timeout, interrupted, ...) or of a
-    benchmark (run_start, epoch, run_end); the command writes its own lines with ``write``
-    (the end, ``done``, with the files written)."""
+    Events: those of a search (dataset, space_adapted, start, trial_start, epoch with the
+    metrics, trial_end with the state, Δm% or error, stale, worker_died, timeout, interrupted,
+    ...) or of a benchmark (run_start, epoch, run_end); the command writes its own lines with
+    ``write`` (the end, ``done``, with the files written)."""
 
     def __init__(self, stream: TextIO | None = None):
         self.stream = stream

@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from policysearch.config import SearchSpace, SpaceOverrides, load_space, validate_tasks
+from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
-from policysearch.events import DatasetLoaded, SearchEvent, SearchListener
+from policysearch.events import DatasetLoaded, SearchEvent, SearchListener, SpaceAdapted
 
 if TYPE_CHECKING:
     from policysearch.augment import Policy
@@ -126,18 +126,25 @@ class SearchRun:
 
 def load_run(options: SearchOptions, space: SearchSpace, *, study_name: str, out_dir: Path,
              threads: int, progress: SearchListener | None = None) -> SearchRun:
-    """Load the dataset once, read its tasks and check them against the space: the run every
-    engine (and every worker process) is given. Emits ``dataset``."""
-    from policysearch.data.loading import dataset_notes, load_dataset
+    """Load the dataset once and resolve the space against it (``space_adapt.load_adapted``:
+    its task rule, its tasks checked, with ``adapt: true`` its ops and reference fitted), read
+    the tasks: the run every engine (and every worker process) is given. Emits ``dataset``,
+    then ``space_adapted`` when resolving changed something or has a warning."""
+    from policysearch.data.loading import dataset_notes
+    from policysearch.space_adapt import load_adapted
     from policysearch.tasks import task_setup
 
-    dataset = load_dataset(space)
+    adapted, dataset = load_adapted(space)
+    space = adapted.space
     notes = dataset_notes(dataset)
     if progress is not None:
         progress(DatasetLoaded(name=space.dataset, notes=notes, sizes={
             s: len(dataset.split(s)) for s in ("train", "val", "test")}))
+        if adapted.changes or adapted.warnings:
+            progress(SpaceAdapted(space=space.name, dataset=space.dataset,
+                                  changes=list(adapted.changes),
+                                  warnings=list(adapted.warnings)))
     tasks, info = task_setup(dataset)
-    validate_tasks(space, list(tasks), f"search space {space.name}")
     return SearchRun(options=options, space=space, dataset=dataset, tasks=tasks,
                      metrics_info=info, dataset_notes=notes, study_name=study_name,
                      out_dir=out_dir, threads=threads, progress=progress)

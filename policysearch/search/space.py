@@ -102,7 +102,7 @@ def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
                         high=space.shared.magnitude[1])]
     else:
         params = _slot_params("shared", space.shared)
-    for task in space.per_task.tasks:
+    for task in space.per_task.names:
         params += _slot_params(f"task.{task}", space.per_task)
     return params + _weight_params(space.weights, task_names)
 
@@ -119,7 +119,7 @@ def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
                        values: Mapping[str, Any]) -> Policy:
     """The policy a trial's parameter values stand for (``tasks``: name -> kind); the space's
     ``base`` is its base, the same in every trial."""
-    per_task = {t: _slots(f"task.{t}", space.per_task.slots, values) for t in space.per_task.tasks}
+    per_task = {t: _slots(f"task.{t}", space.per_task.slots, values) for t in space.per_task.names}
     shared: tuple[Slot, ...] | SubPolicies | RandAugmentSpec
     if space.structure == "subpolicies":
         shared = SubPolicies(tuple(_slots(f"shared.{k}", space.shared.slots, values)
