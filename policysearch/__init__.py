@@ -3,8 +3,8 @@
 Importing the package imports neither torch, optuna nor ray; ``load_policy`` and ``Policy``
 come from the augment package, which needs only albumentations. The search entry points
 import their heavy dependencies when called. The Python API (``search``, ``results``,
-``export``, ``report``, ``benchmark``, ``preview``, ``show``, ``check``, ``ops``,
-``records``) is one call per CLI command; it lives in ``policysearch.api``.
+``export``, ``report``, ``benchmark``, ``preview``, ``show``, ``check``, ``init``,
+``spaces``, ``ops``, ``records``) is one call per CLI command; it lives in ``policysearch.api``.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from policysearch.api import (  # noqa: E402
     benchmark,
     check,
     export,
+    init,
     ops,
     preview,
     records,
@@ -25,6 +26,7 @@ from policysearch.api import (  # noqa: E402
     results,
     search,
     show,
+    spaces,
 )
 from policysearch.augment import Policy, Slot, Weighting, get_baseline, load_policy  # noqa: E402
 from policysearch.errors import DataError, UserError  # noqa: E402
@@ -55,6 +57,7 @@ __all__ = [
     "check",
     "export",
     "get_baseline",
+    "init",
     "load_policy",
     "ops",
     "preview",
@@ -63,4 +66,5 @@ __all__ = [
     "results",
     "search",
     "show",
+    "spaces",
 ]

@@ -324,6 +324,32 @@ def check(space: PathLike | None = None, policy: PathLike | None = None
     return found_space if found_space is not None else found_policy  # type: ignore[return-value]
 
 
+def init(dataset: str, *, space: str | Path = "default", to: PathLike | None = None,
+         force: bool = False) -> str:
+    """A commented starter search-space file for ``dataset`` (anything ``search``'s
+    ``dataset=`` takes), made from ``space`` (a bundled name or a file) fitted to it
+    (``policysearch init``): explicit lists, ``adapt: false``, a CPU budget sized to the data.
+    Returns the YAML text and writes it to ``to`` when given (an existing file only with
+    ``force``). A dataset that cannot be read is a ``UserError`` and nothing is written."""
+    from policysearch.space_init import init_text
+
+    target = _path(to)
+    if target is not None and target.exists() and not force:
+        raise UserError("already exists; pass --force to overwrite it", source=str(target))
+    text = init_text(dataset, str(space))
+    if target is not None:
+        target.write_text(text, encoding="utf-8")
+    return text
+
+
+def spaces() -> dict[str, str]:
+    """The bundled search spaces (``search_spaces/*.yaml``), name -> description, sorted by
+    name (``policysearch spaces``); each is loaded and validated."""
+    from policysearch.config import load_space, shipped_spaces
+
+    return {name: load_space(name).description for name in sorted(shipped_spaces())}
+
+
 def ops() -> pd.DataFrame:
     """Every registered op (column ``op``): kind, whether signed, its range at magnitude 1
     (``policysearch ops``). ``attrs``: ``baselines``, a row per baseline (``name``, ``policy``:

@@ -613,6 +613,40 @@ def check(
 
 @app.command()
 @_handles_errors
+def init(
+    dataset: Annotated[str, typer.Option(
+        help="Dataset: shapes, multidigits, scenes, coco:PATH, nyuv2:PATH, attributes:PATH, "
+             "folder:PATH.")],
+    to: Annotated[Path | None, typer.Option(
+        help="File to write (default: print the YAML on standard output).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite --to if it exists.")
+                     ] = False,
+    space: Annotated[str, typer.Option(
+        help="Bundled space (see `policysearch spaces`) or YAML file to start from.")
+    ] = "default",
+) -> None:
+    """Write a commented starter search space for a dataset: its tasks, the ops that suit its
+    targets, explicit per-task views, loss weights, the reference and a CPU budget sized to
+    the data; edit it, then `policysearch search --space FILE`."""
+    text = api.init(dataset, space=space, to=to, force=force)
+    if to is None:
+        sys.stdout.write(text)
+    else:
+        out_console.print(f"wrote {to}", highlight=False)
+
+
+@app.command()
+@_handles_errors
+def spaces() -> None:
+    """List the bundled search spaces (for --space), one line each: name and description."""
+    found = api.spaces()
+    width = max(map(len, found), default=0)
+    for name, description in found.items():
+        out_console.print(f"{name:<{width}}  {description}", highlight=False, markup=False)
+
+
+@app.command()
+@_handles_errors
 def ops() -> None:
     """List every op (kind, whether signed, its range at magnitude 1), how other tools'
     magnitudes read on our scale (torchvision's RandAugment M=9 of 30 is 0.3, timm's rand-m9

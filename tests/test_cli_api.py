@@ -94,6 +94,13 @@ def _cases(tmp: Path) -> dict[str, list[tuple[list[str], dict[str, Any]]]]:
         "show": [([str(tmp / "p.yaml")], {"policy": tmp / "p.yaml"})],
         "check": [(["--space", str(tmp / "s.yaml")], {"space": str(tmp / "s.yaml")}),
                   (["--policy", str(tmp / "p.yaml")], {"policy": tmp / "p.yaml"})],
+        "init": [(["--dataset", f"folder:{missing}", "--to", str(tmp / "s.yaml"), "--force",
+                   "--space", "randaugment"],
+                  {"dataset": f"folder:{missing}", "to": tmp / "s.yaml", "force": True,
+                   "space": "randaugment"}),
+                 (["--dataset", "shapes"], {"dataset": "shapes", "to": None, "force": False,
+                                            "space": "default"})],
+        "spaces": [([], {})],
         "ops": [([], {})],
     }
 
