@@ -47,7 +47,8 @@ MAX_EPOCHS = 24
 MIN_EPOCHS = 8
 LIMIT_STEP = 100
 # Image sides: at most 128 for a CPU start, a multiple of 16 (the small encoder's coarsest
-# stride: every level halves exactly; the dense heads need a multiple of 4, their stride).
+# stride, so every feature map halves exactly; other sizes work too, the dense heads resample
+# their output to the image when it is not a multiple of 4, their stride).
 CPU_SIDE_CAP = 128
 SIDE_MULTIPLE = 16
 WIDTH = 96  # of a written line

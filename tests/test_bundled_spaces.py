@@ -19,7 +19,7 @@ from policysearch.config import load_space, shipped_spaces
 from policysearch.data import TaskSpec
 from policysearch.search.space import parameters
 from policysearch.space_adapt import adapt_space
-from tests.test_space_init import _folder
+from tests.test_space_init import _folder, readme_block
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -129,3 +129,7 @@ def test_a_search_runs_on_every_bundled_space(tmp_path: Path, name: str, which: 
         assert records.space["per_task"]["tasks"] == views
         assert {k.split(".")[1] for k in trial.params if k.startswith("task.")} == set(views)
         assert not {"hflip", "crop"} & {str(v) for v in trial.params.values()}
+
+
+def test_the_readme_shows_the_real_list() -> None:
+    assert readme_block("$ policysearch spaces") == runner.invoke(app, ["spaces"]).output

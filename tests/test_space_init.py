@@ -224,3 +224,15 @@ def test_init_from_a_written_space_keeps_every_field(tmp_path: Path) -> None:
     assert ("  # a view per segmentation task (what {kinds: [segmentation]} chose); [] for "
             "none\n  tasks: [seg]\n") in text
     assert max(map(len, text.splitlines())) <= 100
+
+
+def readme_block(after: str) -> str:
+    """The text of README.md's code block that starts with the line ``after``."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index(f"\n{after}\n") + len(after) + 2
+    return text[start:text.index("```", start)]
+
+
+def test_the_readme_shows_the_real_output() -> None:
+    result = runner.invoke(app, ["init", "--dataset", "multidigits"])
+    assert readme_block("$ policysearch init --dataset multidigits") == result.output
