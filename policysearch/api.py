@@ -67,7 +67,7 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            ray_address: str | None = None, ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
-           finalists: int = 0, finalist_seeds: int = 3,
+           finalists: int = 0, finalist_seeds: int = 3, subset: int | None = None,
            progress: SearchListener | None = None) -> SearchOutcome:
     """Run or resume a search (``policysearch search``) and return its outcome.
 
@@ -79,7 +79,9 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     ``report``: keep ``out/report.html`` current. ``finalists=K``: after the trials, train
     the K best search trials and the reference again with ``finalist_seeds`` seeds no trial
     used and export the finalist with the best mean Δm% over them (0: off, export rank 1).
-    ``progress``: a callable taking each event,
+    ``subset=N``: train every trial on N samples of the training split (the space's
+    ``subset``, with its seed, else seed 0; stratified by the first classification task's
+    label), validation whole. ``progress``: a callable taking each event,
     a ``policysearch.events.SearchEvent``, e.g.
     ``policysearch.reporting.progress.JsonLogPrinter()``.
     Running the same call again resumes the study.
@@ -95,7 +97,8 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
         out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
         threads=threads, objective=objective, ray_address=ray_address, ray_storage=ray_storage,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
-        report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds)
+        report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds,
+        subset=subset)
     return _search(options, progress=progress)
 
 
@@ -232,7 +235,8 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
               epochs: int | None = None, batch_size: int | None = None, lr: float | None = None,
               image_size: int | tuple[int, int] | None = None, amp: bool | None = None,
               encoder: str | None = None, weights: str | None = None,
-              loader_workers: int | str | None = None, seeds: int = 5,
+              loader_workers: int | str | None = None, subset: int | None = None,
+              seeds: int = 5,
               seed: int = 1, ablations: bool = True, device: str = "auto",
               threads: int | None = None,
               significance: str = "ttest", out: PathLike = Path("runs/benchmark"),
@@ -247,7 +251,9 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
     search's value). ``baselines``: names or timm-style strings (a comma-separated string
     too); ``reference``: the baseline Δm% is measured against; ``search`` (a search's out
     folder) or ``storage`` + ``study``: the search whose dataset, budget and cost to use;
-    ``space``: take dataset and budget from this space instead; ``seeds`` seeds from ``seed``
+    ``space``: take dataset and budget from this space instead; every run trains on the
+    whole training split, whatever subset the search (or space) used, unless ``subset=N``
+    asks for N samples of it; ``seeds`` seeds from ``seed``
     up, those the policy was selected on skipped; ``ablations``: also train the searched
     augmentation with equal loss weights and the reference and the best baseline with the
     searched ones; ``significance``: ttest or wilcoxon (p-values Holm-adjusted).
@@ -262,7 +268,7 @@ def benchmark(policy: PathLike, *, baselines: Sequence[str] | str = BENCHMARK_BA
         policy=Path(policy), baselines=baselines, reference=reference, search=_path(search),
         storage=storage, study=study, space=space, dataset=dataset, epochs=epochs,
         batch_size=batch_size, lr=lr, image_size=image_size, amp=amp, encoder=encoder,
-        weights=weights, loader_workers=loader_workers, seeds=seeds, seed=seed,
+        weights=weights, loader_workers=loader_workers, subset=subset, seeds=seeds, seed=seed,
         ablations=ablations, device=device, threads=threads,
         significance=significance, out=Path(out))
     return run_benchmark(options, progress=progress, events=events)

@@ -226,6 +226,11 @@ def search(
              "--finalist-seeds seeds no trial used; export the best mean (0: off).")] = 0,
     finalist_seeds: Annotated[int, typer.Option(
         help="Seeds per finalist: the study's seed + 1 … + S.")] = 3,
+    subset: Annotated[int | None, typer.Option(
+        help="Train every trial on N samples of the training split (stratified by the first "
+             "classification task's label; the space's subset seed, else 0); validation "
+             "stays whole. Part of the study. benchmark trains on everything.",
+        metavar="N")] = None,
     quiet: QuietOption = False,
     json_logs: JsonLogsOption = False,
 ) -> None:
@@ -250,7 +255,7 @@ def search(
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
             report=report, log_to=log_to.value if log_to else None, finalists=finalists,
-            finalist_seeds=finalist_seeds, progress=printer)
+            finalist_seeds=finalist_seeds, subset=subset, progress=printer)
     if json_logs:
         printer.write("done", {"files": [str(p) for p in outcome.files],
                                "best": _best_row(outcome.table)})
@@ -517,6 +522,9 @@ def benchmark(
     loader_workers: Annotated[str | None, typer.Option(
         help="Processes preparing each trial's batches ahead of the step: a number, or auto "
              "(0 on the CPU; on a GPU, the trial's CPUs but one).")] = None,
+    subset: Annotated[int | None, typer.Option(
+        help="Train every run on N samples of the training split (default: all of it, "
+             "whatever subset the search used).", metavar="N")] = None,
     significance: Annotated[Significance, typer.Option(
         help="Paired test of searched vs each contender, paired by seed; p-values "
              "Holm-adjusted.")
@@ -551,7 +559,8 @@ def benchmark(
             reference=reference, search=search, storage=storage, study=study, space=space,
             dataset=dataset, epochs=epochs, batch_size=batch_size, lr=lr, image_size=size,
             amp=amp, encoder=encoder, weights=weights,
-            loader_workers=parse_loader_workers(loader_workers), seeds=seeds, seed=seed,
+            loader_workers=parse_loader_workers(loader_workers), subset=subset, seeds=seeds,
+            seed=seed,
             ablations=ablations, device=device.value, threads=threads,
             significance=significance.value, out=out,
             progress=progress, events=printer if json_logs else bar)
@@ -603,7 +612,9 @@ def check(
         ops = sorted({*found.shared.ops, *(found.per_task.ops if found.per_task else ())})
         out_console.print(f"ok: {name}: space {found.name} on {found.dataset}, "
                           f"{found.shared.slots} shared slot(s), {len(ops)} ops, weights "
-                          f"{found.weights.method}, {found.budget.epochs} epochs",
+                          f"{found.weights.method}, {found.budget.epochs} epochs"
+                          + (f", trials on a subset of {found.subset.n} training samples "
+                             f"(seed {found.subset.seed})" if found.subset else ""),
                           highlight=False, markup=False)
     for path in policy or []:
         loaded = api.check(policy=path)

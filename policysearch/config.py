@@ -344,6 +344,19 @@ class DatasetOptions(_Strict):
     skip_bad_samples: bool = False
 
 
+class TrainSubset(_Strict):
+    """``subset``: search on ``n`` samples of the training split (validation, which scores the
+    trials, stays whole), chosen from ``seed`` by ``policysearch.data.subset``: stratified by
+    the first classification task's label where the dataset has one, else a plain random
+    sample; the same ``n`` and ``seed`` give the same samples in every process. ``seed`` is
+    the subset's own (default 0), not the study's training seed: changing ``--seed`` (or a
+    re-evaluation with other seeds) trains on the same data. ``benchmark`` trains on the whole
+    training split."""
+
+    n: int = Field(ge=1)
+    seed: int = Field(0, ge=0)
+
+
 class SamplerConfig(_Strict):
     """Optuna's sampler. ``nsga2`` (NSGA-II, ``population_size`` per generation) is meant for
     ``objective: pareto``; TPE handles both kinds of study."""
@@ -465,6 +478,19 @@ class SearchSpace(_Strict):
     # that the dataset declares unsafe or that cannot move its targets, replace a reference that
     # uses one, keep only the dataset_options it takes. The resolved space defines the study.
     adapt: bool = False
+    # Search on a reproducible subset of the training split (``TrainSubset``): ``subset: 4000``
+    # or ``subset: {n: 4000, seed: 0}``. Part of the study's definition.
+    subset: TrainSubset | None = None
+
+    @field_validator("subset", mode="before")
+    @classmethod
+    def _subset_shorthand(cls, value: Any) -> Any:
+        # ``subset: N`` is ``subset: {n: N}``; the error of a bad N then names subset.n.
+        if isinstance(value, int) and not isinstance(value, bool):
+            return {"n": value}
+        if value is None or isinstance(value, dict | TrainSubset):
+            return value
+        raise ValueError(f"must be a number of samples N or {{n: N, seed: S}}, got {value!r}")
 
     @field_validator("reference")
     @classmethod
@@ -495,6 +521,18 @@ class SearchSpace(_Strict):
             raise _user_error(err, "command line") from None
         return self.model_copy(update={"budget": budget})
 
+    def with_subset(self, n: int | None, *, field: str = "--subset") -> SearchSpace:
+        """A copy that searches on ``n`` training samples (``--subset``), with the subset seed
+        this space has (0 when it has none); None: drop the subset (the whole training split).
+        ``n`` below 1 is a ``UserError`` naming ``field``."""
+        if n is None:
+            return self.model_copy(update={"subset": None}) if self.subset else self
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise UserError(f"must be a number of training samples >= 1, got {n!r}",
+                            field=field)
+        seed = self.subset.seed if self.subset is not None else 0
+        return self.model_copy(update={"subset": TrainSubset(n=n, seed=seed)})
+
     def for_tasks(self, tasks: Mapping[str, str]) -> SearchSpace:
         """A copy whose ``per_task.tasks`` lists the tasks its rule selects of ``tasks``
         (name -> kind, in the dataset's order); a list of names is kept as it is."""
@@ -516,6 +554,8 @@ class SearchSpace(_Strict):
         for key in ("test_seed", "normals"):  # likewise
             if data["dataset_options"].get(key) is None:
                 data["dataset_options"].pop(key, None)
+        if data.get("subset") is None:  # likewise: a space without a subset keeps its form
+            data.pop("subset", None)
         return data
 
     def fingerprint(self) -> str:
@@ -526,7 +566,8 @@ class SearchSpace(_Strict):
 @dataclass(kw_only=True)
 class SpaceOverrides:
     """The flags that override a space file's dataset and training budget (``search`` and
-    ``benchmark`` share them); None keeps the file's value."""
+    ``benchmark`` share them); None keeps the file's value. ``subset``: train on that many
+    samples of the training split (``--subset``; the space's subset seed, else 0)."""
 
     dataset: str | None = None
     epochs: int | None = None
@@ -537,6 +578,7 @@ class SpaceOverrides:
     encoder: str | None = None
     weights: str | None = None  # the encoder's weights file
     loader_workers: int | str | None = None  # an int or "auto"
+    subset: int | None = None
 
     def apply(self, space: SearchSpace) -> SearchSpace:
         """``space`` with these overrides."""
@@ -546,6 +588,8 @@ class SpaceOverrides:
                                   loader_workers=self.loader_workers)
         if self.dataset is not None:
             space = space.model_copy(update={"dataset": self.dataset})
+        if self.subset is not None:
+            space = space.with_subset(self.subset)
         return space
 
 

@@ -41,12 +41,15 @@ class Event:
 @dataclass(frozen=True)
 class DatasetLoaded(Event):
     """The dataset is loaded: its name, notes (how splits were made, skipped samples) and the
-    size of each split."""
+    size of each split; ``subset`` (``{n, seed, of, stratified_by}``) when the search trains
+    on a subset of the training split (``sizes["train"]`` is then ``n``, ``of`` the whole
+    split's size)."""
 
     kind: ClassVar[str] = "dataset"
     name: str
     notes: list[str]
     sizes: dict[str, int]
+    subset: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)

@@ -221,6 +221,9 @@ class StudyRecords:
     budget_epochs: int | None = None  # epochs of one full training under the study's budget
     space: dict[str, Any] = field(default_factory=dict)  # the stored search space (canonical)
     tasks: dict[str, str] = field(default_factory=dict)  # name -> kind
+    # The training subset the trials trained on ({n, seed, of, stratified_by}; the space's
+    # ``subset``, policysearch.data.subset); None: the whole training split.
+    subset: dict[str, Any] | None = None
 
     @classmethod
     def from_stored(cls, name: str, info: Mapping[str, Any], records: Sequence[TrialRecord],
@@ -251,6 +254,7 @@ class StudyRecords:
             reruns=stored_reruns(stored_runs or {}),
             rerun_spent=stored_rerun_spent(stored_runs or {}),
             tasks=dict(info.get("tasks") or {}),
+            subset=_stored_subset(info.get("subset"), space.get("subset")),
         )
 
     def with_reference(self, baseline: str | None) -> StudyRecords:
@@ -322,6 +326,17 @@ class StudyRecords:
             text += (" trained beside the study under its budget and seed (--reference), "
                      f"not the study's reference ({self.reference_name})")
         return text
+
+
+def _stored_subset(stored: Any, in_space: Any) -> dict[str, Any] | None:
+    """The study's subset: as stored beside the study, else (a study whose engine stored
+    none) the space's ``{n, seed}``; None for the whole training split."""
+    if isinstance(stored, dict):
+        return dict(stored)
+    if isinstance(in_space, dict):
+        return {"n": in_space.get("n"), "seed": in_space.get("seed", 0), "of": None,
+                "stratified_by": None}
+    return None
 
 
 def combine_single_task(records: Sequence[TrialRecord], info: MetricsInfo) -> Metrics | None:

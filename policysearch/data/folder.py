@@ -444,7 +444,8 @@ def load(path: Path, options: LoadOptions) -> FileDataset:
     tasks = {task.name: task for task in config.tasks}
     dataset = assemble(config.name or root.resolve().name,
                        [task.spec(keys[task.name]) for task in config.tasks], records,
-                       _loader(tasks, keys), _checker(tasks), options, source=str(yaml_path))
+                       _loader(tasks, keys), _checker(tasks), options, source=str(yaml_path),
+                       peek=functools.partial(_peek_sample, tasks=tasks, keys=keys))
     used = [r for split in dataset.splits.values()
             for r in split.records]  # type: ignore[attr-defined]  # LazySplits
     for task in config.tasks:
@@ -704,6 +705,18 @@ def _load_sample(record: _Record, *, tasks: dict[str, _Task], keys: dict[str, st
         else:
             key = keys[name] or TARGET_KEYS[task.kind][0]
             sample[key] = target.copy() if isinstance(target, np.ndarray) else target
+    return sample
+
+
+def _peek_sample(record: _Record, *, tasks: dict[str, _Task], keys: dict[str, str]) -> Sample:
+    """The CSV tasks' targets of ``record`` (class labels, attribute vectors) as its sample
+    holds them, without reading its image or target files (``LazySplit.peek``)."""
+    sample: Sample = {}
+    for name, target in record.targets.items():
+        task = tasks[name]
+        if isinstance(task, _FolderTask) or isinstance(target, DataError):
+            continue
+        sample[keys[name] or TARGET_KEYS[task.kind][0]] = target
     return sample
 
 

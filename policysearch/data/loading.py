@@ -23,7 +23,10 @@ def option_keys(dataset: str) -> tuple[str, ...]:
 
 def load_dataset(space: SearchSpace) -> MultiTaskDataset:
     """The dataset, generated or read once for the whole search, every split resized to the
-    budget's image size; files and splits checked up front."""
+    budget's image size; files and splits checked up front. With the space's ``subset`` the
+    training split is that subset (``data.subset.subset_train``: the one place a subset is
+    applied, so every engine, worker and re-evaluation trains on the same samples); a subset
+    larger than the training split is a ``SubsetError`` naming the space and ``subset.n``."""
     opts = space.dataset_options
     size = space.budget.image_size
     keys = option_keys(space.dataset)
@@ -44,6 +47,10 @@ def load_dataset(space: SearchSpace) -> MultiTaskDataset:
     for split in ("train", "val"):
         if len(dataset.split(split)) == 0:
             raise UserError(f"the {split} split is empty", field="dataset")
+    if space.subset is not None:
+        from policysearch.data.subset import subset_train
+
+        return subset_train(dataset, space.subset, source=f"search space {space.name}")
     return dataset
 
 

@@ -68,12 +68,18 @@ class LoadOptions:
 
 
 class LazySplit(SampleSequence, Generic[R]):
-    """One split: ``records`` decoded by ``load`` on access, resized to ``size``, cached."""
+    """One split: ``records`` decoded by ``load`` on access, resized to ``size``, cached.
+
+    ``peek``: a record's label-like targets (class labels, attribute vectors) without its
+    image, for choosing a stratified subset (``data.subset``) without decoding every image;
+    None: ``peek(i)`` decodes the sample (without caching it)."""
 
     def __init__(self, records: Sequence[R], load: Callable[[R], Sample],
-                 size: Size | None = None, cache_bytes: int = CACHE_BYTES):
+                 size: Size | None = None, cache_bytes: int = CACHE_BYTES,
+                 peek: Callable[[R], Sample] | None = None):
         self.records = list(records)
         self._load = load
+        self._peek = peek
         self.size = size
         self._cache: dict[int, Sample] = {}
         self._cache_left = cache_bytes
@@ -85,6 +91,14 @@ class LazySplit(SampleSequence, Generic[R]):
         """Keep this process's share of the cache budget: each of ``parts`` loader workers
         decodes and caches what it reads, so together they stay within the budget."""
         self._cache_left //= max(1, parts)
+
+    def peek(self, i: int) -> Sample:
+        """Sample ``i``'s targets, at least those that need no image (see the class); decodes
+        nothing when the loader gave ``peek``, and caches nothing either way."""
+        if self._peek is not None:
+            return self._peek(self.records[i])
+        cached = self._cache.get(i)
+        return dict(cached) if cached is not None else self._load(self.records[i])
 
     def _get(self, i: int) -> Sample:
         cached = self._cache.get(i)
@@ -160,10 +174,12 @@ class FileDataset:
 
 def assemble(name: str, tasks: Sequence[TaskSpec], records: dict[str, list[R]],
              load: Callable[[R], Sample], check: Callable[[R], None],
-             options: LoadOptions, *, source: str) -> FileDataset:
+             options: LoadOptions, *, source: str,
+             peek: Callable[[R], Sample] | None = None) -> FileDataset:
     """The dataset from per-split ``records`` (``train`` required; ``val``/``test`` optional).
 
-    Checks every record up front (``check_records``), applies ``limit``, and when val is
+    ``peek``: a record's label-like targets without decoding it (``LazySplit``). Checks
+    every record up front (``check_records``), applies ``limit``, and when val is
     missing carves it from train (``val_fraction``, ``seed``); when test is missing too the
     given val becomes test first. The notes say what was done.
     """
@@ -194,7 +210,7 @@ def assemble(name: str, tasks: Sequence[TaskSpec], records: dict[str, list[R]],
                      f"({options.val_fraction:.0%}, seed {options.seed}, deterministic)")
     if skipped:
         notes.append(f"{len(skipped)} bad samples skipped (--skip-bad-samples)")
-    splits = {split: LazySplit(kept[split], load, options.size)
+    splits = {split: LazySplit(kept[split], load, options.size, peek=peek)
               for split in SPLITS if split in kept}
     return FileDataset(name=name, tasks=tuple(tasks), splits=splits, notes=notes,
                        skipped=skipped)

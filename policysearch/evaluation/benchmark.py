@@ -146,13 +146,17 @@ def _search_records(options: BenchmarkOptions, say: Say) -> StudyRecords | None:
 def resolve_benchmark_space(options: BenchmarkOptions,
                             records: StudyRecords | None) -> SearchSpace:
     """The dataset and budget: ``--space`` if given, else the search's stored space, else the
-    default space; CLI flags override its budget."""
+    default space; CLI flags override its budget. Search on a subset, train on everything: the
+    space's ``subset`` is dropped, so every run trains on the whole training split, unless
+    ``--subset N`` asks for N samples of it (with the space's subset seed, else 0)."""
     from policysearch.evaluation.reeval import stored_space
 
     if options.space is not None or records is None or not records.space:
         space = load_space(options.space or "default")
     else:
         space = stored_space(records.space, f"study {records.name}")
+    if options.subset is None:
+        space = space.with_subset(None)
     return options.apply(space)
 
 
@@ -254,6 +258,8 @@ def _fingerprint(policy: Policy, space: SearchSpace, seed: int) -> str:
     what = {"policy": data, "dataset": space.dataset,
             "dataset_options": space.dataset_options.model_dump(mode="json"),
             "budget": space.budget.model_dump(mode="json"), "seed": seed, "split": "test"}
+    if space.subset is not None:  # (runs on the whole training split keep their fingerprint)
+        what["subset"] = space.subset.model_dump(mode="json")
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -655,6 +661,7 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
 
     ``progress`` gets a line per step; ``events`` each run's ``BenchmarkEvent`` (start, every
     epoch, end)."""
+    from policysearch.data.subset import SubsetError
     from policysearch.space_adapt import load_adapted
     from policysearch.training import resolve_device
 
@@ -664,7 +671,10 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
     records = _search_records(options, say)
     space = resolve_benchmark_space(options, records)
     resolve_device(options.device)
-    adapted, dataset = load_adapted(space)
+    try:
+        adapted, dataset = load_adapted(space)
+    except SubsetError as err:  # the subset comes from --subset: the stored one is dropped
+        raise UserError(err.message, field="--subset") from None
     space = adapted.space
     for line in SpaceAdapted(space.name, space.dataset, list(adapted.changes),
                              list(adapted.warnings)).lines():
@@ -692,8 +702,10 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
         say(f"seeds {', '.join(map(str, skipped))} left out: the searched policy was selected "
             "on them")
     budget = space.budget
+    training = training_set(dataset, records)
     say(f"benchmark: {len(contenders)} contenders × {len(seeds)} seeds on {space.dataset} "
-        f"(test split: {len(dataset.split('test'))} samples), {budget.epochs} epochs each")
+        f"(test split: {len(dataset.split('test'))} samples), {budget.epochs} epochs each; "
+        f"{training['line']}")
     runs, trained, reused = _train_runs(contenders, seeds, space, dataset, options, say, events)
     weights = dict(space.task_weights or {}) or None
     frame = runs_frame(runs, [c.name for c in contenders], seeds, info, options.reference,
@@ -715,12 +727,37 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
                                verdicts=verdicts(summary, options.significance),
                                trained=trained, reused=reused)
     outcome.files = _write(outcome, options, space, policy, seeds, sorted(excluded),
-                           len(dataset.split("test")))
+                           len(dataset.split("test")), training)
     return outcome
 
 
+def training_set(dataset: MultiTaskDataset, records: StudyRecords | None) -> dict[str, Any]:
+    """Which training samples the benchmark's runs train on: ``train_size``, ``subset`` (its
+    ``{n, seed, of, stratified_by}`` under ``--subset``, else None), the search's subset
+    (``search_subset``, None when it searched on everything or is unknown) and ``line``, the
+    sentence of benchmark.md's header."""
+    from policysearch.data.subset import subset_of
+
+    choice = subset_of(dataset)
+    train_size = len(dataset.split("train"))
+    searched = records.subset if records is not None else None
+    if choice is not None:
+        how = (f"stratified by {choice.stratified_by}" if choice.stratified_by
+               else "a random sample")
+        line = (f"training set: a subset of {choice.n} of the {choice.of} training samples "
+                f"(--subset; {how}, subset seed {choice.seed})")
+    else:
+        line = f"training set: the whole training split ({train_size} samples)"
+        if searched is not None:
+            line += (f"; the search trained its trials on a subset of {searched.get('n')} of "
+                     "them")
+    return {"train_size": train_size, "subset": choice.to_dict() if choice else None,
+            "search_subset": searched, "line": line}
+
+
 def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSpace,
-           policy: Policy, seeds: list[int], excluded: list[int], n_test: int) -> list[Path]:
+           policy: Policy, seeds: list[int], excluded: list[int], n_test: int,
+           training: dict[str, Any]) -> list[Path]:
     out = options.out
     out.mkdir(parents=True, exist_ok=True)
     budget = space.budget
@@ -734,6 +771,7 @@ def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSp
         f"Budget per run: {budget.epochs} epochs, batch {budget.batch_size}, lr {budget.lr:g}, "
         f"{budget.optimizer}, encoder `{budget.encoder}`, image size {budget.image_size}; "
         f"seeds {', '.join(map(str, seeds))}; device `{device}`.",
+        training["line"][:1].upper() + training["line"][1:] + ".",
         "Seeds the searched policy was selected on (left out): "
         + (", ".join(map(str, excluded)) if excluded else
            "unknown (no search found and none in the policy's provenance)") + ".",
@@ -755,7 +793,8 @@ def _write(outcome: BenchmarkOutcome, options: BenchmarkOptions, space: SearchSp
         "policy": str(options.policy), "reference": options.reference,
         "significance": options.significance, "seeds": seeds,
         "selection_seeds": excluded, "alpha": ALPHA, "correction": "holm",
-        "dataset": space.dataset,
+        "dataset": space.dataset, "train_size": training["train_size"],
+        "subset": training["subset"], "search_subset": training["search_subset"],
         "budget": budget.model_dump(mode="json"), "cost": outcome.cost,
         "verdicts": outcome.verdicts,
         "summary": json.loads(outcome.summary.to_json(orient="records")),

@@ -98,6 +98,8 @@ def _picked(study: StudyRecords, row: pd.Series, picked: str,
                                      if math.isfinite(v)}  # undefined: reference ~0
     if study.image_size:
         provenance["image_size"] = study.image_size
+    if study.subset is not None:  # searched on a subset of the training split
+        provenance["subset"] = dict(study.subset)
     weights = study.task_weights if task_weights is None else task_weights
     if any(w != 1.0 for w in weights.values()):
         provenance["task_weights"] = dict(weights)

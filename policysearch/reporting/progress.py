@@ -54,6 +54,31 @@ def finalists_line(event: FinalistsStarted) -> str:
             f"{left} to train ({left * event.epochs} trial-epochs)")
 
 
+def dataset_sizes(event: DatasetLoaded) -> str:
+    """The sizes of the ``dataset`` line: ``train 100 (a subset of 400: stratified by shape,
+    subset seed 0), val 200, test 500``."""
+    parts = []
+    for split, size in event.sizes.items():
+        text = f"{split} {size}"
+        if split == "train" and event.subset:
+            subset = event.subset
+            how = (f"stratified by {subset['stratified_by']}" if subset.get("stratified_by")
+                   else "random")
+            text += f" (a subset of {subset['of']}: {how}, subset seed {subset['seed']})"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+def dataset_notes_shown(event: DatasetLoaded) -> list[str]:
+    """The notes printed under the ``dataset`` line: all but the subset's, which that line
+    says already."""
+    if not event.subset:
+        return list(event.notes)
+    from policysearch.data.subset import describe
+
+    return [note for note in event.notes if note != describe(event.subset)]
+
+
 def _fmt_time(seconds: float) -> str:
     seconds = int(round(seconds))
     return f"{seconds // 60}:{seconds % 60:02d}"
@@ -122,9 +147,8 @@ class ProgressPrinter:
                 self._update_bar(event.epoch, event.trial)
                 return
             case DatasetLoaded():
-                sizes = ", ".join(f"{k} {v}" for k, v in event.sizes.items())
-                say(f"dataset {event.name}: {sizes}", highlight=False)
-                for note in event.notes:
+                say(f"dataset {event.name}: {dataset_sizes(event)}", highlight=False)
+                for note in dataset_notes_shown(event):
                     say(f"  {note}", highlight=False)
             case SpaceAdapted():
                 for line in event.lines():

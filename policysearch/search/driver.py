@@ -248,6 +248,7 @@ def _search_in_process(run: SearchRun) -> StudyRecords:
                     storage=options.storage, study_name=run.study_name, seed=options.seed,
                     timeout=options.timeout, progress=run.progress,
                     on_trial_end=run.on_trial_end, worker=worker_label(),
+                    dataset_subset=run.subset,
                     sampler_salt=os.getpid() if shared_db else 0,
                     device=resolve_device(options.device).type)
 
@@ -263,7 +264,8 @@ def _search_with_workers(run: SearchRun) -> StudyRecords:
                           dataset_name=run.dataset.name, dataset_notes=run.dataset_notes,
                           out_dir=run.out_dir, storage=options.storage,
                           study_name=run.study_name, seed=options.seed, target=options.trials,
-                          emit=run.emit, workers=options.workers)
+                          emit=run.emit, workers=options.workers,
+                          dataset_subset=run.subset)
     return run_workers(options, n_workers=options.workers, threads=run.threads,
                        study_name=run.study_name, out_dir=run.out_dir, study=study,
                        progress=run.progress, on_trial_end=run.on_trial_end)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from policysearch.config import SearchSpace, SpaceOverrides, load_space
 from policysearch.errors import UserError
@@ -76,7 +76,8 @@ class SearchOptions(SpaceOverrides):
 
 
 def resolve_space(options: SearchOptions) -> SearchSpace:
-    """The space file with the options' overrides (budget, dataset, objective, data)."""
+    """The space file with the options' overrides (budget, dataset, objective, data,
+    ``--subset``)."""
     space = options.apply(load_space(options.space))
     if options.objective is not None:
         if options.objective not in OBJECTIVES:
@@ -106,6 +107,15 @@ class SearchRun:
     progress: SearchListener | None = None
     on_trial_end: Callable[[StudyRecords], None] | None = field(default=None, repr=False)
 
+    @property
+    def subset(self) -> dict[str, Any] | None:
+        """The training subset the trials train on (``{n, seed, of, stratified_by}``, what the
+        study records), None for the whole training split."""
+        from policysearch.data.subset import subset_of
+
+        choice = subset_of(self.dataset)
+        return choice.to_dict() if choice is not None else None
+
     def emit(self, event: SearchEvent) -> None:
         """Pass ``event`` to the search's listener, if any."""
         if self.progress is not None:
@@ -131,15 +141,26 @@ def load_run(options: SearchOptions, space: SearchSpace, *, study_name: str, out
     the tasks: the run every engine (and every worker process) is given. Emits ``dataset``,
     then ``space_adapted`` when resolving changed something or has a warning."""
     from policysearch.data.loading import dataset_notes
+    from policysearch.data.subset import SubsetError, subset_of
     from policysearch.space_adapt import load_adapted
     from policysearch.tasks import task_setup
 
-    adapted, dataset = load_adapted(space)
+    try:
+        adapted, dataset = load_adapted(space)
+    except SubsetError as err:  # name where the subset came from: the flag or the space file
+        from policysearch.config import shipped_spaces
+
+        flag = options.subset is not None
+        source = str(shipped_spaces().get(str(options.space), options.space))
+        raise UserError(err.message, source=None if flag else source,
+                        field="--subset" if flag else "subset.n") from None
     space = adapted.space
     notes = dataset_notes(dataset)
     if progress is not None:
+        choice = subset_of(dataset)
         progress(DatasetLoaded(name=space.dataset, notes=notes, sizes={
-            s: len(dataset.split(s)) for s in ("train", "val", "test")}))
+            s: len(dataset.split(s)) for s in ("train", "val", "test")},
+            subset=choice.to_dict() if choice is not None else None))
         if adapted.changes or adapted.warnings:
             progress(SpaceAdapted(space=space.name, dataset=space.dataset,
                                   changes=list(adapted.changes),

@@ -179,14 +179,16 @@ def prepare_study(space: SearchSpace, *, tasks: Mapping[str, str], metrics_info:
                   dataset_name: str, dataset_notes: Sequence[str], out_dir: Path,
                   storage: str | None, study_name: str, seed: int, target: int,
                   emit: SearchListener, fail_stale: bool = True,
-                  workers: int | None = None) -> optuna.Study:
+                  workers: int | None = None,
+                  dataset_subset: Mapping[str, Any] | None = None) -> optuna.Study:
     """Open (or resume) the study for a search and say so: trials a dead search left running
     failed and enqueued again (a local journal only, ``fail_stale``: only one driver writes
     it), ``pruning_off`` for a pareto space that asks for a pruner, then ``start`` (with
     ``workers`` when several processes share the study)."""
     study, is_file = open_study(space, storage=storage, study_name=study_name, out_dir=out_dir,
                                 seed=seed, metrics_info=metrics_info, tasks=tasks,
-                                dataset=dataset_name, dataset_notes=dataset_notes)
+                                dataset=dataset_name, dataset_notes=dataset_notes,
+                                subset=dataset_subset)
     if is_file and fail_stale:
         for number in fail_trials_of(study, None, STALE_ERROR):
             emit(TrialStale(trial=number))
@@ -304,6 +306,7 @@ def optimize(
     worker: str | None = None,
     sampler_salt: int = 0,
     device: str | None = None,
+    dataset_subset: Mapping[str, Any] | None = None,
 ) -> StudyRecords:
     """Run trials until ``n_trials`` are finished (complete or pruned, reference included).
 
@@ -314,14 +317,16 @@ def optimize(
     worker that died; ``fail_stale`` (a local journal only): first fail the trials that a
     dead search left running and enqueue their parameters again; leave it to the driver when
     it owns several workers. ``device`` (cpu, cuda) is stored with each trial for the
-    study's device-seconds.
+    study's device-seconds. ``dataset_subset``: the training subset the trials train on
+    (stored with the study; None: the whole training split).
     """
     study_name = study_name or space.name
     emit = progress or _ignore
     study = prepare_study(space, tasks=tasks, metrics_info=metrics_info,
                           dataset_name=dataset_name, dataset_notes=dataset_notes,
                           out_dir=out_dir, storage=storage, study_name=study_name, seed=seed,
-                          target=n_trials, emit=emit, fail_stale=fail_stale)
+                          target=n_trials, emit=emit, fail_stale=fail_stale,
+                          dataset_subset=dataset_subset)
     trials = _Trials(study, space, tasks, Scoring.of(space, tasks, metrics_info), runner=runner,
                      emit=emit, seed=seed, target=n_trials, worker=worker, device=device,
                      salt=sampler_salt)

@@ -6,7 +6,8 @@ Each trial keeps its record in user attributes (``role``, ``policy``, ``metrics`
 ``error``, ``reference_task``, ``final_weights``, ``device``, ``worker``; a complete trial also
 ``data_wait`` and ``loader_workers``, which trials stored before they were measured lack); the
 study keeps its definition (``definition``: space and seed, which a resume must match),
-``metrics_info``, ``tasks``, ``reference``, ``dataset`` and ``dataset_notes``. Runs trained
+``metrics_info``, ``tasks``, ``reference``, ``dataset``, ``dataset_notes`` and, for a search on
+a subset of the training split, ``subset``. Runs trained
 beside the study (re-evaluations with other seeds, other references:
 ``policysearch.evaluation.reeval``) are study user attributes ``rerun:<subject>:<seed>``, not
 trials, so they change neither trial counts nor the study's definition.
@@ -18,6 +19,7 @@ import contextlib
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
@@ -111,8 +113,11 @@ def journal_lock(storage: str | None, out_dir: Path) -> Iterator[None]:
 
 def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_dir: Path,
                seed: int, metrics_info: MetricsInfo, tasks: Mapping[str, str],
-               dataset: str, dataset_notes: Sequence[str] = ()) -> tuple[optuna.Study, bool]:
-    """Create or resume the study; refuse a resume whose space (or seed) differs.
+               dataset: str, dataset_notes: Sequence[str] = (),
+               subset: Mapping[str, Any] | None = None) -> tuple[optuna.Study, bool]:
+    """Create or resume the study; refuse a resume whose space (or seed) differs. ``subset``:
+    the training subset the trials train on (``data.subset.SubsetChoice.to_dict``), stored
+    as the study's ``subset`` (none for the whole training split).
 
     A pareto space makes a study with one "maximize" direction per task, in ``tasks`` order.
     """
@@ -135,6 +140,8 @@ def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_
         study.set_user_attr("dataset", dataset)
     if study.user_attrs.get("dataset_notes") != list(dataset_notes):
         study.set_user_attr("dataset_notes", list(dataset_notes))
+    if subset is not None and study.user_attrs.get("subset") != dict(subset):
+        study.set_user_attr("subset", dict(subset))
     return study, is_file
 
 

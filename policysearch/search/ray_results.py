@@ -7,7 +7,8 @@ experiment state (which a killed driver may leave behind the last finished trial
 ``<experiment>/policysearch.json``
     what the Optuna engine keeps in study user attributes: ``definition`` ({"space":
     space.canonical(), "seed": seed}: a resume must match it), ``metrics_info``, ``tasks``,
-    ``reference``, ``dataset``, ``dataset_notes``, ``scheduler``, ``study``.
+    ``reference``, ``dataset``, ``dataset_notes``, ``scheduler``, ``study``; ``subset`` for a
+    search on a subset of the training split.
 ``<experiment>/trials/trial-<number>.json``
     one file per trial (``write_trial_record``): number, role, state ("complete" | "pruned" |
     "failed" | "running"), policy (``Policy.to_dict()``), metrics, epochs, error,

@@ -207,9 +207,11 @@ def ray_connected(options: SearchOptions) -> Iterator[dict[str, float]]:
 def open_experiment(space: SearchSpace, *, out_dir: Path, ray_storage: str | None,
                     study_name: str, seed: int, metrics_info: MetricsInfo,
                     tasks: Mapping[str, str], dataset: str, dataset_notes: Sequence[str],
-                    scheduler: str) -> Path:
+                    scheduler: str, subset: Mapping[str, Any] | None = None) -> Path:
     """Create or resume the experiment folder; refuse a resume whose space or seed differs
-    (naming the first difference) or that switches to or from PBT."""
+    (naming the first difference) or that switches to or from PBT. ``subset``: the training
+    subset the trials train on, kept as the experiment's ``subset`` (None: the whole
+    training split)."""
     experiment = rr.experiment_dir(Path(out_dir), ray_storage, study_name)
     if (experiment / JOURNAL_NAME).exists() and not (experiment / rr.EXPERIMENT_FILE).exists():
         raise UserError("holds an Optuna-engine study; use another --out for a Ray search",
@@ -227,6 +229,8 @@ def open_experiment(space: SearchSpace, *, out_dir: Path, ray_storage: str | Non
         raise UserError(f"refusing to resume a --scheduler {info.get('scheduler')} search with "
                         f"--scheduler {scheduler}", source=where, field="--scheduler")
     info["dataset_notes"] = list(dataset_notes)
+    if subset is not None:
+        info["subset"] = dict(subset)
     try:
         rr.write_experiment(experiment, info)
         rr.write_pointer(Path(out_dir), experiment)
@@ -591,7 +595,8 @@ def open_ledger(run: SearchRun, deadline: float | None = None) -> Ledger:
                                  ray_storage=options.ray_storage, study_name=run.study_name,
                                  seed=options.seed, metrics_info=run.metrics_info,
                                  tasks=run.tasks, dataset=run.dataset.name,
-                                 dataset_notes=run.dataset_notes, scheduler=options.scheduler)
+                                 dataset_notes=run.dataset_notes, scheduler=options.scheduler,
+                                 subset=run.subset)
     for number in rr.mark_stale(experiment):
         run.emit(TrialStale(trial=number))
     ledger = Ledger.load(experiment, space=run.space, tasks=dict(run.tasks),

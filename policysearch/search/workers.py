@@ -125,7 +125,7 @@ def worker_main(job: WorkerJob, events: Any) -> None:
                  storage=options.storage, study_name=job.study_name, seed=options.seed,
                  timeout=options.timeout, progress=send, fail_stale=False,
                  worker=worker_label(), sampler_salt=job.index + 1,
-                 device=resolve_device(options.device).type)
+                 device=resolve_device(options.device).type, dataset_subset=run.subset)
     except UserError as err:
         events.put(("user_error", job.index, err.message, err.source, err.field))
         sys.exit(2)
