@@ -150,6 +150,26 @@ def test_load_dataset_applies_the_subset_to_train_only_and_it_pickles() -> None:
         subset_train(whole, TrainSubset(n=49))
 
 
+@pytest.mark.slow
+def test_a_loader_worker_trains_on_the_same_subset() -> None:
+    # The subset's split crosses to the DataLoader worker process (pickled, or forked) and
+    # gives the numbers of a training without workers.
+    from policysearch.search.lifecycle import reference_policy
+    from policysearch.tasks import task_setup
+
+    space = _tiny(subset=20)
+    data = load_dataset(space)
+    tasks, _ = task_setup(data)
+    results = []
+    for workers in (0, 1):
+        budget = space.budget.model_copy(update={"loader_workers": workers, "epochs": 1})
+        results.append(training.run_trial(reference_policy("flipcrop", tasks), data, budget,
+                                          seed=0, device="cpu", threads=1))
+    assert [r.loader_workers for r in results] == [0, 1]
+    assert [r.train_images for r in results] == [20, 20]
+    assert results[0].metrics == results[1].metrics
+
+
 def _folder_dataset(root: Path) -> Path:
     """A folder dataset of 40 tiny images with one classification task: 30 of class a, 6 of
     class b, 4 unlabelled."""

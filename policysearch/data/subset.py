@@ -13,8 +13,11 @@ How the ``n`` samples are chosen (``choose_indices``):
   ``n × size / total`` samples rounded down, and the ``n − Σ`` samples left over go to the
   classes with the largest remainders (Hamilton's method; ties broken at random from
   ``seed``), so the total is exactly ``n`` and every class is within one sample of its
-  share. A class is never smaller than its share (the share is at most its size, ``n`` being
-  at most the split's size), but a class whose share is below one sample may get none.
+  share. *A class smaller than its share* cannot occur: ``n`` is at most the split's size,
+  so a class's share is at most its size, and a class is rounded up only when its share has a
+  remainder, to at most the share's ceiling, still at most its size — no class runs out and
+  none has to make up for another. A class whose share is below one sample may get none (it
+  needs one of the largest remainders).
   **Samples missing that label** (partial labels: no target, or a negative label such as
   ``tasks.classification.MISSING``) form one stratum of their own, allocated like a class, so
   the subset keeps the split's share of unlabelled samples (they still carry the other tasks'
@@ -22,6 +25,10 @@ How the ``n`` samples are chosen (``choose_indices``):
 * otherwise a plain random sample of ``n`` indices.
 
 Within a stratum the samples are a seeded random choice; the subset lists them in index order.
+The seed is the subset's own (``TrainSubset.seed``, default 0), not the study's training seed:
+a search re-run with ``--seed 1`` is a second look at the same data, not at other data, and the
+re-evaluations with fresh training seeds (finalists, ``results --reeval``) train on the very
+samples the trials did.
 The same (``n``, ``seed``, labels) give the same indices in any process; numpy's ``Generator``
 algorithms are the source, so a numpy release that changed them would change a subset (the
 study's resume check would not notice: re-run a search with a new numpy from the start).
