@@ -152,6 +152,16 @@ def test_importances_need_enough_trials(single: Path) -> None:
     assert "No importances yet" in render_report(few, preview=False)
 
 
+def test_importances_of_trials_that_all_score_the_same(single: Path) -> None:
+    # fANOVA raises on a constant target (every trial's network learned the same thing): the
+    # report says so instead of failing at the end of the search.
+    records = ps.records(single)
+    same = {number: 0.0 for number in _delta_m(records)}
+    found = param_importances(records, same)
+    assert not found.values and found.trials == 6
+    assert "the same Δm% (+0.00)" in found.note
+
+
 def test_report_writer_throttles_and_never_raises(single: Path, tmp_path: Path) -> None:
     records = ps.records(single)
     writer = ReportWriter(tmp_path / "r.html", every_s=3600.0)

@@ -65,6 +65,11 @@ def param_importances(study: StudyRecords, delta_m: Mapping[int, float]) -> Impo
     except Exception as err:  # a space stored by another version: say so, keep the report
         return Importances(trials=len(scored),
                            note=f"the stored search space cannot be read: {err}".splitlines()[0])
+    if len({float(delta_m[r.number]) for r in scored}) == 1:
+        # fANOVA cannot split a constant target (it raises): nothing to attribute.
+        return Importances(trials=len(scored), note=(
+            f"every one of the {len(scored)} complete search trials has the same Δm% "
+            f"({float(delta_m[scored[0].number]):+.2f}): no parameter made a difference"))
     memory = optuna.create_study(direction="maximize", study_name=study.name)
     for rec in scored:
         params = {k: v for k, v in (rec.params or {}).items() if k in dists}
