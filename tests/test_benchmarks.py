@@ -30,8 +30,9 @@ def _cuda_available() -> bool:
 
 def _run(script: Path, *args: str, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess[str]:
+    # A bound well above the slowest smoke run (about 3 minutes), so that a hung script fails.
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env)
+                          cwd=ROOT, env=env, timeout=1200)
 
 
 def _assert_table(path: Path) -> str:

@@ -50,9 +50,28 @@ def test_the_seed_count_is_the_noise_studys_power_calculation() -> None:
     assert noise.seeds_needed(sigma, seeds["detectable_difference"], 0.05 / 12) == seeds["count"]
 
 
+def _contenders(entry: dict) -> list[str]:
+    return entry.get("contenders") or PROTOCOL["contenders"]
+
+
 def test_every_contender_is_a_registered_baseline() -> None:
-    missing = [name for name in PROTOCOL["contenders"] if name not in BASELINES]
+    named = [*PROTOCOL["contenders"],
+             *(n for d in PROTOCOL["datasets"].values() for n in d.get("contenders") or [])]
+    missing = [name for name in named if name not in BASELINES]
     assert not missing
+
+
+def test_each_spaces_reference_is_one_of_its_datasets_contenders() -> None:
+    # Δm% is measured against the reference: it must be a recipe the table also shows.
+    for name, entry in PROTOCOL["datasets"].items():
+        if entry["space"]:
+            assert load_space(str(ROOT / entry["space"])).reference in _contenders(entry), name
+
+
+def test_no_flip_contender_where_flips_change_the_labels() -> None:
+    # multidigits: a horizontal flip swaps left_digit and right_digit's places.
+    flips = [n for n in _contenders(PROTOCOL["datasets"]["multidigits"]) if "flip" in n]
+    assert not flips
 
 
 def test_every_dataset_is_a_committed_registered_generator() -> None:
@@ -68,3 +87,29 @@ def test_the_ledger_numbers_its_rows_in_order() -> None:
     text = (ROOT / "benchmarks" / "ledger.md").read_text()
     numbers = [int(n) for n in re.findall(r"^\| (\d+) \|", text, flags=re.MULTILINE)]
     assert numbers == list(range(1, len(numbers) + 1)) and numbers
+
+
+def test_the_search_fits_the_cost_cap() -> None:
+    # Full-length trials (no pruner) make the cost fixed: every trial (the reference one
+    # included) is one full training, and the finalist race trains the finalists and the
+    # reference once per fresh seed.
+    search, cap = PROTOCOL["search"], PROTOCOL["targets"]["search_cost_full_trainings"]
+    cost = search["trials"] + (search["finalists"] + 1) * search["finalist_seeds"]
+    assert cost <= cap
+    assert search["finalists"] >= 2  # a race needs two
+    for name, entry in PROTOCOL["datasets"].items():
+        space = load_space(str(ROOT / entry["space"]))
+        assert space.pruner.name == "none", name
+        # TPE must get proposals of its own among the searched trials.
+        assert space.sampler.n_startup_trials < search["trials"] - 1, name
+
+
+def test_each_final_space_builds_on_its_reference() -> None:
+    # The search looks for what to add to the standard recipe: its base is the reference's.
+    from policysearch.augment import get_baseline
+
+    for name, entry in PROTOCOL["datasets"].items():
+        space = load_space(str(ROOT / entry["space"]))
+        recipe = get_baseline(space.reference, {"x": "classification"}).shared
+        assert [(s.op, s.p, s.magnitude) for s in space.base] == \
+            [(s.op, s.p, s.magnitude) for s in recipe], name

@@ -1,0 +1,273 @@
+"""The final run of the evidence protocol for one dataset: search, then score a fresh test split.
+
+Runs what benchmarks/protocol.yaml fixes, for ``--dataset NAME`` and the protocol's version:
+
+  1. the dataset's search space with its generator seed set to the protocol's ``final_seed``
+     (train, validation and test splits that nothing has been generated with before), written
+     to ``runs/finals/v<version>-<dataset>/space.yaml``;
+  2. ``policysearch search`` on it: the protocol's trials, study seed and finalist race;
+  3. ``policysearch benchmark`` of the exported policy against the dataset's contenders (and
+     the ablations) with the protocol's seed count, on the test split;
+  4. ``benchmarks/results/final_<dataset>_v<version>.md`` and ``.png``: the target met or not,
+     the search cost with everything counted, the whole table.
+
+It refuses to start unless the protocol is frozen and committed (no uncommitted change to it
+or to the spaces). Before the first training it enters its row in benchmarks/ledger.md
+(outcome "started"); the row's outcome is filled in when the run ends, before anything else
+reads it. A protocol version and dataset get one final run: a finished one is never run again
+(a retry needs a new protocol version and a new test split). Both steps resume: running the
+same command again continues the search's journal and reuses the benchmark's stored runs, so
+a run is done in chunks (each command at most about 150 minutes). Every chunk must run on the
+CPU model the run started on (``runs/finals/.../machine.json``): numbers differ between CPU
+types, and contenders are compared paired by seed.
+
+    .venv/bin/python benchmarks/finals.py --dataset shapes
+    .venv/bin/python benchmarks/finals.py --dataset shapes --smoke-test   # tiny, no ledger
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+from _machine import cpu_model  # benchmarks/_machine.py, beside this script
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+PROTOCOL = HERE / "protocol.yaml"
+LEDGER = HERE / "ledger.md"
+STEP_TIMEOUT = 12 * 3600  # a whole step, across a chunk; a session ends long before
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True,
+                          timeout=60).stdout.strip()
+
+
+def _refuse(message: str) -> None:
+    print(f"finals.py: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _contenders(protocol: dict, entry: dict) -> list[str]:
+    return list(entry.get("contenders") or protocol["contenders"])
+
+
+def _final_space(protocol: dict, dataset: str, folder: Path, smoke: bool) -> Path:
+    entry = protocol["datasets"][dataset]
+    data = yaml.safe_load((ROOT / entry["space"]).read_text())
+    data["name"] = f"final_{dataset}_v{protocol['version']}"
+    data["description"] = (f"final run of protocol version {protocol['version']} on "
+                           f"{dataset}: {entry['space']} with generator seed "
+                           f"{entry['final_seed']}")
+    options = dict(data.get("dataset_options") or {})
+    options["seed"] = entry["final_seed"]
+    if smoke:
+        options.update(n_train=32, n_val=16, n_test=16)
+        data["budget"] = {**data["budget"], "epochs": 2, "image_size": 32}
+        if data.get("pruner", {}).get("name") not in (None, "none"):
+            data["pruner"] = {"name": "none"}
+    data["dataset_options"] = options
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def _short(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)
+
+
+def _run(args: list[str]) -> None:
+    print("$ policysearch " + " ".join(args), flush=True)
+    subprocess.run([sys.executable, "-m", "policysearch", *args], check=True, cwd=ROOT,
+                   timeout=STEP_TIMEOUT)
+
+
+def _ledger_key(version: int, dataset: str) -> str:
+    return f"final run, protocol v{version}, `{dataset}`"
+
+
+def _ledger_rows(ledger: Path) -> list[str]:
+    return [line for line in ledger.read_text().splitlines() if line.startswith("| ")
+            and line.split("|")[1].strip().isdigit()]
+
+
+def _enter_ledger(ledger: Path, key: str, command: str, configuration: str,
+                  machine: str) -> None:
+    """Add the run's row (outcome "started") unless it is there already."""
+    if any(key in row for row in _ledger_rows(ledger)):
+        return
+    number = len(_ledger_rows(ledger)) + 1
+    commit = _git("rev-parse", "--short", "HEAD")
+    row = (f"| {number} | {datetime.date.today().isoformat()} | `{commit}` | `{command}` | "
+           f"{key}: {configuration} | {machine} | started; not finished |")
+    lines = ledger.read_text().splitlines()
+    last = max(i for i, line in enumerate(lines) if line in _ledger_rows(ledger))
+    lines.insert(last + 1, row)
+    ledger.write_text("\n".join(lines) + "\n")
+
+
+def _finish_ledger(ledger: Path, key: str, outcome: str) -> None:
+    lines = ledger.read_text().splitlines()
+    for i, line in enumerate(lines):
+        if key in line and line.rstrip().endswith("| started; not finished |"):
+            lines[i] = line.rstrip()[: -len("started; not finished |")] + outcome + " |"
+    ledger.write_text("\n".join(lines) + "\n")
+
+
+def _machine(work: Path) -> str:
+    """The CPU model this run started on; a chunk on another CPU type is refused."""
+    model = cpu_model()
+    path = work / "machine.json"
+    if path.exists():
+        started = json.loads(path.read_text())["cpu_model"]
+        if started != model:
+            _refuse(f"this run started on {started!r}, this machine is {model!r}: contenders "
+                    f"are compared paired by seed on one CPU type ({path})")
+    else:
+        path.write_text(json.dumps({"cpu_model": model}) + "\n")
+    return model
+
+
+def headline(report: dict, cap: float) -> tuple[bool, str]:
+    """Whether the target is met (the searched policy beats the best standard contender by
+    the table's Holm-corrected paired t-test, at a search cost within ``cap`` full trainings,
+    finalist runs included), and the sentence that says so with the numbers."""
+    from policysearch.evaluation.benchmark import ALPHA, WINS, contender_kind
+
+    rows = {r["contender"]: r for r in report["summary"]}
+    baselines = [r for r in report["summary"] if contender_kind(r["contender"]) == "baseline"]
+    best = max(baselines, key=lambda r: r["delta_m"])
+    cost = report["cost"] or {}
+    full = cost.get("full_training_epochs") or 0
+    spent = ((cost.get("trial_epochs", 0) + cost.get("rerun_epochs", 0)) / full) if full else None
+    cheap = spent is not None and spent <= cap
+    wins = best.get("verdict") == WINS
+    met = wins and cheap
+    searched = rows["searched"]
+    return met, (
+        f"**Target {'met' if met else 'not met'}.** The best standard contender on this test "
+        f"split is `{best['contender']}` (Δm% {best['delta_m']:+.2f}); the searched policy "
+        f"({searched['delta_m']:+.2f}) differs from it by {best['diff']:+.2f} Δm% points, 95% "
+        f"interval [{best['ci_low']:+.2f}, {best['ci_high']:+.2f}], paired t-test p = "
+        f"{best['p_value']:.3g}, Holm-corrected over the table p = {best['p_holm']:.3g} "
+        f"(α = {ALPHA}): {best['verdict']}. Search cost with every trial, the reference and the "
+        f"finalist runs: "
+        + (f"{spent:.2f} full trainings (cap {cap:g})" if spent is not None else "unknown")
+        + ".")
+
+
+def main() -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dataset", required=False, default="shapes")
+    parser.add_argument("--smoke-test", action="store_true",
+                        help="tiny sizes and 2 seeds in a temporary folder; no ledger row")
+    parser.add_argument("--out", type=Path, help="Markdown file to write (a .png beside it)")
+    parser.add_argument("--work", type=Path, help="folder of the search and benchmark runs")
+    parser.add_argument("--protocol", type=Path, default=PROTOCOL, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    smoke = args.smoke_test
+
+    protocol = yaml.safe_load(args.protocol.read_text())
+    version = protocol["version"]
+    if args.dataset not in protocol["datasets"]:
+        _refuse(f"--dataset: {args.dataset!r} is not in {args.protocol.name} "
+                f"({', '.join(protocol['datasets'])})")
+    entry = protocol["datasets"][args.dataset]
+    if not smoke:
+        if protocol["status"] != "frozen":
+            _refuse(f"{args.protocol.name}: status is {protocol['status']!r}; a final run "
+                    "needs the protocol frozen and committed first")
+        dirty = _git("status", "--porcelain", "--", str(args.protocol),
+                     str(HERE / "spaces"))
+        if dirty:
+            _refuse(f"uncommitted changes to the protocol or its spaces:\n{dirty}")
+    if smoke and entry["final_seed"] is None:
+        entry["final_seed"] = 1_000_003  # any seed: the smoke test's data is throwaway
+    search_block = protocol["search"]
+    seeds = 2 if smoke else protocol["seeds"]["count"]
+    trials = 3 if smoke else search_block["trials"]
+    finalists, finalist_seeds = ((1, 1) if smoke else
+                                 (search_block["finalists"], search_block["finalist_seeds"]))
+    contenders = _contenders(protocol, entry)
+    work = args.work or (Path(tempfile.mkdtemp(prefix="finals-smoke-")) if smoke
+                         else ROOT / "runs" / "finals" / f"v{version}-{args.dataset}")
+    out = args.out or HERE / "results" / f"final_{args.dataset}_v{version}.md"
+    work.mkdir(parents=True, exist_ok=True)
+    if not smoke and out.exists():
+        _refuse(f"{_short(out)} exists: protocol v{version} has had its final run on "
+                f"{args.dataset}; a retry needs a new protocol version and a new test split")
+    machine = _machine(work)
+    space = _final_space(protocol, args.dataset, work, smoke)
+    if smoke:
+        from policysearch.config import load_space
+
+        reference = load_space(space).reference
+        contenders = list(dict.fromkeys([contenders[0], reference]))
+    search, bench = work / "search", work / "benchmark"
+    search_cmd = ["search", "--space", _short(space), "--trials", str(trials),
+                  "--finalists", str(finalists), "--finalist-seeds", str(finalist_seeds),
+                  "--seed", str(search_block["study_seed"]), "--device", "cpu", "--threads", "2",
+                  "--out", _short(search)]
+    bench_cmd = ["benchmark", "--policy", _short(search / "best_policy.yaml"), "--search",
+                 _short(search), "--baselines", ",".join(contenders), "--seeds", str(seeds),
+                 "--seed", "1", "--device", "cpu", "--threads", "2", "--out", _short(bench)]
+    command = f"python benchmarks/finals.py --dataset {args.dataset}"
+    key = _ledger_key(version, args.dataset)
+    if not smoke:
+        configuration = (f"`{entry['space']}` with generator seed {entry['final_seed']}; "
+                         f"search {trials} trials, study seed {search_block['study_seed']}, "
+                         f"{finalists} finalists × {finalist_seeds} seeds; benchmark of "
+                         f"{', '.join(contenders)} and the ablations, {seeds} seeds from 1, "
+                         "test split")
+        _enter_ledger(LEDGER, key, command, configuration, f"{machine}, 2 CPU threads")
+    _run(search_cmd)
+    _run(bench_cmd)
+
+    report = json.loads((bench / "benchmark.json").read_text())
+    cap = float(protocol["targets"]["search_cost_full_trainings"])
+    met, sentence = headline(report, cap)
+    body = (bench / "benchmark.md").read_text().split("\n", 2)[2]  # without its title
+    png = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bench / "benchmark.png", png)
+    lines = [
+        f"# Final run, protocol version {version}: `{args.dataset}`"
+        + (" (smoke test: tiny sizes, not a result)" if smoke else ""),
+        "",
+        sentence,
+        "",
+        f"Produced by `{command}{' --smoke-test' if smoke else ''}` at commit "
+        f"`{_git('rev-parse', '--short', 'HEAD')}` on {machine}, 2 CPU threads, torch "
+        f"{torch.__version__}, no GPU; ledger: {key}. Space: `{entry['space']}` with generator "
+        f"seed {entry['final_seed']} (`{_short(space)}`). It ran:",
+        "",
+        "```",
+        "policysearch " + " ".join(search_cmd),
+        "policysearch " + " ".join(bench_cmd),
+        "```",
+        "",
+        f"![Δm% per contender]({png.name})",
+        "",
+        body.rstrip(),
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    if not smoke:
+        _finish_ledger(LEDGER, key, f"**Target {'met' if met else 'not met'}** "
+                       f"(`{_short(out)}`)")
+    print(f"wrote {_short(out)} and {png.name}")
+
+
+if __name__ == "__main__":
+    main()
