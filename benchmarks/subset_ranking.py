@@ -103,7 +103,7 @@ def main() -> None:
     from policysearch.data.loading import load_dataset
     from policysearch.records import delta_m
     from policysearch.search.lifecycle import reference_policy
-    from policysearch.search.space import parameters, policy_from_params
+    from policysearch.search.space import draw_params, parameters, policy_from_params
     from policysearch.space_adapt import load_adapted
     from policysearch.tasks import task_setup
     from policysearch.training import Trainer, evaluate
@@ -150,16 +150,7 @@ def main() -> None:
     params = parameters(space, list(tasks))
     rng = random.Random(POLICY_SEED)
     for k in range(n_policies - len(policies)):
-        values: dict[str, Any] = {}
-        for p in params:
-            if p.kind == "categorical":
-                values[p.name] = rng.choice(p.choices)
-            elif p.kind == "int":
-                values[p.name] = rng.randint(int(p.low), int(p.high))
-            elif p.log:
-                values[p.name] = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
-            else:
-                values[p.name] = rng.uniform(p.low, p.high)
+        values = draw_params(params, rng)
         policies[f"random{k + 1}"] = policy_from_params(space, tasks, values)
     names = list(policies)
     seeds = list(range(1, 1 + n_seeds))

@@ -85,7 +85,7 @@ from policysearch.search.ray_runtime import (
     trial_device,
     trial_outcome,
 )
-from policysearch.search.space import Param, parameters
+from policysearch.search.space import Param, draw_params, parameters
 
 if TYPE_CHECKING:
     from policysearch.config import SearchSpace
@@ -140,20 +140,8 @@ def initial_values(space: SearchSpace, tasks: Sequence[str], count: int,
     """``count`` members' parameter values, uniform (log-uniform where the space says so) in
     the space, drawn with a generator seeded by ``seed``."""
     rng = random.Random(seed * 1_000_003 + 7)
-    members = []
-    for _ in range(count):
-        values: dict[str, Any] = {}
-        for p in parameters(space, list(tasks)):
-            if p.kind == "categorical":
-                values[p.name] = rng.choice(p.choices)
-            elif p.kind == "int":
-                values[p.name] = rng.randint(int(p.low), int(p.high))
-            elif p.log:
-                values[p.name] = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
-            else:
-                values[p.name] = rng.uniform(p.low, p.high)
-        members.append(values)
-    return members
+    params = parameters(space, list(tasks))
+    return [draw_params(params, rng) for _ in range(count)]
 
 
 def clip_values(values: Mapping[str, Any], params: Sequence[Param]) -> dict[str, Any]:

@@ -13,6 +13,8 @@ the picked method's values.
 
 from __future__ import annotations
 
+import math
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -105,6 +107,22 @@ def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
     for task in space.per_task.names:
         params += _slot_params(f"task.{task}", space.per_task)
     return params + _weight_params(space.weights, task_names)
+
+
+def draw_params(params: Sequence[Param], rng: random.Random) -> dict[str, Any]:
+    """One value per parameter, uniform in its range (log-uniform where the space says so),
+    drawn with ``rng``: a random point of the space (PBT's first members, random policies)."""
+    values: dict[str, Any] = {}
+    for p in params:
+        if p.kind == "categorical":
+            values[p.name] = rng.choice(p.choices)
+        elif p.kind == "int":
+            values[p.name] = rng.randint(int(p.low), int(p.high))
+        elif p.log:
+            values[p.name] = math.exp(rng.uniform(math.log(p.low), math.log(p.high)))
+        else:
+            values[p.name] = rng.uniform(p.low, p.high)
+    return values
 
 
 def _slots(prefix: str, count: int, values: Mapping[str, Any]) -> tuple[Slot, ...]:
