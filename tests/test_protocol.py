@@ -24,6 +24,10 @@ def test_the_protocol_has_a_version_and_a_status() -> None:
         assert PROTOCOL["seeds"]["count"] >= PROTOCOL["seeds"]["minimum"] >= 5
         assert all(d["final_seed"] is not None and d["space"] for d in
                    PROTOCOL["datasets"].values())
+        # fresh data: no final seed is a development seed or another dataset's final seed
+        finals = [d["final_seed"] for d in PROTOCOL["datasets"].values()]
+        developments = {d["development_seed"] for d in PROTOCOL["datasets"].values()}
+        assert len(set(finals)) == len(finals) and not developments & set(finals)
 
 
 def test_the_seed_count_is_the_noise_studys_power_calculation() -> None:
