@@ -37,7 +37,7 @@ def test_a_final_run_enters_its_row_once_and_fills_in_its_outcome(tmp_path: Path
     ledger = tmp_path / "ledger.md"
     shutil.copyfile(ROOT / "benchmarks" / "ledger.md", ledger)
     before = _numbers(ledger.read_text())
-    key = finals._ledger_key(1, "shapes")
+    key = finals._ledger_key(999, "shapes")  # a version with no row in the real ledger
     for _ in range(2):  # a resumed run does not add a second row
         finals._enter_ledger(ledger, key, "python benchmarks/finals.py --dataset shapes",
                              "config", "cpu")
