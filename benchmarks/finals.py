@@ -165,9 +165,83 @@ def headline(report: dict, cap: float) -> tuple[bool, str]:
         + ".")
 
 
-def main() -> None:
+def load_protocol(path: Path, dataset: str, smoke: bool) -> tuple[dict, dict]:
+    """The protocol and a copy of ``dataset``'s entry. Refuses an unknown dataset and, unless
+    ``smoke``, a draft protocol or uncommitted changes to it or to its spaces."""
+    protocol = yaml.safe_load(path.read_text())
+    if dataset not in protocol["datasets"]:
+        _refuse(f"--dataset: {dataset!r} is not in {path.name} "
+                f"({', '.join(protocol['datasets'])})")
+    entry = dict(protocol["datasets"][dataset])
+    if not smoke:
+        if protocol["status"] != "frozen":
+            _refuse(f"{path.name}: status is {protocol['status']!r}; a final run "
+                    "needs the protocol frozen and committed first")
+        dirty = _git("status", "--porcelain", "--", str(path), str(HERE / "spaces"))
+        if dirty:
+            _refuse(f"uncommitted changes to the protocol or its spaces:\n{dirty}")
+    elif entry["final_seed"] is None:
+        entry["final_seed"] = 1_000_003  # any seed: the smoke test's data is throwaway
+    return protocol, entry
+
+
+def with_entry(protocol: dict, dataset: str, entry: dict) -> dict:
+    """``protocol`` with ``dataset``'s entry replaced (the original is left as it is)."""
+    return {**protocol, "datasets": {**protocol["datasets"], dataset: entry}}
+
+
+def refuse_a_second_run(out: Path, version: int, dataset: str) -> None:
+    if out.exists():
+        _refuse(f"{_short(out)} exists: protocol v{version} has had this final run on "
+                f"{dataset}; a retry needs a new protocol version and a new test split")
+
+
+def configuration(entry: dict, search_block: dict, trials: int, finalists: int,
+                  finalist_seeds: int, contenders: list[str], seeds: int) -> str:
+    """The ledger's words for what a final run runs."""
+    return (f"`{entry['space']}` with generator seed {entry['final_seed']}; search {trials} "
+            f"trials, study seed {search_block['study_seed']}, {finalists} finalists × "
+            f"{finalist_seeds} seeds; benchmark of {', '.join(contenders)} and the ablations, "
+            f"{seeds} seeds from 1, test split")
+
+
+def write_result(out: Path, *, title: str, command: str, where: str, key: str, entry: dict,
+                 space: Path, search_cmd: list[str], bench_cmd: list[str], bench: Path,
+                 cap: float) -> bool:
+    """``out`` (and its .png) from the benchmark in ``bench``: the headline first, then how it
+    was produced and the whole table. Returns whether the target was met."""
     import torch
 
+    report = json.loads((bench / "benchmark.json").read_text())
+    met, sentence = headline(report, cap)
+    body = (bench / "benchmark.md").read_text().split("\n", 2)[2]  # without its title
+    png = out.with_suffix(".png")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(bench / "benchmark.png", png)
+    lines = [
+        title,
+        "",
+        sentence,
+        "",
+        f"Produced by `{command}` at commit `{_git('rev-parse', '--short', 'HEAD')}` on "
+        f"{where}, torch {torch.__version__}; ledger: {key}. Space: `{entry['space']}` with "
+        f"generator seed {entry['final_seed']} (`{_short(space)}`). It ran:",
+        "",
+        "```",
+        "policysearch " + " ".join(search_cmd),
+        "policysearch " + " ".join(bench_cmd),
+        "```",
+        "",
+        f"![Δm% per contender]({png.name})",
+        "",
+        body.rstrip(),
+        "",
+    ]
+    out.write_text("\n".join(lines))
+    return met
+
+
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", required=False, default="shapes")
     parser.add_argument("--smoke-test", action="store_true",
@@ -178,22 +252,8 @@ def main() -> None:
     args = parser.parse_args()
     smoke = args.smoke_test
 
-    protocol = yaml.safe_load(args.protocol.read_text())
+    protocol, entry = load_protocol(args.protocol, args.dataset, smoke)
     version = protocol["version"]
-    if args.dataset not in protocol["datasets"]:
-        _refuse(f"--dataset: {args.dataset!r} is not in {args.protocol.name} "
-                f"({', '.join(protocol['datasets'])})")
-    entry = protocol["datasets"][args.dataset]
-    if not smoke:
-        if protocol["status"] != "frozen":
-            _refuse(f"{args.protocol.name}: status is {protocol['status']!r}; a final run "
-                    "needs the protocol frozen and committed first")
-        dirty = _git("status", "--porcelain", "--", str(args.protocol),
-                     str(HERE / "spaces"))
-        if dirty:
-            _refuse(f"uncommitted changes to the protocol or its spaces:\n{dirty}")
-    if smoke and entry["final_seed"] is None:
-        entry["final_seed"] = 1_000_003  # any seed: the smoke test's data is throwaway
     search_block = protocol["search"]
     seeds = 2 if smoke else protocol["seeds"]["count"]
     trials = 3 if smoke else search_block["trials"]
@@ -204,11 +264,10 @@ def main() -> None:
                          else ROOT / "runs" / "finals" / f"v{version}-{args.dataset}")
     out = args.out or HERE / "results" / f"final_{args.dataset}_v{version}.md"
     work.mkdir(parents=True, exist_ok=True)
-    if not smoke and out.exists():
-        _refuse(f"{_short(out)} exists: protocol v{version} has had its final run on "
-                f"{args.dataset}; a retry needs a new protocol version and a new test split")
+    if not smoke:
+        refuse_a_second_run(out, version, args.dataset)
     machine = _machine(work)
-    space = _final_space(protocol, args.dataset, work, smoke)
+    space = _final_space(with_entry(protocol, args.dataset, entry), args.dataset, work, smoke)
     if smoke:
         from policysearch.config import load_space
 
@@ -225,48 +284,23 @@ def main() -> None:
     command = f"python benchmarks/finals.py --dataset {args.dataset}"
     key = _ledger_key(version, args.dataset)
     if not smoke:
-        configuration = (f"`{entry['space']}` with generator seed {entry['final_seed']}; "
-                         f"search {trials} trials, study seed {search_block['study_seed']}, "
-                         f"{finalists} finalists × {finalist_seeds} seeds; benchmark of "
-                         f"{', '.join(contenders)} and the ablations, {seeds} seeds from 1, "
-                         "test split")
-        _enter_ledger(LEDGER, key, command, configuration, f"{machine}, 2 CPU threads")
+        _enter_ledger(LEDGER, key, command, configuration(
+            entry, search_block, trials, finalists, finalist_seeds, contenders, seeds),
+            f"{machine}, 2 CPU threads")
     _run(search_cmd)
     _run(bench_cmd)
 
-    report = json.loads((bench / "benchmark.json").read_text())
-    cap = float(protocol["targets"]["search_cost_full_trainings"])
-    met, sentence = headline(report, cap)
-    body = (bench / "benchmark.md").read_text().split("\n", 2)[2]  # without its title
-    png = out.with_suffix(".png")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(bench / "benchmark.png", png)
-    lines = [
-        f"# Final run, protocol version {version}: `{args.dataset}`"
+    met = write_result(
+        out, title=f"# Final run, protocol version {version}: `{args.dataset}`"
         + (" (smoke test: tiny sizes, not a result)" if smoke else ""),
-        "",
-        sentence,
-        "",
-        f"Produced by `{command}{' --smoke-test' if smoke else ''}` at commit "
-        f"`{_git('rev-parse', '--short', 'HEAD')}` on {machine}, 2 CPU threads, torch "
-        f"{torch.__version__}, no GPU; ledger: {key}. Space: `{entry['space']}` with generator "
-        f"seed {entry['final_seed']} (`{_short(space)}`). It ran:",
-        "",
-        "```",
-        "policysearch " + " ".join(search_cmd),
-        "policysearch " + " ".join(bench_cmd),
-        "```",
-        "",
-        f"![Δm% per contender]({png.name})",
-        "",
-        body.rstrip(),
-        "",
-    ]
-    out.write_text("\n".join(lines))
+        command=command + (" --smoke-test" if smoke else ""),
+        where=f"{machine}, 2 CPU threads, no GPU", key=key, entry=entry, space=space,
+        search_cmd=search_cmd, bench_cmd=bench_cmd, bench=bench,
+        cap=float(protocol["targets"]["search_cost_full_trainings"]))
     if not smoke:
         _finish_ledger(LEDGER, key, f"**Target {'met' if met else 'not met'}** "
                        f"(`{_short(out)}`)")
-    print(f"wrote {_short(out)} and {png.name}")
+    print(f"wrote {_short(out)} and {out.with_suffix('.png').name}")
 
 
 if __name__ == "__main__":
