@@ -609,10 +609,9 @@ def check(
         raise UserError("give --space FILE and/or --policy FILE", field="--space")
     for name in space or []:
         found = api.check(space=name)
-        ops = sorted({*found.shared.ops, *(found.per_task.ops if found.per_task else ())})
         out_console.print(f"ok: {name}: space {found.name} on {found.dataset}, "
-                          f"{found.shared.slots} shared slot(s), {len(ops)} ops, weights "
-                          f"{found.weights.method}, {found.budget.epochs} epochs"
+                          f"{found.searched()}, weights {found.weights.method}, "
+                          f"{found.budget.epochs} epochs"
                           + (f", trials on a subset of {found.subset.n} training samples "
                              f"(seed {found.subset.seed})" if found.subset else ""),
                           highlight=False, markup=False)

@@ -36,6 +36,14 @@ def _check_range(value: tuple[float, float], low: float, high: float) -> tuple[f
     return value
 
 
+def _check_n_range(value: tuple[int, int]) -> tuple[int, int]:
+    """A RandAugment N range: [low, high] with 1 <= low <= high <= 16."""
+    lo, hi = value
+    if not 1 <= lo <= hi <= 16:
+        raise ValueError(f"must be [low, high] with 1 <= low <= high <= 16, got {list(value)}")
+    return value
+
+
 class SlotSpace(_Strict):
     """How many slots to search, over which ops, and the ranges of probability and magnitude."""
 
@@ -103,10 +111,7 @@ class SharedSpace(SlotSpace):
     @field_validator("n")
     @classmethod
     def _n_range(cls, value: tuple[int, int]) -> tuple[int, int]:
-        lo, hi = value
-        if not 1 <= lo <= hi <= 16:
-            raise ValueError(f"must be [low, high] with 1 <= low <= high <= 16, got {list(value)}")
-        return value
+        return _check_n_range(value)
 
 
 # The task kinds ``per_task.tasks: auto`` gives views: the image-level ones (a label or labels
@@ -131,10 +136,21 @@ class PerTaskSpace(SlotSpace):
     """Slots searched separately for each task ``tasks`` selects (each adds a view): a list of
     task names; ``auto``, every task of a kind in ``AUTO_VIEW_KINDS``; or ``{kinds: [...]}``,
     every task of those kinds. A rule is resolved against the dataset's tasks (``selects``)
-    before a search uses the space (``SearchSpace.for_tasks``)."""
+    before a search uses the space (``SearchSpace.for_tasks``).
+
+    ``n`` set (structure ``randaugment`` only): each selected task's view is a RandAugment of
+    its own instead of slots, its N searched in ``n`` and its M in ``magnitude``, drawing from
+    ``ops`` (``slots`` and ``p`` unused). Left out: slots, as in every other structure.
+    """
 
     slots: int = Field(1, ge=0, le=8)
     tasks: list[str] | Literal["auto"] | TaskKinds = Field(default_factory=list)
+    n: tuple[int, int] | None = None
+
+    @field_validator("n")
+    @classmethod
+    def _n_range(cls, value: tuple[int, int] | None) -> tuple[int, int] | None:
+        return None if value is None else _check_n_range(value)
 
     @field_validator("tasks", mode="before")
     @classmethod
@@ -166,6 +182,16 @@ class PerTaskSpace(SlotSpace):
             return list(self.tasks)
         kinds = AUTO_VIEW_KINDS if self.tasks == "auto" else tuple(self.tasks.kinds)
         return [name for name, kind in tasks.items() if kind in kinds]
+
+    @property
+    def randaugment(self) -> bool:
+        """Whether each task's view is a RandAugment of its own (``n`` set), not slots."""
+        return self.n is not None
+
+    @property
+    def searches_views(self) -> bool:
+        """Whether a selected task's view searches anything: its RandAugment, or a slot."""
+        return self.randaugment or self.slots > 0
 
     @property
     def names(self) -> list[str]:
@@ -492,6 +518,16 @@ class SearchSpace(_Strict):
             return value
         raise ValueError(f"must be a number of samples N or {{n: N, seed: S}}, got {value!r}")
 
+    @field_validator("per_task")
+    @classmethod
+    def _randaugment_views(cls, per_task: PerTaskSpace, info: Any) -> PerTaskSpace:
+        structure = info.data.get("structure")
+        if per_task.randaugment and structure not in (None, "randaugment"):
+            raise ValueError(f"n (a RandAugment view per task) needs structure: randaugment, "
+                             f"got {structure}; per-task views of a {structure} space are "
+                             "slots (per_task.slots)")
+        return per_task
+
     @field_validator("reference")
     @classmethod
     def _known_baseline(cls, name: str) -> str:
@@ -541,6 +577,36 @@ class SearchSpace(_Strict):
         per_task = self.per_task.model_copy(update={"tasks": self.per_task.selects(tasks)})
         return self.model_copy(update={"per_task": per_task})
 
+    def searched(self) -> str:
+        """What a trial searches, in words (``policysearch check``): the shared slots, or
+        RandAugment's N and M per view (the shared one, and each task's own when it has a
+        RandAugment), then how many ops the trials draw from."""
+        views = self._task_views()
+        ops = {*self.shared.ops, *(self.per_task.ops if views else ())}
+        if self.structure != "randaugment":
+            return f"{self.shared.slots} shared slot(s), {len(ops)} ops"
+        shared, per_task = self.shared, self.per_task
+        text = (f"RandAugment N in {list(shared.n)} and M in {list(shared.magnitude)} for the "
+                "shared view")
+        if views and per_task.n is not None:
+            text += (f", N in {list(per_task.n)} and M in {list(per_task.magnitude)} for each "
+                     f"task's own view ({views})")
+        elif views:
+            text += f", {per_task.slots} slot(s) for each task's own view ({views})"
+        return f"{text}, {len(ops)} ops"
+
+    def _task_views(self) -> str:
+        """The tasks that get a view of their own, as written (``tasks auto``, ``tasks of
+        kinds …``, ``tasks a, b``); "" for none."""
+        per_task = self.per_task
+        if not per_task.searches_views:
+            return ""
+        if isinstance(per_task.tasks, list):
+            return f"tasks {', '.join(per_task.tasks)}" if per_task.tasks else ""
+        if per_task.tasks == "auto":
+            return "tasks auto"
+        return f"tasks of kinds {', '.join(per_task.tasks.kinds)}"
+
     def canonical(self) -> dict[str, Any]:
         """Everything that defines the study: a resume must match it exactly."""
         data = self.model_dump(mode="json")
@@ -551,6 +617,8 @@ class SearchSpace(_Strict):
             data["weights"].pop("params", None)
         if not data["base"]:  # likewise
             data.pop("base")
+        if data["per_task"].get("n") is None:  # likewise: per-task views of slots
+            data["per_task"].pop("n", None)
         for key in ("test_seed", "normals"):  # likewise
             if data["dataset_options"].get(key) is None:
                 data["dataset_options"].pop(key, None)
@@ -670,6 +738,6 @@ def validate_tasks(space: SearchSpace, task_names: list[str], source: str) -> No
         if task not in task_names:
             raise UserError(f"unknown task {task!r}; the dataset has {', '.join(task_names)}",
                             source=source, field=f"task_weights.{task}")
-    if space.per_task.names and space.per_task.slots == 0:
+    if space.per_task.names and not space.per_task.searches_views:
         raise UserError("per_task.tasks is set but per_task.slots is 0", source=source,
                         field="per_task.slots")

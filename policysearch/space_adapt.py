@@ -105,11 +105,11 @@ class _Problems:
 
 def _used_lists(space: SearchSpace) -> dict[str, list[str]]:
     """The op lists a trial can draw from, by field: shared.ops unless no slot uses it,
-    per_task.ops when some task has a view."""
+    per_task.ops when some task has a view (slots or its own RandAugment)."""
     lists = {}
     if space.structure == "randaugment" or space.shared.slots > 0:
         lists["shared.ops"] = list(space.shared.ops)
-    if space.per_task.names and space.per_task.slots > 0:
+    if space.per_task.names and space.per_task.searches_views:
         lists["per_task.ops"] = list(space.per_task.ops)
     return lists
 

@@ -323,14 +323,18 @@ def _slot_lines(part: Any, fields: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def _randaugment_lines(n: tuple[int, int], part: Any) -> list[str]:
+    """The ``n``, ``magnitude`` and ``ops`` lines of a RandAugment (shared, or per task)."""
+    lines = _commented(f"  n: {_scalar(list(n))}", "ops per image (RandAugment's N), searched")
+    lines += _commented(f"  magnitude: {_scalar(list(part.magnitude))}",
+                        "their magnitude (RandAugment's M), searched")
+    return lines + _slot_lines(part, ("ops",))
+
+
 def _shared_lines(space: SearchSpace) -> list[str]:
     shared = space.shared
     if space.structure == "randaugment":
-        lines = ["shared:"] + _commented(f"  n: {_scalar(list(shared.n))}",
-                                         "ops per image (RandAugment's N), searched")
-        lines += _commented(f"  magnitude: {_scalar(list(shared.magnitude))}",
-                            "their magnitude (RandAugment's M), searched")
-        return lines + _slot_lines(shared, ("ops",))
+        return ["shared:", *_randaugment_lines(shared.n, shared)]
     fields: tuple[str, ...] = ("slots", "ops", "p", "magnitude")
     if space.structure == "subpolicies":
         fields = ("subpolicies", *fields)
@@ -340,7 +344,7 @@ def _shared_lines(space: SearchSpace) -> list[str]:
 def _per_task_lines(st: Starter) -> list[str]:
     per_task = st.space.per_task
     views = per_task.names
-    if not views and per_task.slots == 0:
+    if not views and not per_task.searches_views:
         return _commented("per_task: {tasks: [], slots: 0}", "no per-task views")
     rule = _rule_text(st.bundled)
     kinds = sorted({st.tasks[v] for v in views})
@@ -348,6 +352,8 @@ def _per_task_lines(st: Starter) -> list[str]:
     why += f" (what {rule} chose)" if rule else ""
     why += "; list the tasks to give a view" if not views else "; [] for none"
     lines = ["per_task:", *_commented(f"  tasks: {_scalar(views)}", why)]
+    if per_task.n is not None:  # a RandAugment of each task's own
+        return lines + _randaugment_lines(per_task.n, per_task)
     return lines + _slot_lines(per_task, ("slots", "ops", "p", "magnitude"))
 
 

@@ -105,8 +105,12 @@ def test_init_from_the_randaugment_space(tmp_path: Path) -> None:
     space = load_space(target)
     assert space.structure == "randaugment" and space.shared.n == (1, 3)
     assert [slot.op for slot in space.base] == ["crop"] and space.reference == "crop"
-    assert space.per_task.tasks == [] and space.weights.methods == ("equal",)
+    assert space.per_task.tasks == ["left_digit", "right_digit"]
+    assert space.per_task.n == (1, 3) and space.per_task.magnitude == (0.1, 1.0)
+    assert space.per_task.ops == load_space("randaugment").per_task.ops
+    assert space.weights.methods == ("equal",)
     assert "  n: [1, 3]                   # ops per image (RandAugment's N), searched" in text
+    assert text.count("# ops per image (RandAugment's N), searched") == 2  # shared, per task
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path: Path) -> None:

@@ -84,6 +84,7 @@ from policysearch.augment.types import (  # noqa: E402
     Shared,
     Slot,
     SubPolicies,
+    TaskView,
     TrivialAugmentSpec,
     Weighting,
 )
@@ -125,6 +126,7 @@ __all__ = [
     "Shared",
     "Slot",
     "SubPolicies",
+    "TaskView",
     "TrivialAugmentSpec",
     "Weighting",
     "augments_of",

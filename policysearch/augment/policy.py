@@ -28,8 +28,10 @@ from policysearch.augment.types import (
     Shared,
     Slot,
     SubPolicies,
+    TaskView,
     Weighting,
     _tuple_slots,
+    view_ops,
 )
 from policysearch.errors import UserError
 
@@ -42,6 +44,9 @@ class Policy:
     ``shared`` is a tuple of slots (``structure`` sequence), ``SubPolicies``,
     ``RandAugmentSpec`` or ``TrivialAugmentSpec``; ``structure`` follows from its type when
     left out. ``Policy(tasks, shared=[[...], [...]], structure="subpolicies")`` also works.
+
+    ``per_task``: task -> its own view, applied after the shared part: a tuple of slots, or
+    (structure ``randaugment``) a ``RandAugmentSpec`` of its own.
 
     ``base``: slots applied to every sample before the shared part, in every phase (the
     recipe a search or a baseline builds on, e.g. flip and crop); empty by default.
@@ -57,7 +62,7 @@ class Policy:
 
     tasks: dict[str, str]
     shared: Shared = _LEFT_OUT
-    per_task: dict[str, tuple[Slot, ...]] = _LEFT_OUT
+    per_task: dict[str, TaskView] = _LEFT_OUT
     # None: taken from the type of ``shared``; always a string once constructed.
     structure: str | None = None
     weighting: Weighting = field(default_factory=Weighting)
@@ -173,30 +178,27 @@ class Policy:
                    schedule=tuple(Phase(start, p.shared, dict(p.per_task)) for start, p in merged))
 
     def op_names(self) -> frozenset[str]:
-        """Every op the policy may apply: its base's, its shared part's (a RandAugment or
-        TrivialAugment op list included) and its per-task slots', in every phase."""
+        """Every op the policy may apply: its base's, its shared part's and its per-task
+        views' (a RandAugment or TrivialAugment op list included), in every phase."""
         phases = [(p.shared, p.per_task) for p in self.schedule] or [(self.shared,
                                                                        self.per_task)]
-        names = {s.op for s in self.base}
+        names = set(view_ops(self.base))
         for shared, per_task in phases:
-            if isinstance(shared, SubPolicies):
-                names.update(s.op for sub in shared.policies for s in sub)
-            elif isinstance(shared, tuple):
-                names.update(s.op for s in shared)
-            else:  # RandAugmentSpec, TrivialAugmentSpec
-                names.update(shared.ops)
-            names.update(s.op for slots in per_task.values() for s in slots)
+            names.update(view_ops(shared))
+            for view in per_task.values():
+                names.update(view_ops(view))
         return frozenset(names)
 
     # --- views ---------------------------------------------------------------------------------
 
     def view_of(self, task: str) -> str:
-        """The view ``task`` trains on: its own name if it has per-task slots, else ``shared``."""
+        """The view ``task`` trains on: its own name if it has a view of its own (slots or a
+        RandAugment), else ``shared``."""
         self._check_task(task)
         return task if self.per_task.get(task) else SHARED
 
     def views(self) -> tuple[str, ...]:
-        """Every view ``transform()`` produces: ``shared``, then each task with its own slots."""
+        """Every view ``transform()`` produces: ``shared``, then each task with its own."""
         return (SHARED, *(t for t in self.tasks if self.per_task.get(t)))
 
     def transform(self, task: str | None = None, seed: int | None = None, *,
@@ -221,8 +223,8 @@ class Policy:
         self, task: str, *, size: tuple[int, int] | None = None, seed: int | None = None,
         epoch: int | None = None,
     ) -> A.Compose:
-        """A plain ``A.Compose``: the base, the shared structure, then ``task``'s slots, with
-        albumentations keys.
+        """A plain ``A.Compose``: the base, the shared structure, then ``task``'s own view (its
+        slots or its RandAugment), with albumentations keys.
 
         A policy with a schedule needs ``epoch``: the Compose of the phase in force then (a
         Compose cannot switch phases by itself); without a schedule ``epoch`` is ignored.

@@ -29,7 +29,8 @@ from policysearch.errors import UserError
 
 class _View:
     """One view's compiled pipeline, and the generators of its slots (``draws``): the
-    ``base`` slots (the shared view's only), then those of ``shared``."""
+    ``base`` slots (the shared view's only), then those of ``shared`` (the shared part, or a
+    task's own view)."""
 
     __slots__ = ("name", "compose", "spatial", "marker", "sized", "size", "unsupported",
                  "randoms", "slots")
@@ -83,10 +84,10 @@ class _View:
 
 class MultiTaskAugment:
     """``sample -> {view: sample}``: view ``shared`` is the sample under the base and the
-    shared slots, and
-    each task with per-task slots gets a view (its name) = the shared view further transformed
-    by its slots, one draw of the shared slots per sample. With ``task``, returns that task's
-    single view sample instead of the dict.
+    shared slots, and each task with a view of its own (``Policy.per_task``) gets a view (its
+    name) = the shared view further transformed by its slots or its own RandAugment, one draw
+    of the shared slots per sample. With ``task``, returns that task's single view sample
+    instead of the dict.
 
     Sample keys (policysearch.data.base): ``image`` H×W×3 uint8; ``mask`` H×W int (nearest,
     255 where pixels come from outside); ``boxes`` N×4 float32 pixel x1,y1,x2,y2 with

@@ -10,9 +10,10 @@
    magnitude and mstd, weights, weighting params) or keeps as an epoch (``from_epoch``).
 2. The constructor runs ``check_policy``, the one check of the values: task names and kinds,
    shared slots of the structure's type, known ops, probabilities and magnitudes in [0, 1],
-   RandAugment and TrivialAugment settings, per-task slots of known tasks, the schedule's
-   phases, the weighting method, its params and weights, provenance keys. Its type tests (a
-   mapping, a tuple of ``Slot``) are for policies built in code, which go through it alone.
+   RandAugment and TrivialAugment settings, per-task views of known tasks (slots, or a
+   RandAugment of their own in a ``randaugment`` policy), the schedule's phases, the
+   weighting method, its params and weights, provenance keys. Its type tests (a mapping, a
+   tuple of ``Slot``) are for policies built in code, which go through it alone.
    The base is a plain list of slots in every structure, read and checked like a sequence.
 
 Every problem is a one-line ``UserError`` naming the source and the field.
@@ -42,7 +43,7 @@ from policysearch.augment.types import (
 from policysearch.errors import UserError
 
 if TYPE_CHECKING:
-    from policysearch.augment.types import Shared
+    from policysearch.augment.types import Shared, TaskView
 
 SCHEMA = "policysearch.policy/v1"
 _TOP_KEYS = ("schema", "tasks", "structure", "base", "shared", "per_task", "weighting",
@@ -60,6 +61,9 @@ _SHARED_FORM = {
     "randaugment": "a mapping {n, magnitude, mstd, ops} (RandAugmentSpec)",
     "trivialaugment": "a mapping {ops} (TrivialAugmentSpec)",
 }
+# What a task's view may be in a ``randaugment`` policy.
+_RANDAUGMENT_VIEW = ("a list of slots {op, p, magnitude} or a mapping {n, magnitude, mstd, ops} "
+                     "(its own RandAugment)")
 _WEIGHT_RULE = "a weight must be a number > 0"
 
 
@@ -88,7 +92,7 @@ def policy_arguments(data: Any, source: str) -> dict[str, Any]:
     if not schedule or "shared" in data:
         args["shared"] = _read_shared(data.get("shared"), structure, source)
     if not schedule or "per_task" in data:
-        args["per_task"] = _read_per_task(data.get("per_task"), source, "per_task")
+        args["per_task"] = _read_per_task(data.get("per_task"), structure, source, "per_task")
     args["base"] = _read_slots(data.get("base") or [], source, "base")
     args["weighting"] = _read_weighting(data.get("weighting") or {}, source)
     args["provenance"] = _copy(data.get("provenance") or {})
@@ -115,6 +119,27 @@ def _read_shared(raw: Any, structure: str, source: str, where: str = "shared") -
     if not isinstance(raw, Mapping):
         raise UserError(f"structure {structure!r} needs {_SHARED_FORM[structure]}, got "
                         f"{type(raw).__name__}", source=source, field=where)
+    if structure == "randaugment":
+        return _read_randaugment(raw, source, where)
+    return TrivialAugmentSpec(ops=_read_ops(raw, structure, source, where),
+                              scale=raw.get("scale", "wide"))
+
+
+def _read_randaugment(raw: Mapping[str, Any], source: str, where: str) -> RandAugmentSpec:
+    """A YAML RandAugment mapping ``{n, magnitude, mstd, ops}`` (shared or a task's view)."""
+    ops = _read_ops(raw, "randaugment", source, where)
+    magnitude, mstd = raw["magnitude"], raw.get("mstd", 0.0)
+    for key, value in (("magnitude", magnitude), ("mstd", mstd)):
+        if not _is_number(value):
+            raise UserError(f"must be a number, got {value!r}", source=source,
+                            field=f"{where}.{key}")
+    return RandAugmentSpec(n=raw["n"], magnitude=float(magnitude), mstd=float(mstd),
+                           ops=ops, scale=raw.get("scale", "standard"))
+
+
+def _read_ops(raw: Mapping[str, Any], structure: str, source: str, where: str
+              ) -> tuple[str, ...]:
+    """The op list of a RandAugment or TrivialAugment mapping, once its keys are checked."""
     allowed = _RANDAUGMENT_KEYS if structure == "randaugment" else _TRIVIALAUGMENT_KEYS
     for key in raw:
         if key not in allowed:
@@ -127,15 +152,7 @@ def _read_shared(raw: Any, structure: str, source: str, where: str = "shared") -
     ops = raw["ops"]
     if not isinstance(ops, list) or not all(isinstance(o, str) for o in ops):
         raise UserError("must be a list of op names", source=source, field=f"{where}.ops")
-    if structure == "trivialaugment":
-        return TrivialAugmentSpec(ops=tuple(ops), scale=raw.get("scale", "wide"))
-    magnitude, mstd = raw["magnitude"], raw.get("mstd", 0.0)
-    for key, value in (("magnitude", magnitude), ("mstd", mstd)):
-        if not _is_number(value):
-            raise UserError(f"must be a number, got {value!r}", source=source,
-                            field=f"{where}.{key}")
-    return RandAugmentSpec(n=raw["n"], magnitude=float(magnitude), mstd=float(mstd),
-                           ops=tuple(ops), scale=raw.get("scale", "standard"))
+    return tuple(ops)
 
 
 def _read_slots(raw: Any, source: str, where: str) -> tuple[Slot, ...]:
@@ -162,12 +179,28 @@ def _read_slots(raw: Any, source: str, where: str) -> tuple[Slot, ...]:
     return tuple(slots)
 
 
-def _read_per_task(raw: Any, source: str, where: str) -> dict[str, tuple[Slot, ...]]:
-    """A YAML ``per_task`` mapping (task -> list of slots)."""
+def _read_per_task(raw: Any, structure: str, source: str, where: str
+                   ) -> dict[str, TaskView]:
+    """A YAML ``per_task`` mapping (task -> its view)."""
     return {
-        str(name): _read_slots(slots or [], source, f"{where}.{name}")
-        for name, slots in _mapping(raw or {}, source, where).items()
+        str(name): _read_view(view, structure, source, f"{where}.{name}")
+        for name, view in _mapping(raw or {}, source, where).items()
     }
+
+
+def _read_view(raw: Any, structure: str, source: str, where: str) -> TaskView:
+    """A task's view: a list of slots or, in a ``randaugment`` policy, a RandAugment mapping."""
+    if not raw:  # left empty, as ever: no view of its own
+        return ()
+    if isinstance(raw, Mapping):
+        if structure != "randaugment":
+            raise UserError("a task's own RandAugment {n, magnitude, mstd, ops} needs structure: "
+                            f"randaugment (this policy's is {structure}); here a task's view is "
+                            "a list of slots {op, p, magnitude}", source=source, field=where)
+        return _read_randaugment(raw, source, where)
+    if structure == "randaugment" and not isinstance(raw, list):
+        raise UserError(f"must be {_RANDAUGMENT_VIEW}", source=source, field=where)
+    return _read_slots(raw, source, where)
 
 
 def _read_schedule(raw: Any, structure: str, source: str) -> tuple[Phase, ...]:
@@ -195,7 +228,8 @@ def _read_schedule(raw: Any, structure: str, source: str) -> tuple[Phase, ...]:
             raise UserError(f"must be a whole number >= 0 (an epoch), got {start!r}",
                             source=source, field=f"{where}.from_epoch")
         shared = _read_shared(item.get("shared"), structure, source, f"{where}.shared")
-        per_task = _read_per_task(item.get("per_task"), source, f"{where}.per_task")
+        per_task = _read_per_task(item.get("per_task"), structure, source,
+                                  f"{where}.per_task")
         phases.append(Phase(start, shared, per_task))
     return tuple(phases)
 
@@ -242,7 +276,7 @@ def check_policy(policy: PolicyData, source: str) -> None:
                             source=source, field=f"tasks.{name}")
     _check_slots(policy.base, source, "base")
     _check_shared(policy.shared, policy.structure, source)
-    _check_per_task(policy.per_task, tasks, source, "per_task")
+    _check_per_task(policy.per_task, tasks, policy.structure, source, "per_task")
     _check_schedule(policy, tasks, source)
     w = policy.weighting
     if not isinstance(w, Weighting):
@@ -291,20 +325,25 @@ def _check_shared(shared: Any, structure: Any, source: str, where: str = "shared
         for i, sp in enumerate(shared.policies):
             _check_slots(sp, source, f"{where}[{i}]")
     elif isinstance(shared, RandAugmentSpec):
-        if not isinstance(shared.n, int) or isinstance(shared.n, bool) or shared.n < 0:
-            raise UserError(f"must be a whole number >= 0, got {shared.n!r}", source=source,
-                            field=f"{where}.n")
-        _check_unit(shared.magnitude, source, f"{where}.magnitude")
-        if not _is_number(shared.mstd) or shared.mstd < 0:
-            raise UserError(f"must be a number >= 0, got {shared.mstd!r}", source=source,
-                            field=f"{where}.mstd")
-        _check_ops(shared.ops, source, f"{where}.ops")
-        _check_scale(shared.scale, source, f"{where}.scale")
+        _check_randaugment(shared, source, where)
     elif isinstance(shared, TrivialAugmentSpec):
         _check_ops(shared.ops, source, f"{where}.ops")
         _check_scale(shared.scale, source, f"{where}.scale")
     else:
         _check_slots(shared, source, where)
+
+
+def _check_randaugment(spec: RandAugmentSpec, source: str, where: str) -> None:
+    """A RandAugment's settings (the shared part or a task's view)."""
+    if not isinstance(spec.n, int) or isinstance(spec.n, bool) or spec.n < 0:
+        raise UserError(f"must be a whole number >= 0, got {spec.n!r}", source=source,
+                        field=f"{where}.n")
+    _check_unit(spec.magnitude, source, f"{where}.magnitude")
+    if not _is_number(spec.mstd) or spec.mstd < 0:
+        raise UserError(f"must be a number >= 0, got {spec.mstd!r}", source=source,
+                        field=f"{where}.mstd")
+    _check_ops(spec.ops, source, f"{where}.ops")
+    _check_scale(spec.scale, source, f"{where}.scale")
 
 
 def _check_slots(slots: Any, source: str, where: str) -> None:
@@ -319,13 +358,23 @@ def _check_slots(slots: Any, source: str, where: str) -> None:
         _check_unit(slot.magnitude, source, f"{fld}.magnitude")
 
 
-def _check_per_task(per_task: Any, tasks: Mapping[str, Any], source: str, where: str) -> None:
+def _check_per_task(per_task: Any, tasks: Mapping[str, Any], structure: Any, source: str,
+                    where: str) -> None:
+    """Views of known tasks: slots, or a ``RandAugmentSpec`` in a ``randaugment`` policy."""
     per_task = _mapping(per_task, source, where)
-    for name, slots in per_task.items():
+    for name, view in per_task.items():
+        fld = f"{where}.{name}"
         if name not in tasks:
             raise UserError(f"{name!r} is not one of the policy's tasks ({', '.join(tasks)})",
-                            source=source, field=f"{where}.{name}")
-        _check_slots(slots, source, f"{where}.{name}")
+                            source=source, field=fld)
+        if not isinstance(view, RandAugmentSpec):
+            _check_slots(view, source, fld)
+        elif structure == "randaugment":
+            _check_randaugment(view, source, fld)
+        else:
+            raise UserError(f"a task's own RandAugmentSpec needs structure 'randaugment', got "
+                            f"{structure!r}; here a task's view is a tuple of Slot",
+                            source=source, field=fld)
 
 
 def _check_schedule(policy: PolicyData, tasks: Mapping[str, Any], source: str) -> None:
@@ -357,7 +406,7 @@ def _check_schedule(policy: PolicyData, tasks: Mapping[str, Any], source: str) -
                             field=f"{where}.from_epoch")
         previous = start
         _check_shared(phase.shared, policy.structure, source, f"{where}.shared")
-        _check_per_task(phase.per_task, tasks, source, f"{where}.per_task")
+        _check_per_task(phase.per_task, tasks, policy.structure, source, f"{where}.per_task")
         if _own_views(phase.per_task) != views:
             have = ", ".join(sorted(_own_views(phase.per_task))) or "none"
             want = ", ".join(sorted(views)) or "none"

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +15,7 @@ from policysearch.augment.schema import SCHEMA
 from policysearch.augment.types import PolicyData, RandAugmentSpec, SubPolicies, TrivialAugmentSpec
 
 if TYPE_CHECKING:
-    from policysearch.augment.types import Phase, Shared, Slot, Weighting
+    from policysearch.augment.types import Phase, Shared, Slot, TaskView, Weighting
 
 
 def policy_dict(policy: PolicyData) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def write_yaml(policy: PolicyData, path: str | Path) -> Path:
     # a sub-policy is one line too, and an op list is one flow list. Phases likewise.
     for part in (data, *data.get("schedule", ())):
         part["shared"] = _flow_shared(part["shared"], policy.structure)
-        part["per_task"] = {t: [_FlowMap(s) for s in v] for t, v in part["per_task"].items()}
+        part["per_task"] = {t: _flow_part(v) for t, v in part["per_task"].items()}
     if "base" in data:
         data["base"] = [_FlowMap(s) for s in data["base"]]
     text = yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
@@ -64,8 +64,8 @@ def _phase_dict(phase: Phase) -> dict[str, Any]:
 
 
 def _shared_dict(shared: Shared) -> Any:
-    """The YAML value of ``shared`` (see ``policysearch.augment.types``); defaults of ``scale``
-    omitted."""
+    """The YAML value of ``shared`` or of a task's view (see ``policysearch.augment.types``);
+    defaults of ``scale`` omitted."""
     if isinstance(shared, SubPolicies):
         return [[_slot_dict(s) for s in sp] for sp in shared.policies]
     if isinstance(shared, RandAugmentSpec):
@@ -82,8 +82,8 @@ def _shared_dict(shared: Shared) -> Any:
     return [_slot_dict(s) for s in shared]
 
 
-def _per_task_dict(per_task: Mapping[str, Sequence[Slot]]) -> dict[str, Any]:
-    return {t: [_slot_dict(s) for s in slots] for t, slots in per_task.items()}
+def _per_task_dict(per_task: Mapping[str, TaskView]) -> dict[str, Any]:
+    return {t: _shared_dict(view) for t, view in per_task.items()}
 
 
 def _slot_dict(slot: Slot) -> dict[str, Any]:
@@ -140,6 +140,12 @@ def _flow_shared(shared: Any, structure: str | None) -> Any:
     """The YAML value of ``shared`` with slots (and op lists) in flow style, one per line."""
     if structure == "subpolicies":
         return [_FlowList(_FlowMap(s) for s in sp) for sp in shared]
-    if isinstance(shared, dict):
-        return {k: _FlowList(v) if k == "ops" else v for k, v in shared.items()}
-    return [_FlowMap(s) for s in shared]
+    return _flow_part(shared)
+
+
+def _flow_part(part: Any) -> Any:
+    """The YAML value of a slot list or a RandAugment/TrivialAugment mapping (shared, or a
+    task's view) in flow style, one slot (or op list) per line."""
+    if isinstance(part, dict):
+        return {k: _FlowList(v) if k == "ops" else v for k, v in part.items()}
+    return [_FlowMap(s) for s in part]

@@ -2,13 +2,13 @@
 
 A slot is ``op(p,magnitude)`` with two decimals at most, ``rotate(.6,.3)``; views are joined by
 `` | ``, ``rotate(.6,.3) solarize(.2,.7) | seg: hflip(.5,1.0)``; the other structures read
-``subpolicies(...)``, ``randaugment(n=2, m=.30, 14 ops)``, ``trivialaugment(14 ops)``. A
-schedule shows its phases by first epoch, ``e0: hflip(.5,1.0) → e4: rotate(.6,.3)`` (more than
-four phases: the first two, how many are left out, the last two). A base comes first,
-``base: hflip(.5,1.0) crop(1.0,.5) + randaugment(n=2, m=.30, 14 ops)``; it applies in every
-phase, so it is shown once before them (no square brackets: rich tables read them as markup).
-A weighting other than
-``static`` is added, ``| weighting: dwa(temperature=2)``.
+``subpolicies(...)``, ``randaugment(n=2, m=.30, 14 ops)``, ``trivialaugment(14 ops)``, and so
+does a task's own RandAugment, ``randaugment(n=2, m=.30, 14 ops) | shape: randaugment(n=1,
+m=.50, 14 ops)``. A schedule shows its phases by first epoch, ``e0: hflip(.5,1.0) → e4:
+rotate(.6,.3)`` (more than four phases: the first two, how many are left out, the last two). A
+base comes first, ``base: hflip(.5,1.0) crop(1.0,.5) + randaugment(n=2, m=.30, 14 ops)``; it
+applies in every phase, so it is shown once before them (no square brackets: rich tables read
+them as markup). A weighting other than ``static`` is added, ``| weighting: dwa(temperature=2)``.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from policysearch.augment.types import PolicyData, RandAugmentSpec, SubPolicies, TrivialAugmentSpec
 
 if TYPE_CHECKING:
-    from policysearch.augment.types import Shared, Slot, Weighting
+    from policysearch.augment.types import Shared, Slot, TaskView, Weighting
 
 
 def policy_summary(policy: PolicyData) -> str:
@@ -40,15 +40,14 @@ def policy_summary(policy: PolicyData) -> str:
 
 
 def _slots_text(tasks: Iterable[str], shared: Shared,
-                per_task: Mapping[str, tuple[Slot, ...]]) -> str:
+                per_task: Mapping[str, TaskView]) -> str:
     parts = [_shared_text(shared)]
-    parts += [f"{t}: " + " ".join(_slot_text(s) for s in per_task[t])
-              for t in tasks if per_task.get(t)]
+    parts += [f"{t}: {_shared_text(per_task[t])}" for t in tasks if per_task.get(t)]
     return " | ".join(parts)
 
 
 def _shared_text(shared: Shared) -> str:
-    """The shared part of a summary."""
+    """The shared part of a summary, or a task's view."""
     if isinstance(shared, SubPolicies):
         longest = max((len(sp) for sp in shared.policies), default=0)
         if len(shared.policies) > 3:

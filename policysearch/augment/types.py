@@ -1,5 +1,6 @@
 """The policy data types: ``Slot``, the shared structures (``SubPolicies``,
-``RandAugmentSpec``, ``TrivialAugmentSpec``), ``Weighting``, ``Phase``; ``Policy`` is made of them
+``RandAugmentSpec``, ``TrivialAugmentSpec``), a task's view (``TaskView``), ``Weighting``,
+``Phase``; ``Policy`` is made of them
 (``policysearch.augment.policy``).
 
 The *shared* part of a policy has a **structure**:
@@ -18,7 +19,10 @@ structure          ``Policy.shared``                           YAML ``shared:``
                    magnitude uniform in [0, 1], wide ranges
 =================  ==========================================  ===================================
 
-Per-task slots are always a plain sequence (a task's extra view).
+A task's own view (``per_task``: task -> view, applied after the shared part) is a plain sequence
+of slots, ``[{op, p, magnitude}, ...]``, in every structure. In a ``randaugment`` policy it may
+instead be a ``RandAugmentSpec`` of its own, YAML ``{n, magnitude, mstd, ops}`` as the shared
+one: the task's view is then base, the shared RandAugment, then the task's RandAugment.
 
 A policy may carry a **base**: a plain sequence of slots applied to every sample before the
 shared part (so before the per-task views branch off), in every phase of a schedule, e.g. the
@@ -140,6 +144,18 @@ STRUCTURE_OF: dict[type, str] = {
     RandAugmentSpec: "randaugment",
     TrivialAugmentSpec: "trivialaugment",
 }
+# A task's own view: slots in order (any structure) or, in a ``randaugment`` policy, its own
+# RandAugment.
+TaskView: TypeAlias = tuple[Slot, ...] | RandAugmentSpec
+
+
+def view_ops(part: Shared) -> tuple[str, ...]:
+    """Every op a shared part or a task's view may apply (an op list included)."""
+    if isinstance(part, SubPolicies):
+        return tuple(s.op for sub in part.policies for s in sub)
+    if isinstance(part, (RandAugmentSpec, TrivialAugmentSpec)):
+        return part.ops
+    return tuple(s.op for s in part)
 
 
 @dataclass
@@ -159,11 +175,12 @@ class Weighting:
 class Phase:
     """One phase of a schedule: the shared and per-task slots in force from epoch
     ``from_epoch`` (counted from 0) until the next phase's. ``shared`` has the structure of the
-    policy that holds the phase; YAML ``{from_epoch: 4, shared: [...], per_task: {...}}``."""
+    policy that holds the phase, and so may ``per_task``'s views (``TaskView``); YAML
+    ``{from_epoch: 4, shared: [...], per_task: {...}}``."""
 
     from_epoch: int
     shared: Shared = ()
-    per_task: dict[str, tuple[Slot, ...]] = field(default_factory=dict)
+    per_task: dict[str, TaskView] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.shared, list):
@@ -186,7 +203,7 @@ class PolicyData(Protocol):
 
     tasks: dict[str, str]
     shared: Shared
-    per_task: dict[str, tuple[Slot, ...]]
+    per_task: dict[str, TaskView]
     structure: str | None
     weighting: Weighting
     provenance: dict[str, Any]

@@ -27,27 +27,27 @@ def policy_rows(policy: Policy) -> list[dict[str, str]]:
                   **_slot(slot)} for i, slot in enumerate(policy.base, start=1)]
         rows += [{"epochs": epochs, **row} for row in _shared_rows(shared)]
         for task in policy.tasks:
-            for i, slot in enumerate(per_task.get(task, ()), start=1):
-                rows.append({"epochs": epochs, "view": f"{task} only", "slot": str(i),
-                             **_slot(slot)})
+            rows += [{"epochs": epochs, **row}
+                     for row in _shared_rows(per_task.get(task, ()), f"{task} only")]
     return rows
 
 
-def _shared_rows(shared: Shared) -> list[dict[str, str]]:
+def _shared_rows(shared: Shared, view: str = "shared") -> list[dict[str, str]]:
+    """The rows of the shared part, or of a task's own view (``view``: its label)."""
     if isinstance(shared, SubPolicies):
-        return [{"view": f"shared, sub-policy {k} of {len(shared.policies)}", "slot": str(i),
+        return [{"view": f"{view}, sub-policy {k} of {len(shared.policies)}", "slot": str(i),
                  **_slot(slot)}
                 for k, sub in enumerate(shared.policies, start=1)
                 for i, slot in enumerate(sub, start=1)]
     if isinstance(shared, RandAugmentSpec):
         mstd = f" ± {shared.mstd:g}" if shared.mstd else ""
-        return [{"view": "shared", "slot": "1",
+        return [{"view": view, "slot": "1",
                  "op": f"randaugment: {shared.n} of {len(shared.ops)} ops ({shared.scale})",
                  "p": "1", "magnitude": f"{shared.magnitude:.3g}{mstd}"}]
     if isinstance(shared, tuple):
-        return [{"view": "shared", "slot": str(i), **_slot(slot)}
+        return [{"view": view, "slot": str(i), **_slot(slot)}
                 for i, slot in enumerate(shared, start=1)]
-    return [{"view": "shared", "slot": "1",  # TrivialAugmentSpec
+    return [{"view": view, "slot": "1",  # TrivialAugmentSpec
              "op": f"trivialaugment: 1 of {len(shared.ops)} ops ({shared.scale})", "p": "1",
              "magnitude": "uniform"}]
 

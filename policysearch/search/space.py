@@ -3,6 +3,11 @@
 Each engine maps ``Param`` to its own distributions (Optuna's suggest_*, Ray's tune.*); both
 rebuild the trial's policy with ``policy_from_params``, so one space means one thing everywhere.
 
+Names: a slot's ``shared.<i>.op|p|magnitude`` (sub-policy k: ``shared.<k>.<i>.…``), a
+RandAugment's ``shared.n`` and ``shared.magnitude``; a task's view likewise under ``task.<name>``
+(``task.<name>.<i>.op``, or ``task.<name>.n`` and ``task.<name>.magnitude`` for a RandAugment of
+its own).
+
 Loss weighting: with several methods, the categorical ``weight.method`` picks one; the static
 per-task weights ``weight.<task>`` and searched hyper-parameters ``weight.<method>.<name>``
 matter only when their method is picked, which their ``Param.when`` says. ``parameters``
@@ -19,8 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies, Weighting
-from policysearch.config import SearchSpace, SlotSpace, WeightSpace
+from policysearch.augment import Policy, RandAugmentSpec, Slot, SubPolicies, TaskView, Weighting
+from policysearch.config import PerTaskSpace, SearchSpace, SlotSpace, WeightSpace
 from policysearch.errors import UserError
 from policysearch.weighting_schema import USES_WEIGHTS, defaults
 
@@ -91,21 +96,33 @@ def _slot_params(prefix: str, space: SlotSpace) -> list[Param]:
     return params
 
 
+def _randaugment_params(prefix: str, n: tuple[int, int],
+                        magnitude: tuple[float, float]) -> list[Param]:
+    """A RandAugment's N (whole) and M, searched in their ranges."""
+    return [Param(f"{prefix}.n", "int", low=n[0], high=n[1]),
+            Param(f"{prefix}.magnitude", "float", low=magnitude[0], high=magnitude[1])]
+
+
+def _view_params(prefix: str, space: PerTaskSpace) -> list[Param]:
+    """A task's view: its RandAugment's N and M (``per_task.n`` set), else its slots."""
+    if space.n is not None:
+        return _randaugment_params(prefix, space.n, space.magnitude)
+    return _slot_params(prefix, space)
+
+
 def parameters(space: SearchSpace, task_names: Sequence[str]) -> list[Param]:
-    """Every parameter of the space, in a fixed order (shared slots, per-task slots, weights;
+    """Every parameter of the space, in a fixed order (shared part, each task's view, weights;
     see the module docstring for the conditional weighting parameters)."""
     if space.structure == "subpolicies":
         params = []
         for k in range(space.shared.subpolicies):
             params += _slot_params(f"shared.{k}", space.shared)
     elif space.structure == "randaugment":
-        params = [Param("shared.n", "int", low=space.shared.n[0], high=space.shared.n[1]),
-                  Param("shared.magnitude", "float", low=space.shared.magnitude[0],
-                        high=space.shared.magnitude[1])]
+        params = _randaugment_params("shared", space.shared.n, space.shared.magnitude)
     else:
         params = _slot_params("shared", space.shared)
     for task in space.per_task.names:
-        params += _slot_params(f"task.{task}", space.per_task)
+        params += _view_params(f"task.{task}", space.per_task)
     return params + _weight_params(space.weights, task_names)
 
 
@@ -133,19 +150,30 @@ def _slots(prefix: str, count: int, values: Mapping[str, Any]) -> tuple[Slot, ..
     )
 
 
+def _randaugment(prefix: str, ops: Sequence[str], values: Mapping[str, Any]) -> RandAugmentSpec:
+    """The RandAugment of ``prefix``'s N and M, drawing from ``ops``."""
+    return RandAugmentSpec(n=int(values[f"{prefix}.n"]),
+                           magnitude=float(values[f"{prefix}.magnitude"]), ops=tuple(ops))
+
+
+def _view(prefix: str, space: PerTaskSpace, values: Mapping[str, Any]) -> TaskView:
+    """A task's view: its own RandAugment (``per_task.n`` set), else its slots."""
+    if space.n is not None:
+        return _randaugment(prefix, space.ops, values)
+    return _slots(prefix, space.slots, values)
+
+
 def policy_from_params(space: SearchSpace, tasks: Mapping[str, str],
                        values: Mapping[str, Any]) -> Policy:
     """The policy a trial's parameter values stand for (``tasks``: name -> kind); the space's
     ``base`` is its base, the same in every trial."""
-    per_task = {t: _slots(f"task.{t}", space.per_task.slots, values) for t in space.per_task.names}
+    per_task = {t: _view(f"task.{t}", space.per_task, values) for t in space.per_task.names}
     shared: tuple[Slot, ...] | SubPolicies | RandAugmentSpec
     if space.structure == "subpolicies":
         shared = SubPolicies(tuple(_slots(f"shared.{k}", space.shared.slots, values)
                                    for k in range(space.shared.subpolicies)))
     elif space.structure == "randaugment":
-        shared = RandAugmentSpec(n=int(values["shared.n"]),
-                                 magnitude=float(values["shared.magnitude"]),
-                                 ops=tuple(space.shared.ops))
+        shared = _randaugment("shared", space.shared.ops, values)
     else:
         shared = _slots("shared", space.shared.slots, values)
     return Policy(
