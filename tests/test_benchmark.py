@@ -24,7 +24,9 @@ from policysearch.evaluation.benchmark import (
     ablations,
     benchmark_seeds,
     holm,
+    mean_interval,
     paired_test,
+    plot,
     selection_seeds,
     summary_frame,
     verdicts,
@@ -48,6 +50,23 @@ def test_paired_t_test_matches_the_textbook_values() -> None:
     half = 4.302653 / math.sqrt(3)  # t(0.975, 2) × sd / sqrt(n)
     assert result["ci_low"] == pytest.approx(2.0 - half, abs=1e-4)
     assert result["ci_high"] == pytest.approx(2.0 + half, abs=1e-4)
+
+
+def test_the_plots_interval_is_the_t_interval_of_the_mean() -> None:
+    mean, half = mean_interval([1.0, 2.0, 3.0, math.nan])  # a failed run's NaN is left out
+    assert mean == pytest.approx(2.0)
+    assert half == pytest.approx(4.302653 / math.sqrt(3), abs=1e-5)  # t(0.975, 2) × 1 / √3
+    assert math.isnan(mean_interval([5.0])[1])
+
+
+def test_the_plot_draws_one_seed_and_many(tmp_path: Path) -> None:
+    # One seed has no interval and no test: the plot still draws every contender.
+    for seeds in ([1], [1, 2, 3]):
+        runs = pd.DataFrame([{"contender": c, "seed": s, "delta_m": d + s, "seconds": 1.0}
+                             for c, d in (("flipcrop", 0.0), ("none", -9.0), (SEARCHED, 3.0))
+                             for s in seeds])
+        path = plot(summary_frame(runs, {}, "ttest"), runs, tmp_path / f"{len(seeds)}.png", "t")
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_paired_test_is_paired_not_independent() -> None:

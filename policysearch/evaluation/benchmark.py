@@ -621,29 +621,67 @@ def _p(value: float) -> str:
     return f"{value:.3f}" if math.isfinite(value) else "–"
 
 
+def mean_interval(values: Sequence[float]) -> tuple[float, float]:
+    """Mean of the finite ``values`` and the half-width of its 95% t interval (NaN with
+    fewer than two)."""
+    from scipy import stats
+
+    finite = [v for v in values if math.isfinite(v)]
+    mean, std = _mean_std(finite)
+    if len(finite) < 2:
+        return mean, math.nan
+    return mean, float(stats.t.ppf(0.975, len(finite) - 1)) * std / math.sqrt(len(finite))
+
+
+_VERDICT_COLOURS = {WINS: "#1b9e77", LOSES: "#d95f02", NO_DIFFERENCE: "#7570b3"}
+
+
 def plot(summary: pd.DataFrame, runs: pd.DataFrame, path: Path, title: str) -> Path:
-    """Bar plot of Δm% (mean ± std over seeds, every seed as a dot), the searched policy
-    highlighted."""
+    """Two panels. Left: each contender's Δm% (mean with its 95% t interval over seeds,
+    every seed as a dot), the searched policy highlighted. Right: the searched policy's
+    paired difference to each contender (searched − contender, 95% t interval), coloured by
+    the Holm-corrected verdict: the comparison the table's tests make."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     names = summary["contender"].tolist()
-    means = summary["delta_m"].fillna(0.0).to_numpy()
-    stds = summary["delta_m_std"].fillna(0.0).to_numpy()
+    intervals = [mean_interval(runs.loc[runs["contender"] == n, "delta_m"].tolist())
+                 for n in names]
     colors = [{SEARCHED: "#d95f02", "ablation": "#1b9e77"}.get(contender_kind(n), "#7570b3")
               for n in names]
-    fig, ax = plt.subplots(figsize=(1.3 * len(names) + 2.0, 4.0), dpi=120)
-    xs = range(len(names))
-    ax.bar(xs, means, yerr=stds, capsize=5, color=colors, alpha=0.85)
+    others = summary[summary["contender"] != SEARCHED]
+    fig, (left, right) = plt.subplots(
+        1, 2, figsize=(1.1 * len(names) + 6.5, 4.4), dpi=120,
+        gridspec_kw={"width_ratios": [max(len(names), 1), 6]})
+    xs = list(range(len(names)))
+    left.bar(xs, [_nan0(m) for m, _ in intervals], yerr=[_nan0(h) for _, h in intervals],
+             capsize=4, color=colors, alpha=0.85)
     for x, name in zip(xs, names, strict=True):
         values = runs.loc[runs["contender"] == name, "delta_m"].to_numpy()
-        ax.scatter([x] * len(values), values, color="black", s=12, zorder=3)
-    ax.axhline(0.0, color="grey", linewidth=0.8)
-    ax.set_xticks(list(xs), names, rotation=20)
-    ax.set_ylabel("Δm% on the test split")
-    ax.set_title(title, fontsize=10)
+        left.scatter([x] * len(values), values, color="black", s=8, zorder=3)
+    left.axhline(0.0, color="grey", linewidth=0.8)
+    left.set_xticks(xs, names, rotation=35, ha="right", fontsize=8)
+    left.set_ylabel("Δm% on the test split (mean, 95% interval)")
+    left.set_title(title, fontsize=9)
+    if "diff" in others.columns and len(others):
+        ys = list(range(len(others)))[::-1]
+        verdicts = others["verdict"].tolist()
+        for y, diff, low, high, v in zip(ys, others["diff"], others["ci_low"],
+                                         others["ci_high"], verdicts, strict=True):
+            colour = _VERDICT_COLOURS.get(v, "grey")
+            if math.isfinite(low) and math.isfinite(high):
+                right.plot([low, high], [y, y], color=colour, linewidth=2)
+            right.scatter([diff], [y], color=colour, s=25, zorder=3)
+        right.set_yticks(ys, others["contender"].tolist(), fontsize=8)
+        handles = [plt.Line2D([], [], color=c, marker="o", label=v)
+                   for v, c in _VERDICT_COLOURS.items() if v in verdicts]
+        if handles:
+            right.legend(handles=handles, fontsize=7, loc="best")
+    right.axvline(0.0, color="grey", linewidth=0.8)
+    right.set_xlabel("searched − contender, paired by seed (95% interval, unadjusted)")
+    right.set_title("verdicts: Holm-corrected paired tests", fontsize=9)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
