@@ -114,6 +114,7 @@ def test_the_best_mean_over_fresh_seeds_is_exported_not_the_lucky_seed(
     assert provenance["seeds"] == [1, 2, 3]
     assert provenance["delta_m_mean"] == pytest.approx(60.0 / 2)  # +60 % accuracy, 2 tasks
     assert provenance["delta_m"] == pytest.approx(10.0)  # its own trial, with the study's seed
+    assert "nothing better than the reference" not in provenance["picked"]
     finalists = {f["trial"]: f for f in provenance["finalists"]}
     assert set(finalists) == {2, 3} and finalists[3]["mean"] == pytest.approx(5.0)
     assert finalists[3]["delta_m"] == pytest.approx(15.0)
@@ -134,6 +135,23 @@ def test_the_best_mean_over_fresh_seeds_is_exported_not_the_lucky_seed(
     assert "re-runs beside the study (finalists, re-evaluation; not trials)" in html
     assert "delta_m_low" in html and "delta_m_high" in html
     assert "best mean Δm% over re-run seeds (trial 2, 3 seeds)" in html
+
+
+def test_an_export_says_when_the_reference_beat_every_finalist(
+        tmp_path: Path, trained: list[tuple[int | None, int]],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # On the fresh seeds the reference (accuracy 0.9) beats both finalists: the export still
+    # names the best finalist, and says that nothing searched beat the reference.
+    def train(policy, dataset, budget, *, seed, device, threads, reporter=None):  # noqa: ANN001, ANN202
+        acc = 0.9 if "crop(" in policy.summary() else 0.6
+        return TrialResult(metrics=_metrics(acc), epochs=budget.epochs, seconds=0.5)
+
+    monkeypatch.setattr(training, "train_policy", train)
+    records = race_finalists(_run(tmp_path, [], 2, 1),
+                             load_records(out_dir=tmp_path, storage=None, study_name=None))
+    _, provenance = pick_finalist(records, 2)
+    assert provenance["delta_m_mean"] < 0
+    assert provenance["picked"].endswith("the search found nothing better than the reference")
 
 
 def test_a_resumed_race_trains_only_what_is_missing(

@@ -132,6 +132,9 @@ def pick_finalist(study: StudyRecords, finalists: int,
     seeds = ", ".join(str(s) for s in best["seeds"])
     picked = (f"best mean Δm% of the {len(entries)} finalists (the best trials by Δm%, trained "
               f"again with seeds other than the study's), over seeds {seeds}")
+    if best["mean"] is not None and best["mean"] < 0:  # Δm% is against the same seed's reference
+        picked += ("; the reference scored higher than every finalist on these seeds: the "
+                   "search found nothing better than the reference")
     row = frame.loc[best["trial"]].copy()
     row["trial"] = best["trial"]
     extra = {"delta_m_mean": best["mean"], "delta_m_interval": best["interval"],
