@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import hashlib
 import json
 import shutil
 import subprocess
@@ -43,6 +44,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 PROTOCOL = HERE / "protocol.yaml"
 LEDGER = HERE / "ledger.md"
+VERSIONS = HERE / "protocol_versions.yaml"
 STEP_TIMEOUT = 12 * 3600  # a whole step, across a chunk; a session ends long before
 
 
@@ -165,9 +167,23 @@ def headline(report: dict, cap: float) -> tuple[bool, str]:
         + ".")
 
 
+def changed_since_frozen(protocol: dict, path: Path = PROTOCOL) -> list[str]:
+    """The files defining ``protocol`` (``path`` and the final spaces it names) whose sha256
+    is not the one its version recorded in protocol_versions.yaml when it was frozen; every
+    file when the version has no entry there."""
+    files = {"benchmarks/protocol.yaml": path,
+             **{d["space"]: ROOT / d["space"] for d in protocol["datasets"].values()}}
+    entry = (yaml.safe_load(VERSIONS.read_text()) or {}).get(protocol["version"]) or {}
+    recorded = entry.get("files") or {}
+    return sorted(name for name in {*files, *recorded}
+                  if name not in files or not files[name].is_file()
+                  or hashlib.sha256(files[name].read_bytes()).hexdigest() != recorded.get(name))
+
+
 def load_protocol(path: Path, dataset: str, smoke: bool) -> tuple[dict, dict]:
     """The protocol and a copy of ``dataset``'s entry. Refuses an unknown dataset and, unless
-    ``smoke``, a draft protocol or uncommitted changes to it or to its spaces."""
+    ``smoke``, a draft protocol, uncommitted changes to it or to its spaces, or files that
+    changed since its version was frozen."""
     protocol = yaml.safe_load(path.read_text())
     if dataset not in protocol["datasets"]:
         _refuse(f"--dataset: {dataset!r} is not in {path.name} "
@@ -180,6 +196,10 @@ def load_protocol(path: Path, dataset: str, smoke: bool) -> tuple[dict, dict]:
         dirty = _git("status", "--porcelain", "--", str(path), str(HERE / "spaces"))
         if dirty:
             _refuse(f"uncommitted changes to the protocol or its spaces:\n{dirty}")
+        changed = changed_since_frozen(protocol, path)
+        if changed:
+            _refuse(f"{', '.join(changed)}: changed since protocol v{protocol['version']} was "
+                    f"frozen ({VERSIONS.name}); a change needs a new version and new test splits")
     elif entry["final_seed"] is None:
         entry["final_seed"] = 1_000_003  # any seed: the smoke test's data is throwaway
     return protocol, entry

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 import yaml
@@ -58,3 +61,18 @@ def random_param_values(space, task_names, seed: int = 0) -> dict:
         else:
             values[p.name] = rng.uniform(p.low, p.high)
     return values
+
+
+def load_benchmark_script(name: str) -> ModuleType:
+    """``benchmarks/<name>.py`` as a module (its own folder on the path while it loads, for
+    its helpers beside it)."""
+    folder = Path(__file__).resolve().parent.parent / "benchmarks"
+    spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(folder))
+    return module

@@ -3,29 +3,23 @@ and keeps the ledger (its whole run is exercised by the benchmark smoke tests)."
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 
 import yaml
+
+from tests.conftest import load_benchmark_script
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "finals.py"
 
 
-def _finals():
-    spec = importlib.util.spec_from_file_location("finals", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.path.insert(0, str(SCRIPT.parent))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(SCRIPT.parent))
-    return module
+def _finals() -> ModuleType:
+    return load_benchmark_script("finals")
 
 
 def _numbers(text: str) -> list[int]:

@@ -12,6 +12,7 @@ import yaml
 from policysearch.augment import BASELINES
 from policysearch.config import load_space
 from policysearch.data import DATASETS
+from tests.conftest import load_benchmark_script
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL = yaml.safe_load((ROOT / "benchmarks" / "protocol.yaml").read_text())
@@ -30,25 +31,33 @@ def test_the_protocol_has_a_version_and_a_status() -> None:
         assert len(set(finals)) == len(finals) and not developments & set(finals)
 
 
+def test_a_frozen_protocol_is_unchanged_since_its_version_was_frozen() -> None:
+    # Any change to the protocol or its final spaces after freezing needs a new version (and
+    # new test splits): the files still hash to what protocol_versions.yaml recorded.
+    if PROTOCOL["status"] != "frozen":
+        return
+    finals = load_benchmark_script("finals")
+    assert finals.changed_since_frozen(PROTOCOL) == []
+
+
+def test_a_changed_protocol_file_is_caught(tmp_path: Path) -> None:
+    finals = load_benchmark_script("finals")
+    copy = tmp_path / "protocol.yaml"
+    copy.write_text((ROOT / "benchmarks" / "protocol.yaml").read_text() + "# edited\n")
+    frozen = {**PROTOCOL, "version": 1}
+    assert finals.changed_since_frozen(frozen, copy) == ["benchmarks/protocol.yaml"]
+    unknown = {**PROTOCOL, "version": 999}  # a version with no entry: nothing is frozen
+    assert "benchmarks/protocol.yaml" in finals.changed_since_frozen(unknown, copy)
+
+
 def test_the_seed_count_is_the_noise_studys_power_calculation() -> None:
     # The count and its detectable difference come from benchmarks/noise.py's table: recompute.
-    import importlib.util
-
     seeds = PROTOCOL["seeds"]
     if seeds["count"] is None:
         assert PROTOCOL["status"] == "draft"
         return
     assert seeds["count"] >= seeds["minimum"] >= 5
-    spec = importlib.util.spec_from_file_location("noise", ROOT / "benchmarks" / "noise.py")
-    assert spec is not None and spec.loader is not None
-    noise = importlib.util.module_from_spec(spec)
-    import sys
-
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        spec.loader.exec_module(noise)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    noise = load_benchmark_script("noise")
     text = (ROOT / "benchmarks" / "results" / "noise.md").read_text()
     sigma = float(text.split("with σ_d = ")[1].split(" ")[0])
     assert noise.seeds_needed(sigma, seeds["detectable_difference"], 0.05 / 12) == seeds["count"]
