@@ -291,6 +291,48 @@ def test_a_full_disk_mid_search_keeps_the_finished_trials_readable(
                 if t.state == optuna.trial.TrialState.COMPLETE]) == 4
 
 
+def test_a_half_written_last_journal_line_is_cut_off_and_the_search_resumes(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # The process died (or the disk filled) in the middle of writing a record: the journal
+    # ends without a newline. Reading it keeps every complete trial; resuming moves the cut
+    # line aside instead of gluing the next record to it, and the search reaches its target.
+    out, space = tmp_path / "cut", _space(tmp_path)
+    assert _search(space, out, 2).exit_code == 0
+    journal = out / JOURNAL_NAME
+    data = journal.read_bytes()
+    last = data[:-1].rfind(b"\n") + 1
+    journal.write_bytes(data[: last + (len(data) - last) // 2])  # half of the last record
+    capsys.readouterr()
+    before = [r.number for r in load_study_records(out, None, None).records
+              if r.state == "complete"]
+    assert before  # the complete trials are read back as they were
+    # The first opening cuts the line off under the journal's lock, and says so.
+    assert "its last line was cut off mid-write" in capsys.readouterr().err
+    result = _search(space, out, 3)
+    assert result.exit_code == 0, result.output
+    assert (out / (JOURNAL_NAME + ".partial")).read_bytes() == data[last: last + (
+        len(data) - last) // 2] + b"\n"
+    after = load_study_records(out, None, None).records
+    complete = [r.number for r in after if r.state == "complete"]
+    assert set(before) <= set(complete) and len(complete) == 3  # nothing lost, target held
+    assert journal.read_bytes().endswith(b"\n")
+
+
+def test_a_journal_damaged_in_the_middle_is_one_line_naming_the_line(tmp_path: Path) -> None:
+    # A cut-off record with others appended after it (written by a version without the repair,
+    # or another tool): no reader can parse it; the error names the file and the line.
+    out = tmp_path / "bad"
+    out.mkdir()
+    (out / JOURNAL_NAME).write_bytes(b'{"op_code":0,"worker_id":"w","study_name":"tiny",'
+                                     b'"directions":[1]}\n{"op_code":4,"wor{"op_code":5}\n'
+                                     b'{"op_code":5,"worker_id":"w","study_id":0}\n')
+    result = runner.invoke(app, ["results", "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and str(out / JOURNAL_NAME) in lines[0]
+    assert "line 2 is not a complete journal record" in lines[0]
+
+
 def test_an_unreachable_storage_is_one_line_naming_the_flag(tmp_path: Path) -> None:
     result = _search(_space(tmp_path), tmp_path / "x", 2, "--storage",
                      "postgresql://nobody@127.0.0.1:9/nothing")

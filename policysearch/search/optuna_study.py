@@ -16,6 +16,7 @@ trials, so they change neither trial counts nor the study's definition.
 from __future__ import annotations
 
 import contextlib
+import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 
 import optuna
 from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
-from optuna.storages.journal import JournalFileBackend, JournalStorage
+from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock, JournalStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from policysearch.config import SearchSpace
@@ -34,6 +35,7 @@ from policysearch.records import (
     TrialRecord,
     rerun_entry,
 )
+from policysearch.search.journal_file import first_bad_line, repair_partial_tail
 from policysearch.search.lifecycle import check_resume, definition
 from policysearch.search.locks import exclusive
 from policysearch.training import TrialResult
@@ -70,13 +72,25 @@ def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str,
     """
     if storage is None or storage.endswith(".journal"):
         path = Path(storage) if storage else out_dir / JOURNAL_NAME
+        lock = JournalFileSymlinkLock(str(path))  # the lock Optuna's writers take
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            backend = JournalFileBackend(str(path))
+            note = repair_partial_tail(path, lock)
+            backend = JournalFileBackend(str(path), lock_obj=lock)
         except OSError as err:
             raise UserError(f"cannot create the study storage: {err.strerror}",
                             source=str(path)) from None
-        return JournalStorage(backend), True
+        if note:  # rare, and the user should know the file was changed
+            print(f"note: {note}", file=sys.stderr)
+        try:
+            return JournalStorage(backend), True
+        except ValueError:  # a record that is not JSON (json.JSONDecodeError is a ValueError)
+            line = first_bad_line(path)
+            raise UserError(
+                f"line {line} is not a complete journal record (a write was cut off and "
+                "records were appended after it), so the study cannot be read; restore the "
+                f"file from a backup, or keep lines 1-{(line or 1) - 1} (the trials recorded "
+                "before it) and search again to continue", source=str(path)) from None
     if "://" not in storage:
         raise UserError("expected a database URL (postgresql://…) or a *.journal file",
                         field="--storage", source=storage)
