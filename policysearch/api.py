@@ -136,6 +136,9 @@ def results(out: PathLike | None = None, *, storage: str | None = None,
                         field="--format")
     if seeds is not None and reeval is None:
         raise UserError("--seeds needs --reeval K", field="--seeds")
+    for value, flag in ((top, "--top"), (threads, "--threads")):
+        if value is not None and value < 1:
+            raise UserError("must be at least 1", field=flag)
     found = records(out, storage=storage, study=study)
     weights = _task_weights(task_weights, found.metrics_info)
     if reeval is not None or reference is not None:
@@ -183,6 +186,8 @@ def export(out: PathLike | None = None, *, storage: str | None = None,
     if format not in EXPORT_FORMATS:
         raise UserError(f"expected one of {', '.join(EXPORT_FORMATS)}, got {format!r}",
                         field="--format")
+    if epoch is not None and epoch < 0:
+        raise UserError(f"an epoch is a whole number >= 0, got {epoch}", field="--epoch")
     to, out = _path(to), _path(out)
     source_file = None
     if isinstance(policy, Policy):
@@ -281,13 +286,20 @@ def preview(policy: PathLike | Policy, dataset: Any = "shapes", *, n: int = 8, d
     ``format:PATH``, or a dataset object) as a PIL image: ``n`` samples × ``draws`` augmented
     draws, also written to ``to`` as PNG (``policysearch preview``). ``image_size`` (S or
     (H, W)): resize a named dataset's samples first."""
-    from policysearch.data import get_dataset
+    from policysearch.data import check_spec, get_dataset
     from policysearch.reporting.preview import preview_grid_for, write_png
 
     if n < 1 or draws < 1:
         raise UserError("must be at least 1", field="--n" if n < 1 else "--draws")
     if isinstance(dataset, str):
-        data = get_dataset(dataset, **({"size": image_size} if image_size is not None else {}))
+        check_spec(dataset, field="--dataset")
+        try:
+            data = get_dataset(dataset,
+                               **({"size": image_size} if image_size is not None else {}))
+        except UserError as err:  # the generated datasets' size check names their "size"
+            if image_size is None or err.field != "size":
+                raise
+            raise UserError(err.message, source=err.source, field="--image-size") from None
     elif image_size is not None:
         raise UserError("resizes a dataset given by name only", field="--image-size")
     else:

@@ -17,16 +17,52 @@ import warnings
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
 
 from policysearch import __version__, api
 from policysearch.errors import SearchAborted, UserError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True,
+# typer bundles its own copy of click (typer._click) from 0.2x on, click itself before: the
+# usage-error class is found through the public BadParameter, which derives from it.
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+
+
+class _OneLineUsageErrors(TyperGroup):
+    """Usage errors (a bad option type or choice, an unknown or missing option or argument,
+    an unknown command) as one line naming the option, exit status 2, like ``UserError``:
+    click would print a usage block and a boxed message instead. ``policysearch`` alone still
+    prints the help."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().make_context(*args, **kwargs)
+        except _UsageError as err:  # policysearch's own options (policysearch --bogus)
+            if type(err).__name__ == "NoArgsIsHelpError":  # (typer tells it by name too)
+                raise
+            _usage_line(err)
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except _UsageError as err:  # a command's options, an unknown command
+            _usage_line(err)
+
+
+def _usage_line(err: Any) -> NoReturn:
+    message = " ".join(err.format_message().replace("Value error, ", "").split()).rstrip(".")
+    where = err.ctx.command_path if err.ctx is not None else None
+    hint = f" (see {where} --help)" if where else ""
+    typer.echo(f"error: {message}{hint}", err=True)
+    raise typer.Exit(2) from None
+
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, cls=_OneLineUsageErrors,
                   help="Search augmentation policies and loss weights for multi-task vision.")
 # Piped output (CI logs, files) would otherwise be wrapped at 80 columns, splitting the table.
 out_console = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 240)
@@ -244,6 +280,7 @@ def search(
     multi-objective and runs without a pruner: Optuna cannot prune multi-objective trials.
     """
     size = parse_image_size(image_size)
+    _amp_on_the_cpu(amp, device, here=engine is Engine.optuna)
     with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
         outcome = api.search(
             space=space, dataset=dataset, engine=engine.value, trials=trials, epochs=epochs,
@@ -297,6 +334,21 @@ def _best_row(table: Any) -> dict[str, Any] | None:
     row = ranked.iloc[0]
     return {"trial": int(row["trial"]), "delta_m": float(row["delta_m"]),
             "policy": str(row.get("policy", ""))}
+
+
+def _amp_on_the_cpu(amp: bool | None, device: Device, *, here: bool = True) -> None:
+    """``--amp`` where training runs on the CPU: one line on standard error saying that it is
+    ignored (bf16 mixed precision is CUDA-only), never silence. ``here``: training runs on
+    this host (with ``--engine ray`` and ``--device auto`` the cluster's nodes decide)."""
+    if not amp or device is Device.cuda:
+        return
+    if device is Device.auto:
+        import torch
+
+        if not here or torch.cuda.is_available():
+            return
+    typer.echo("warning: --amp: bf16 mixed precision is CUDA-only; ignored on the CPU "
+               "(training runs in float32)", err=True)
 
 
 def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
@@ -542,6 +594,7 @@ def benchmark(
     Running the same command again reuses the stored runs and trains only what is missing.
     """
     size = parse_image_size(image_size)
+    _amp_on_the_cpu(amp, device)
     printer = _printer(quiet, json_logs)
 
     def progress(line: str) -> None:

@@ -547,14 +547,20 @@ class SearchSpace(_Strict):
         return weights
 
     def with_budget(self, **overrides: Any) -> SearchSpace:
-        """A copy whose budget has the given non-None fields replaced (CLI flags)."""
+        """A copy whose budget has the given non-None fields replaced (CLI flags); a bad
+        value is a ``UserError`` naming its flag (``--epochs``, ``--image-size``, …)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
         if not changes:
             return self
         try:
             budget = Budget(**{**self.budget.model_dump(), **changes})
         except ValidationError as err:
-            raise _user_error(err, "command line") from None
+            found = _user_error(err, "command line")
+            key = (found.field or "").split(".")[0]  # image_size.int: the flag --image-size
+            if key not in changes:
+                raise found from None
+            flag = "--weights" if key == "encoder_weights" else f"--{key.replace('_', '-')}"
+            raise UserError(found.message, field=flag) from None
         return self.model_copy(update={"budget": budget})
 
     def with_subset(self, n: int | None, *, field: str = "--subset") -> SearchSpace:
@@ -655,10 +661,26 @@ class SpaceOverrides:
                                   encoder=self.encoder, encoder_weights=self.weights,
                                   loader_workers=self.loader_workers)
         if self.dataset is not None:
+            from policysearch.data import check_spec
+
+            check_spec(self.dataset, field="--dataset")
             space = space.model_copy(update={"dataset": self.dataset})
         if self.subset is not None:
             space = space.with_subset(self.subset)
         return space
+
+    def check_encoder(self, space: SearchSpace) -> None:
+        """Build ``space``'s encoder once, so that a bad encoder name or weights file is a
+        ``UserError`` before any training, not inside it; one the ``--encoder`` flag gave
+        names the flag."""
+        from policysearch.models import make_encoder
+
+        try:
+            make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
+        except UserError as err:
+            if err.field != "encoder" or self.encoder is None:
+                raise
+            raise UserError(err.message, source=err.source, field="--encoder") from None
 
 
 def _user_error(err: ValidationError, source: str) -> UserError:

@@ -30,6 +30,7 @@ __all__ = [
     "Sample",
     "ShapesDataset",
     "TaskSpec",
+    "check_spec",
     "get_dataset",
     "register_dataset",
     "register_format",
@@ -68,22 +69,28 @@ def _resolve(entry: Callable[..., Any] | str) -> Callable[..., Any]:
     return getattr(importlib.import_module(module), attr)
 
 
+def check_spec(spec: str, *, field: str = "dataset") -> None:
+    """Refuse a ``spec`` that names no registered dataset or format (or a format without a
+    path), loading nothing: a ``UserError`` naming ``field`` (the key, or the flag that gave
+    it)."""
+    scheme, sep, path = spec.partition(":")
+    if sep:
+        if scheme not in FORMATS:
+            known = ", ".join(f"{s}:PATH" for s in sorted(FORMATS))
+            raise UserError(f"unknown dataset format {scheme!r}; known: {known}", field=field)
+        if not path:
+            raise UserError(f"{scheme}: needs a path, e.g. {scheme}:/data/{scheme}",
+                            field=field)
+    elif spec not in DATASETS:
+        known = ", ".join([*sorted(DATASETS), *(f"{s}:PATH" for s in sorted(FORMATS))])
+        raise UserError(f"unknown dataset {spec!r}; known: {known}", field=field)
+
+
 def get_dataset(spec: str, **options: Any) -> MultiTaskDataset:
     """The dataset named by ``spec`` (see the module docstring), built with ``options``
     (``size``, ``seed``, ``n_train``…, see ``LoadOptions``)."""
+    check_spec(spec)
     scheme, sep, path = spec.partition(":")
     if sep:
-        entry = FORMATS.get(scheme)
-        if entry is None:
-            known = ", ".join(f"{s}:PATH" for s in sorted(FORMATS))
-            raise UserError(f"unknown dataset format {scheme!r}; known: {known}",
-                            field="dataset")
-        if not path:
-            raise UserError(f"{scheme}: needs a path, e.g. {scheme}:/data/{scheme}",
-                            field="dataset")
-        return _resolve(entry)(Path(path).expanduser(), LoadOptions.make(**options))
-    entry = DATASETS.get(spec)
-    if entry is None:
-        known = ", ".join([*sorted(DATASETS), *(f"{s}:PATH" for s in sorted(FORMATS))])
-        raise UserError(f"unknown dataset {spec!r}; known: {known}", field="dataset")
-    return _resolve(entry)(**options)
+        return _resolve(FORMATS[scheme])(Path(path).expanduser(), LoadOptions.make(**options))
+    return _resolve(DATASETS[spec])(**options)

@@ -244,6 +244,10 @@ def benchmark_seeds(first: int, count: int, exclude: Collection[int]) -> list[in
 def _check_options(options: BenchmarkOptions) -> None:
     if options.seeds < 1:
         raise UserError("must be at least 1", field="--seeds")
+    if options.threads is not None and options.threads < 1:
+        raise UserError("must be at least 1", field="--threads")
+    if options.out.exists() and not options.out.is_dir():
+        raise UserError("not a folder", source=str(options.out), field="--out")
     if options.significance not in SIGNIFICANCE_TESTS:
         raise UserError(f"expected one of {', '.join(SIGNIFICANCE_TESTS)}, got "
                         f"{options.significance!r}", field="--significance")
@@ -709,6 +713,7 @@ def run_benchmark(options: BenchmarkOptions, progress: Say | None = None,
     records = _search_records(options, say)
     space = resolve_benchmark_space(options, records)
     resolve_device(options.device)
+    options.check_encoder(space)
     try:
         adapted, dataset = load_adapted(space)
     except SubsetError as err:  # the subset comes from --subset: the stored one is dropped

@@ -186,6 +186,7 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
     each seed's Δm% has its own reference.
     """
     from policysearch.search.stores import open_store
+    from policysearch.training import resolve_device
 
     say = progress or (lambda line: None)
     if top is not None and top < 1:
@@ -194,6 +195,7 @@ def reevaluate(*, out_dir: Path | None, storage: str | None, study_name: str | N
         raise UserError("must be at least 1", field="--seeds")
     if reference is not None and not is_baseline(reference):
         raise UserError(f"unknown baseline {reference!r}", field="--reference")
+    resolve_device(device)  # a missing GPU is a user error before anything is said or trained
     store = open_store(out_dir, storage, study_name)
     records = store.records().with_reference(reference)
     tasks = records.tasks

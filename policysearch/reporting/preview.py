@@ -256,6 +256,12 @@ def preview_grid_for(
     _check_int(n, "--n", 1)
     tasks = tuple(dataset.tasks)
     policy = _resolve_policy(policy_or_name, {t.name: t.kind for t in tasks})
+    missing = set(policy.tasks) - {t.name for t in tasks}
+    if missing:
+        source = None if isinstance(policy_or_name, Policy) else str(policy_or_name)
+        raise UserError(f"the policy names tasks the dataset lacks: {', '.join(sorted(missing))}"
+                        f" (the dataset has {', '.join(t.name for t in tasks)})",
+                        source=source, field="tasks")
     val = dataset.split("val")
     samples = [val[i] for i in range(min(n, len(val)))]
     if not samples:

@@ -133,6 +133,7 @@ def write_report(study: StudyRecords, path: str | Path, **options: Any) -> Path:
     options are those of ``render_report``."""
     path = Path(path)
     text = render_report(study, **options)
+    tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -141,6 +142,8 @@ def write_report(study: StudyRecords, path: str | Path, **options: Any) -> Path:
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except OSError as err:
+        if tmp is not None:  # (e.g. ``path`` is a folder: the temporary file is not left there)
+            Path(tmp).unlink(missing_ok=True)
         raise UserError(f"cannot write the report: {err.strerror or type(err).__name__}",
                         source=str(path), field="--to") from None
     return path

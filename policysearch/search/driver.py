@@ -74,10 +74,19 @@ def check_options(options: SearchOptions) -> None:
                         ".journal file (the default) or a PostgreSQL URL", field="--storage")
     if options.trials < 1:
         raise UserError("must be at least 1", field="--trials")
+    if options.threads is not None and options.threads < 1:
+        raise UserError("must be at least 1", field="--threads")
+    if options.timeout is not None and not options.timeout > 0:
+        raise UserError(f"must be > 0 seconds, got {options.timeout:g}", field="--timeout")
     if options.engine == "optuna":  # (Ray trials run on the cluster's GPUs, not this host's)
         resolve_device(options.device)  # a missing GPU is a user error before any trial
     else:
+        if options.storage is not None:
+            raise UserError("is the Optuna engine's storage; with --engine ray, results go to "
+                            "--out or --ray-storage (a folder every node sees)",
+                            field="--storage")
         options.ray_resources()
+        options.check_ray_storage()
 
 
 def _engine(options: SearchOptions) -> Engine:
@@ -150,15 +159,15 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
     (Optuna cannot prune multi-objective trials; progress gets a ``pruning_off`` event when the
     space asks for one); ``best_policy.yaml`` is then the Pareto front's best Δm%.
     """
-    from policysearch.models import make_encoder
-
     check_options(options)
     space = resolve_space(options)
     check_finalists(options, space.objective)
     # A bad encoder name or weights file is a user error before any trial, not inside one.
-    make_encoder(space.budget.encoder, weights=space.budget.encoder_weights)
+    options.check_encoder(space)
     study_name = options.study or space.name
     out_dir = options.out or Path("runs") / study_name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError("not a folder", source=str(out_dir), field="--out")
     if options.engine == "optuna" and options.storage is None:
         from policysearch.search.ray_results import is_ray_experiment
 

@@ -74,6 +74,23 @@ class SearchOptions(SpaceOverrides):
                             field="--gpus-per-trial")
         return {"cpu": cpus, "gpu": gpus}
 
+    def check_ray_storage(self) -> None:
+        """Refuse a ``--ray-storage`` that cannot hold experiment folders, before anything is
+        written: a file, or a path below one, or a folder this process cannot write in (the
+        nearest existing one, when the path is still to be made)."""
+        if not self.ray_storage:
+            return
+        path = Path(self.ray_storage).expanduser()
+        existing = next((p for p in (path, *path.parents) if p.exists()), None)
+        if existing is None:
+            return
+        if not existing.is_dir():
+            what = "not a folder" if existing == path else f"{existing} is not a folder"
+            raise UserError(what, source=self.ray_storage, field="--ray-storage")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise UserError(f"cannot write in {existing} (permission denied)",
+                            source=self.ray_storage, field="--ray-storage")
+
 
 def resolve_space(options: SearchOptions) -> SearchSpace:
     """The space file with the options' overrides (budget, dataset, objective, data,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -96,10 +97,13 @@ def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str,
                         field="--storage", source=storage)
     for attempt in range(4):
         try:
-            rdb = optuna.storages.RDBStorage(
-                storage, heartbeat_interval=HEARTBEAT_INTERVAL_S, grace_period=GRACE_PERIOD_S,
-                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                    max_retry=MAX_RETRY))
+            with warnings.catch_warnings():  # (heartbeats are "experimental": not the user's)
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                rdb = optuna.storages.RDBStorage(
+                    storage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
+                    grace_period=GRACE_PERIOD_S,
+                    heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                        max_retry=MAX_RETRY))
             return rdb, False
         except Exception as err:  # unreachable server, bad URL, missing driver, …
             # Hosts starting at once race to create Optuna's tables: the loser tries again.
@@ -138,8 +142,12 @@ def open_study(space: SearchSpace, *, storage: str | None, study_name: str, out_
     store, is_file = open_storage(storage, out_dir)
     n_objectives = len(tasks) if space.objective == "pareto" else 1
     try:
-        study = optuna.create_study(storage=store, study_name=study_name,
-                                    directions=["maximize"] * n_objectives, load_if_exists=True)
+        try:  # loaded first: a resume refused below writes nothing into the storage
+            study = optuna.load_study(study_name=study_name, storage=store)
+        except KeyError:  # no such study yet
+            study = optuna.create_study(storage=store, study_name=study_name,
+                                        directions=["maximize"] * n_objectives,
+                                        load_if_exists=True)
     except Exception as err:  # unreachable database, bad URL, …
         raise UserError(f"cannot open the study storage: {err}".splitlines()[0],
                         source=storage_location(storage, out_dir), field="--storage") from None

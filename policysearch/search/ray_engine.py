@@ -62,6 +62,7 @@ from policysearch.search.ray_runtime import (
     Ledger,
     RecordsCallback,
     TrialSetup,
+    check_not_optuna,
     check_reachable,
     experiment_lock,
     fit,
@@ -234,6 +235,7 @@ def optimize_ray(run: SearchRun) -> StudyRecords:
     if options.ray_address is not None:
         check_reachable(options.ray_address)  # before anything is written
     experiment = rr.experiment_dir(Path(run.out_dir), options.ray_storage, run.study_name)
+    check_not_optuna(experiment)  # before the lock file is written there
     with experiment_lock(experiment):
         deadline = time.monotonic() + options.timeout if options.timeout else None
         ledger = open_ledger(run, deadline=deadline)

@@ -76,6 +76,7 @@ from policysearch.search.ray_runtime import (
     Ledger,
     RecordsCallback,
     TrialSetup,
+    check_reachable,
     error_line,
     fit,
     next_run_name,
@@ -389,6 +390,8 @@ def optimize_pbt(run: SearchRun) -> StudyRecords:
     space, options, tasks = run.space, run.options, dict(run.tasks)
     check_trials(options.trials, len(tasks) if space.single_task_reference else 1)
     options.ray_resources()  # a bad request is refused before anything is written
+    if options.ray_address is not None:
+        check_reachable(options.ray_address)  # before anything is written
     ledger = open_ledger(run)
     if ledger.finished() >= options.trials:
         return ledger.study()

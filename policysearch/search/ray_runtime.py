@@ -204,6 +204,14 @@ def ray_connected(options: SearchOptions) -> Iterator[dict[str, float]]:
 # --- the experiment folder --------------------------------------------------------------------
 
 
+def check_not_optuna(experiment: Path) -> None:
+    """Refuse an experiment folder that holds an Optuna-engine study (before anything, a lock
+    file included, is written there)."""
+    if (experiment / JOURNAL_NAME).exists() and not (experiment / rr.EXPERIMENT_FILE).exists():
+        raise UserError("holds an Optuna-engine study; use another --out for a Ray search",
+                        source=str(experiment), field="--out")
+
+
 def open_experiment(space: SearchSpace, *, out_dir: Path, ray_storage: str | None,
                     study_name: str, seed: int, metrics_info: MetricsInfo,
                     tasks: Mapping[str, str], dataset: str, dataset_notes: Sequence[str],
@@ -213,9 +221,7 @@ def open_experiment(space: SearchSpace, *, out_dir: Path, ray_storage: str | Non
     subset the trials train on, kept as the experiment's ``subset`` (None: the whole
     training split)."""
     experiment = rr.experiment_dir(Path(out_dir), ray_storage, study_name)
-    if (experiment / JOURNAL_NAME).exists() and not (experiment / rr.EXPERIMENT_FILE).exists():
-        raise UserError("holds an Optuna-engine study; use another --out for a Ray search",
-                        source=str(experiment), field="--out")
+    check_not_optuna(experiment)
     info = rr.read_experiment(experiment)
     where = str(experiment / rr.EXPERIMENT_FILE)
     check_resume(None if info is None else info.get("definition"), space, seed, where=where,
@@ -587,10 +593,7 @@ class RecordsCallback(Callback):
 def open_ledger(run: SearchRun, deadline: float | None = None) -> Ledger:
     """Create or resume the experiment (``open_experiment``), mark the trials a killed driver
     left running failed (``stale``), and say ``start``: the ledger of the search."""
-    options = run.options
-    if options.storage is not None:
-        raise UserError("is the Optuna engine's storage; with --engine ray, results go to "
-                        "--out or --ray-storage (a folder every node sees)", field="--storage")
+    options = run.options  # (--storage with --engine ray: refused by driver.check_options)
     experiment = open_experiment(run.space, out_dir=run.out_dir,
                                  ray_storage=options.ray_storage, study_name=run.study_name,
                                  seed=options.seed, metrics_info=run.metrics_info,
