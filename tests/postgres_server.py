@@ -18,8 +18,16 @@ from pathlib import Path
 
 import pytest
 
+# Seconds each PostgreSQL command may take (pg_ctl -w itself waits at most 60 s by default).
+COMMAND_TIMEOUT_S = 300
+# Tries to start the server, each on a fresh port, in case another process took the port
+# between _free_port and the server's own bind.
+START_TRIES = 5
+
 
 def _free_port() -> int:
+    """A port the kernel chose as free (bound to port 0, read back); PostgreSQL needs a
+    number, so the server binds it itself a moment later (a clash is retried)."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -56,17 +64,32 @@ def postgres_url() -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres")
         shutil.chown(sockets, "postgres")
-    port = _free_port()
-    subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
-                                 "-U", "postgres"]),
-                   check=True, capture_output=True)
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c max_connections=200"
-    subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-o", options,
-                                 "-l", str(root / "server.log"), "-w", "start"]),
-                   check=True, capture_output=True)
+    log = root / "server.log"
     try:
+        subprocess.run(_as_postgres([str(bin_dir / "initdb"), "-D", str(data), "-A", "trust",
+                                     "-U", "postgres"]),
+                       check=True, capture_output=True, timeout=COMMAND_TIMEOUT_S)
+        for _ in range(START_TRIES):
+            log.unlink(missing_ok=True)
+            port = _free_port()
+            options = (f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 "
+                       "-c max_connections=200")
+            started = subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data),
+                                                   "-o", options, "-l", str(log), "-w",
+                                                   "start"]),
+                                     capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S)
+            if started.returncode == 0:
+                break
+            server_log = log.read_text(errors="replace") if log.exists() else ""
+            if "could not bind" not in server_log:
+                break  # not a port clash: reported below
+        if started.returncode != 0:
+            pytest.fail(f"PostgreSQL did not start: {started.stdout}{started.stderr}"
+                        f"{server_log[-2000:]}")
         yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
     finally:
+        # Also after a start that failed or timed out: stop whatever runs on this data folder.
         subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",
-                                     "-w", "stop"]), capture_output=True)
+                                     "-w", "stop"]), capture_output=True,
+                       timeout=COMMAND_TIMEOUT_S)
         shutil.rmtree(root, ignore_errors=True)

@@ -21,6 +21,7 @@ Without Ray (not installed, or the head does not start) the tests using it are s
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,8 +31,10 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -39,19 +42,24 @@ REQUIRE_ENV = "POLICYSEARCH_REQUIRE_RAY"
 START_TIMEOUT_S = 90.0
 # Ray puts Unix sockets under its temp dir; their paths must stay below ~107 characters.
 MAX_TEMP_DIR_LEN = 48
+# What `ray start --head` prints once its GCS listens (other Ray tools parse this line too).
+ADDRESS_LINE = re.compile(r"ray start --address='([^']+)'")
 
 
-def ray_unavailable(reason: str) -> None:
+def ray_unavailable(reason: str) -> NoReturn:
     """Skip the test, or fail it when POLICYSEARCH_REQUIRE_RAY=1."""
     if os.environ.get(REQUIRE_ENV) == "1":
         pytest.fail(f"Ray is required ({REQUIRE_ENV}=1) but {reason}")
     pytest.skip(reason)
 
 
-def free_port() -> int:
+@contextmanager
+def unanswered_port() -> Iterator[int]:
+    """A loopback port that refuses connections for the block: bound here (to port 0, the
+    kernel's pick) but not listening, so that no other process can take it meanwhile."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        yield s.getsockname()[1]
 
 
 def ray_executable() -> str | None:
@@ -79,10 +87,12 @@ class RayHead:
         monkeypatch.setenv("RAY_ADDRESS", self.address)
 
 
-def _pump(stream, lines: list[str], ready: threading.Event) -> None:
+def _pump(stream, lines: list[str], found: dict[str, str], ready: threading.Event) -> None:
     for line in stream:
         lines.append(line.rstrip())
-        if "Ray runtime started" in line:
+        match = ADDRESS_LINE.search(line)
+        if match and not ready.is_set():
+            found["address"] = match.group(1)
             ready.set()
     ready.set()  # the process ended (start-up failed)
 
@@ -93,20 +103,25 @@ def start_head(temp_root: Path, num_cpus: int = 2) -> RayHead:
     if exe is None:
         ray_unavailable("the `ray` command is not installed")
     temp_dir = Path(temp_root)
-    port = free_port()
+    # --port 0: the GCS binds a port the kernel picks and Ray prints it (no port guessed here,
+    # none taken by another process between choosing and binding it).
     cmd = [exe, "start", "--head", "--num-cpus", str(num_cpus), "--num-gpus", "0",
-           "--port", str(port), "--include-dashboard=false",
+           "--port", "0", "--include-dashboard=false",
            "--disable-usage-stats", "--temp-dir", str(temp_dir), "--block"]
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
            "RAY_AUTH_MODE": "disabled"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True, env=env)
-    head = RayHead(address=f"127.0.0.1:{port}", temp_dir=temp_dir, process=proc)
+    head = RayHead(address="", temp_dir=temp_dir, process=proc)
+    found: dict[str, str] = {}
     ready = threading.Event()
-    threading.Thread(target=_pump, args=(proc.stdout, head.output, ready), daemon=True).start()
-    if not ready.wait(START_TIMEOUT_S) or proc.poll() is not None:
+    threading.Thread(target=_pump, args=(proc.stdout, head.output, found, ready),
+                     daemon=True).start()
+    if not ready.wait(START_TIMEOUT_S) or proc.poll() is not None or "address" not in found:
         stop_head(head)
         ray_unavailable("`ray start --head` did not start: " + " | ".join(head.output[-5:]))
+    # The GCS listens on every interface; the tests reach it on loopback.
+    head.address = f"127.0.0.1:{found['address'].rpartition(':')[2]}"
     return head
 
 

@@ -33,11 +33,18 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
+# A bound well above the slowest smoke run (about 3 minutes), so that a hung script fails.
+RUN_TIMEOUT_S = 1200
+# The dry runs' own time limit (--time-limit; 480 s by default): above what the slowest takes
+# on a busy machine, so that no part is skipped or stopped at the limit, and below
+# RUN_TIMEOUT_S, so that the script stops itself first.
+DRY_RUN_TIME_LIMIT = "1000"
+
+
 def _run(script: Path, *args: str, env: dict[str, str] | None = None
          ) -> subprocess.CompletedProcess[str]:
-    # A bound well above the slowest smoke run (about 3 minutes), so that a hung script fails.
     return subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True,
-                          cwd=ROOT, env=env, timeout=1200)
+                          cwd=ROOT, env=env, timeout=RUN_TIMEOUT_S)
 
 
 def _assert_table(path: Path) -> str:
@@ -88,8 +95,8 @@ def test_gpu_finals_dry_run_on_cpu(tmp_path: Path) -> None:
     # test enters no ledger row.
     out, work = tmp_path / "final.md", tmp_path / "work"
     ledger = (ROOT / "benchmarks" / "ledger.md").read_text()
-    proc = _run(FINALS_GPU, "--smoke-test", "--device", "cpu", "--parallel", "2", "--out",
-                str(out), "--work", str(work))
+    proc = _run(FINALS_GPU, "--smoke-test", "--device", "cpu", "--parallel", "2",
+                "--time-limit", DRY_RUN_TIME_LIMIT, "--out", str(out), "--work", str(work))
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = _assert_table(out)
     assert "smoke test" in text and "Target" in text.split("\n")[2]
@@ -121,7 +128,7 @@ def test_gpu_script_dry_run_on_cpu(tmp_path: Path) -> None:
     # logic runs even where there is no GPU, and says that its numbers are not GPU numbers.
     out = tmp_path / "gpu.md"
     proc = _run(GPU_SCRIPT, "--smoke-test", "--device", "cpu", "--concurrency", "1",
-                "--out", str(out))
+                "--time-limit", DRY_RUN_TIME_LIMIT, "--out", str(out))
     assert proc.returncode == 0, proc.stderr[-2000:]
     text = _assert_table(out)
     assert "not GPU numbers" in text

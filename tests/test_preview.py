@@ -59,7 +59,7 @@ def test_import_needs_no_torch_nor_pyplot():
         "bad = [m for m in ('torch', 'matplotlib.pyplot') if m in sys.modules]\n"
         "assert not bad, bad\n"
     )
-    subprocess.run([sys.executable, "-c", code], check=True)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
 
 
 def test_size_follows_the_layout(dataset, samples):

