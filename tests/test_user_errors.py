@@ -30,7 +30,7 @@ from policysearch.augment import get_baseline
 from policysearch.cli import app
 from policysearch.errors import UserError
 from tests.conftest import TINY_SPACE
-from tests.ray_cluster import free_port, ray_unavailable
+from tests.ray_cluster import ray_unavailable, unanswered_port
 
 runner = CliRunner()
 AMP_LINE = "warning: --amp: bf16 mixed precision is CUDA-only; ignored on the CPU"
@@ -311,11 +311,11 @@ def test_a_user_error_is_one_line_exit_2_naming_the_flag_or_file(
     _skip_unless_possible(case.needs)
     out = tmp_path / "out"
     paths = {k: str(v) for k, v in inputs.items() if isinstance(v, Path)}
-    values = {**paths, "out": str(out), "tmp": str(tmp_path), "port": str(free_port())}
-    argv = [part.format(**values) for part in case.argv.split()]
     before = _files(inputs["root"])
-
-    result = runner.invoke(app, argv)
+    with unanswered_port() as port:  # bound, not listening: a ray address nothing answers
+        values = {**paths, "out": str(out), "tmp": str(tmp_path), "port": str(port)}
+        argv = [part.format(**values) for part in case.argv.split()]
+        result = runner.invoke(app, argv)
 
     assert result.exit_code == 2, (argv, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), (argv, result.exception)
