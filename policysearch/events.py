@@ -207,6 +207,16 @@ class TrackingFailed(Event):
 
 
 @dataclass(frozen=True)
+class ReportFailed(Event):
+    """The report could not be written at the end of the search (why, where); every result
+    stands, and ``policysearch report`` rebuilds it."""
+
+    kind: ClassVar[str] = "report_failed"
+    error: str
+    out: str
+
+
+@dataclass(frozen=True)
 class FinalistsStarted(Event):
     """``--finalists``: the search trials ``trials`` (best first) and the reference are
     trained again with each of ``seeds``: ``runs`` runs of ``epochs`` epochs, of which
@@ -231,7 +241,8 @@ class FinalistsProgress(Event):
 SearchEvent: TypeAlias = (DatasetLoaded | SpaceAdapted | SearchStarted | TrialStale
                           | PruningOff | WaitingForReference | TrialStarted | EpochEnded
                           | TrialEnded | TrialRetried | TrialExploited | TimedOut | WorkerDied
-                          | Interrupted | TrackingFailed | FinalistsStarted | FinalistsProgress)
+                          | Interrupted | TrackingFailed | ReportFailed | FinalistsStarted
+                          | FinalistsProgress)
 SearchListener: TypeAlias = Callable[[SearchEvent], None]
 """What ``policysearch.search(progress=...)`` takes: called with each event of the search."""
 
@@ -280,7 +291,7 @@ BenchmarkListener: TypeAlias = Callable[[BenchmarkEvent], None]
 SEARCH_EVENTS: tuple[type[Event], ...] = (
     DatasetLoaded, SpaceAdapted, SearchStarted, TrialStale, PruningOff, WaitingForReference,
     TrialStarted, EpochEnded, TrialEnded, TrialRetried, TrialExploited, TimedOut, WorkerDied,
-    Interrupted, TrackingFailed, FinalistsStarted, FinalistsProgress)
+    Interrupted, TrackingFailed, ReportFailed, FinalistsStarted, FinalistsProgress)
 BENCHMARK_EVENTS: tuple[type[Event], ...] = (RunStarted, RunEpochEnded, RunEnded)
 
 

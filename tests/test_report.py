@@ -179,6 +179,25 @@ def test_report_writer_throttles_and_never_raises(single: Path, tmp_path: Path) 
     assert broken.error and "cannot write the report" in broken.error
 
 
+def test_a_report_that_cannot_be_written_never_ends_a_search(tiny_space: Path,
+                                                             tmp_path: Path) -> None:
+    """Inside a real search: ``report.html`` is a folder, so every write of the report fails,
+    during the search and at its end. The search still reaches ``--trials``, exits 0 with its
+    results and export, and says once, at the end, that the report is missing and how to
+    write it."""
+    out = tmp_path / "out"
+    (out / REPORT_NAME).mkdir(parents=True)
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out", str(out),
+                                 "--trials", "2", "--device", "cpu", "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.output.splitlines() if "report could not be written" in line]
+    assert len(lines) == 1 and f"policysearch report --out {out}" in lines[0], result.output
+    assert "cannot write the report" in lines[0]
+    assert (out / "results.csv").exists() and (out / "best_policy.yaml").exists()
+    assert [r.state for r in ps.records(out).records] == ["complete", "complete"]
+    assert (out / REPORT_NAME).is_dir()  # nothing was written in its place
+
+
 def test_report_writer_listens_to_the_search_events(single: Path, tmp_path: Path) -> None:
     from policysearch.events import EpochEnded, TrialEnded
     from policysearch.records import StudyRecords

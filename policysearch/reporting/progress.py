@@ -24,6 +24,7 @@ from policysearch.events import (
     FinalistsStarted,
     Interrupted,
     PruningOff,
+    ReportFailed,
     RunEnded,
     RunEpochEnded,
     RunStarted,
@@ -200,6 +201,10 @@ class ProgressPrinter:
                     highlight=False)
             case TrackingFailed():
                 say(f"--log-to stopped logging: {event.error}; the search goes on",
+                    highlight=False)
+            case ReportFailed():
+                say(f"the report could not be written: {event.error}; every result stands, "
+                    f"and `policysearch report --out {event.out}` writes it again",
                     highlight=False)
             case FinalistsStarted():
                 say(finalists_line(event), highlight=False)

@@ -154,8 +154,8 @@ class ReportWriter:
     rewrites the report when a trial ends (``TrialEnded``), from the study as ``records``
     reads it; ``after_trial`` does the same with the study given. Either writes only when
     ``every_s`` seconds have passed since the last write (the first trial's end always writes);
-    ``final`` always does. A failure during the search never stops it: it is kept in ``error``
-    and the next trial tries again."""
+    ``final`` always does. A failure never stops the search: it is kept in ``error``, the
+    next trial tries again, and a failed final write is reported (``ReportFailed``)."""
 
     def __init__(self, path: Path, *, dataset: Any = None, every_s: float = 60.0,
                  records: Callable[[], StudyRecords] | None = None):
@@ -187,9 +187,16 @@ class ReportWriter:
             self.error = str(err).splitlines()[0] if str(err) else type(err).__name__
         self.last = time.monotonic()
 
-    def final(self, study: StudyRecords) -> Path:
-        path = write_report(study, self.path, dataset=self.dataset)
-        self.last, self.error = time.monotonic(), None
+    def final(self, study: StudyRecords) -> Path | None:
+        """Write the report whatever the time since the last write; ``None`` when it cannot
+        be written (the reason in ``error``): the search's results stand without it."""
+        self.last = time.monotonic()
+        try:
+            path = write_report(study, self.path, dataset=self.dataset)
+        except Exception as err:  # noqa: BLE001 - the report is a view; the search has ended
+            self.error = str(err).splitlines()[0] if str(err) else type(err).__name__
+            return None
+        self.error = None
         return path
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from policysearch.errors import UserError
-from policysearch.events import Interrupted, SearchEvent, SearchListener
+from policysearch.events import Interrupted, ReportFailed, SearchEvent, SearchListener
 from policysearch.exports.best_policy import (
     ExportResult,
     export_policy,
@@ -126,6 +126,7 @@ class _Checkpoint:
         options = run.options
         self.out_dir = run.out_dir
         self.tracked = tracked
+        self.emit = run.emit
         self.report = None
         if options.report:
             self.report = ReportWriter(
@@ -137,8 +138,19 @@ class _Checkpoint:
         write_results(results_frame(study, warn=False), self.out_dir)
         if self.tracked is not None:
             self.tracked.record(study)
-        if final and self.report is not None:
-            self.report.final(study)
+        if final:
+            self.final_report(study)
+
+    def final_report(self, study: StudyRecords) -> Path | None:
+        """The report written at the end; a failure is one ``ReportFailed`` line, never the
+        end of a search whose results stand."""
+        if self.report is None:
+            return None
+        path = self.report.final(study)
+        if path is None:
+            self.emit(ReportFailed(error=self.report.error or "unknown error",
+                                   out=str(self.out_dir)))
+        return path
 
 
 def _fan_out(*listeners: SearchListener | None) -> SearchListener:
@@ -213,8 +225,9 @@ def _finish(run: SearchRun, records: StudyRecords, checkpoint: _Checkpoint) -> S
         outcome.export = export_policy(policy, run.out_dir / "best_policy.yaml")
         outcome.files.append(outcome.export.yaml_path)
         outcome.files.extend(outcome.export.albumentations.values())
-    if checkpoint.report is not None:
-        outcome.files.append(checkpoint.report.final(records))
+    report = checkpoint.final_report(records)
+    if report is not None:
+        outcome.files.append(report)
     return outcome
 
 
