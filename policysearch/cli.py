@@ -281,6 +281,11 @@ def search(
     """
     size = parse_image_size(image_size)
     _amp_on_the_cpu(amp, device, here=engine is Engine.optuna)
+    if engine is Engine.optuna:
+        _ray_flags_ignored({"--ray-address": ray_address, "--ray-storage": ray_storage,
+                            "--cpus-per-trial": cpus_per_trial,
+                            "--gpus-per-trial": gpus_per_trial or None,
+                            "--scheduler": scheduler})
     with warnings.catch_warnings(record=True), _printer(quiet, json_logs) as printer:
         outcome = api.search(
             space=space, dataset=dataset, engine=engine.value, trials=trials, epochs=epochs,
@@ -349,6 +354,16 @@ def _amp_on_the_cpu(amp: bool | None, device: Device, *, here: bool = True) -> N
             return
     typer.echo("warning: --amp: bf16 mixed precision is CUDA-only; ignored on the CPU "
                "(training runs in float32)", err=True)
+
+
+def _ray_flags_ignored(given: dict[str, Any]) -> None:
+    """The Ray engine's flags given to an Optuna-engine search: one line on standard error
+    naming them, as they change nothing there (its trials run here, pruned by the space's
+    pruner), never silence."""
+    names = [flag for flag, value in given.items() if value is not None]
+    if names:
+        typer.echo(f"warning: {', '.join(names)}: only for --engine ray; ignored with --engine "
+                   "optuna (trials run on this host, pruned by the space's pruner)", err=True)
 
 
 def parse_image_size(text: str | None) -> int | tuple[int, int] | None:
