@@ -19,10 +19,13 @@ from hypothesis import settings
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # CI (CI=true) draws the same examples on every run (Hypothesis' derandomize), so that a red CI
-# means a change broke something; a developer's run explores new examples each time.
-settings.register_profile("ci", derandomize=True)
-if IN_CI:
-    settings.load_profile("ci")
+# means a change broke something; a developer's run ("dev") explores new examples each time.
+# Both print a failure's blob (@reproduce_failure) to replay it exactly; no deadline in CI,
+# where a shared runner's pauses are no failure (the tests set their own max_examples).
+settings.register_profile("ci", derandomize=True, print_blob=True, deadline=None,
+                          max_examples=100)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if IN_CI else "dev")
 
 
 # --- in CI, a skip is a failure (but for tests marked gpu) --------------------------------------

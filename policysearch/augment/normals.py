@@ -4,12 +4,13 @@ A normal map is H×W×3 float32, unit vectors (zero vectors mark pixels without 
 x along the image's columns (right), y along its rows (down) and z out of the image plane.
 albumentations resamples the map as mask channels (nearest, like every target); this module
 then turns the vectors: it reads the geometric transforms that actually ran, in order, from
-albumentations' ``applied_transforms`` (``Compose(save_applied_params=True)``), composes their
-local linear maps (2×2, or one per output pixel for warps such as ``elastic``), and applies the
-orthogonal factor of that map (its polar decomposition) to each vector's x–y part. So a
-horizontal flip negates x, a rotation by θ rotates (x, y) by θ, and a zoom, a crop or the
-stretch of a shear leave the vectors alone: they resize the picture of a surface without
-tilting it. z is never changed; vectors are renormalised to unit length.
+albumentations' ``applied_transforms`` (``Compose(save_applied_params=True)``), takes each one's
+local linear map (2×2, or one per output pixel for warps such as ``elastic``) and its
+orthogonal factor (polar decomposition), and applies the product of those factors to each
+vector's x–y part. So a horizontal flip negates x, a rotation by θ rotates (x, y) by θ, and a
+zoom, a crop or the stretch of a shear leave the vectors alone: the camera convention of
+docs/architecture.md ("Geometry of the augmentation"). z is never changed; vectors are
+renormalised to unit length.
 
 ``RULES`` maps an albumentations class name to its rule; warps whose parameters carry
 ``map_x``/``map_y`` (every ``BaseDistortion``) need none. ``register_rule`` adds one for a
@@ -81,8 +82,9 @@ def unsupported(transforms: Sequence[Any]) -> list[str]:
 
 
 def frame_of(applied: Sequence[tuple[str, Mapping[str, Any]]], out_shape: Shape) -> Frame:
-    """The composed linear map of the transforms in ``applied`` (albumentations'
-    ``applied_transforms``, in the order they ran), from input to output pixel axes.
+    """The product of the orthogonal parts (rotations, reflections) of the local linear maps of
+    the transforms in ``applied`` (albumentations' ``applied_transforms``, in the order they
+    ran), from input to output pixel axes.
 
     Global (2, 2) while every map is global; (H, W, 2, 2) once a warp made it vary.
     """
@@ -97,7 +99,11 @@ def frame_of(applied: Sequence[tuple[str, Mapping[str, Any]]], out_shape: Shape)
             continue
         # The output of this step is the input of the next one that recorded its shape.
         after = shapes[step] if step < len(shapes) else out_shape
-        linear = rule.linear(params, after)
+        # Each transform turns the vectors by the rotation of its own map: composing the maps
+        # first would let two stretches (two shears, a shear and a crop's aspect change) turn
+        # the vectors although neither does, and a task view would turn them otherwise than
+        # the same ops in one view.
+        linear = orthogonal_part(rule.linear(params, after))
         if frame.ndim == 4:
             h, w = frame.shape[:2]
             moved = rule.warp(frame.reshape(h, w, 4).astype(np.float32), params, after)
