@@ -16,6 +16,9 @@ import pytest
 import yaml
 from hypothesis import settings
 
+# The counts at the end of docs/reliability.md (the `reliability` fixture).
+pytest_plugins = ["tests.reliability_counts"]
+
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 # CI (CI=true) draws the same examples on every run (Hypothesis' derandomize), so that a red CI

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from policysearch.cli import app
 from tests.conftest import TINY_SPACE
+from tests.reliability_counts import Recorder, all_trials, finished_trials, lost_trials
 from tests.test_attributes import make_celeba
 from tests.test_coco import coco_dicts, write_coco
 from tests.test_folder import build as build_folder
@@ -110,19 +111,24 @@ def test_bad_data_exits_2_with_one_line_or_is_skipped(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_a_corrupt_image_met_during_the_search_keeps_finished_trials(tmp_path: Path) -> None:
+def test_a_corrupt_image_met_during_the_search_keeps_finished_trials(
+        tmp_path: Path, reliability: Recorder) -> None:
     root = build_folder(tmp_path / "folder", n=12)
     space = _space(tmp_path, f"folder:{root}")
     out = tmp_path / "run"
     assert _search(space, out, 2).exit_code == 0
+    before = finished_trials(out)
     # A file whose header is fine but whose pixels cannot be decoded: found only when read.
     victim = root / "images" / "img3.png"
     victim.write_bytes(victim.read_bytes()[:60])
     result = _search(space, out, 4)
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"error: {victim}: corrupt image")
+    reliability.fault("corrupt image met in a trial", trials=all_trials(out),
+                      lost=lost_trials(before, finished_trials(out)))
     table = pd.read_csv(out / "results.csv")
     assert table["state"].eq("complete").sum() == 2  # the two finished trials are kept
+    assert lost_trials(before, finished_trials(out)) == 0
 
 
 def test_the_built_in_datasets_refuse_a_non_square_size(tmp_path: Path) -> None:

@@ -22,6 +22,7 @@ from policysearch.cli import app
 from policysearch.config import load_space
 from policysearch.search.space import policy_from_params
 from tests.conftest import random_param_values
+from tests.reliability_counts import Recorder
 
 runner = CliRunner()
 SHAPES_TASKS = {"shape": "classification", "seg": "segmentation", "objects": "detection",
@@ -102,12 +103,13 @@ def mutated_text(draw: st.DrawFn, valid: dict) -> bytes:
     return text
 
 
-def _check_one(kind: str, path: Path, text: bytes) -> None:
+def _check_one(kind: str, path: Path, text: bytes) -> bool:
+    """Whether ``text`` was refused (exit 2, one line); it may also be valid (exit 0)."""
     path.write_bytes(text)
     result = runner.invoke(app, ["check", f"--{kind}", str(path)])
     if result.exit_code == 0:
         assert result.output.startswith(f"ok: {path}:"), result.output
-        return
+        return False
     assert result.exit_code == 2, (text, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), (text, result.exception)
     assert "Traceback" not in result.output
@@ -115,6 +117,7 @@ def _check_one(kind: str, path: Path, text: bytes) -> None:
     assert len(lines) == 1, (text, result.output)
     assert lines[0].startswith(f"error: {path}: "), (text, result.output)
     assert len(lines[0]) > len(f"error: {path}: ") + 3  # a message follows
+    return True
 
 
 @pytest.fixture(scope="module")
@@ -146,12 +149,14 @@ def test_the_unmutated_files_are_valid(tmp_path: Path, valid_space: dict,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(data=st.data())
 def test_mutated_files_exit_0_or_2_with_one_line(kind: str, tmp_path: Path, valid_space: dict,
-                                                 valid_policy: dict, data: st.DataObject) -> None:
+                                                 valid_policy: dict, reliability: Recorder,
+                                                 data: st.DataObject) -> None:
     valid = valid_space if kind == "space" else valid_policy
-    _check_one(kind, tmp_path / f"{kind}.yaml", data.draw(mutated_text(valid)))
+    if _check_one(kind, tmp_path / f"{kind}.yaml", data.draw(mutated_text(valid))):
+        reliability.bad_input()
 
 
-def test_a_policy_cannot_name_a_python_callable(tmp_path: Path) -> None:
+def test_a_policy_cannot_name_a_python_callable(tmp_path: Path, reliability: Recorder) -> None:
     policy = get_baseline("flipcrop", SHAPES_TASKS).to_dict()
     text = yaml.safe_dump(policy, sort_keys=False)
     assert "op: hflip" in text
@@ -164,3 +169,4 @@ def test_a_policy_cannot_name_a_python_callable(tmp_path: Path) -> None:
         assert result.exit_code == 2, result.output
         assert result.output.startswith(f"error: {path}: "), result.output
         assert not marker.exists()
+        reliability.bad_input()

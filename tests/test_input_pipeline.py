@@ -20,6 +20,7 @@ from policysearch.config import Budget
 from policysearch.data import get_dataset
 from policysearch.errors import UserError
 from policysearch.training import Seeds, Trainer, TrialFailed, run_trial
+from tests.reliability_counts import Recorder
 
 BUDGET = Budget(epochs=2, batch_size=8, image_size=32)
 
@@ -216,7 +217,8 @@ def test_no_worker_outlives_its_trial(dataset) -> None:  # noqa: ANN001
     assert _children() == before
 
 
-def test_ctrl_c_mid_epoch_leaves_no_worker(dataset, monkeypatch) -> None:  # noqa: ANN001
+def test_ctrl_c_mid_epoch_leaves_no_worker(dataset, monkeypatch,  # noqa: ANN001
+                                           reliability: Recorder) -> None:
     before = _children()
     seen: list[set[int]] = []
     real = Trainer._step_losses
@@ -233,6 +235,7 @@ def test_ctrl_c_mid_epoch_leaves_no_worker(dataset, monkeypatch) -> None:  # noq
         run_trial(_scheduled(_tasks(dataset)), dataset, budget, seed=0, device="cpu", threads=1)
     assert len(seen[-1]) == 2  # the workers ran (and persisted into epoch 1) …
     assert _children() == before  # … and are gone
+    reliability.fault("Ctrl-C mid-epoch with loader workers", trials=1)
 
 
 def _wait_dead(pid: int) -> None:
@@ -248,7 +251,8 @@ def _wait_dead(pid: int) -> None:
         time.sleep(0.01)  # polling a state, not timing an assertion
 
 
-def test_a_killed_worker_fails_the_trial_with_the_reason(dataset, monkeypatch) -> None:  # noqa: ANN001
+def test_a_killed_worker_fails_the_trial_with_the_reason(dataset, monkeypatch,  # noqa: ANN001
+                                                         reliability: Recorder) -> None:
     before = _children()
     real = Trainer._step_losses
     killed: list[int] = []
@@ -266,9 +270,11 @@ def test_a_killed_worker_fails_the_trial_with_the_reason(dataset, monkeypatch) -
     with pytest.raises(TrialFailed, match=r"a loader worker died at epoch \d: DataLoader worker"):
         run_trial(_scheduled(_tasks(dataset)), dataset, budget, seed=0, device="cpu", threads=1)
     assert _children() == before
+    reliability.fault("a loader worker killed", trials=1)
 
 
-def test_a_corrupt_sample_met_in_a_worker_names_its_file(tmp_path: Path) -> None:
+def test_a_corrupt_sample_met_in_a_worker_names_its_file(tmp_path: Path,
+                                                         reliability: Recorder) -> None:
     from tests.test_folder import build as build_folder
 
     root = build_folder(tmp_path / "folder", n=12)
@@ -282,6 +288,7 @@ def test_a_corrupt_sample_met_in_a_worker_names_its_file(tmp_path: Path) -> None
         run_trial(policy, data, budget, seed=0, device="cpu", threads=1)
     assert str(caught.value).startswith(f"{victim}: corrupt image")
     assert "\n" not in str(caught.value)
+    reliability.fault("a corrupt image met in a loader worker", trials=1)
 
 
 @pytest.mark.slow

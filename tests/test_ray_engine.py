@@ -30,6 +30,7 @@ from policysearch.search import ray_results as rr
 from tests import ray_cluster
 from tests.conftest import TINY_SPACE, unexpected_stderr
 from tests.ray_cluster import RayHead, ray_unavailable
+from tests.reliability_counts import Recorder, all_trials, finished_trials, lost_trials
 
 ray_head = ray_cluster.ray_head  # the fixture: a real Ray head for this module's tests
 runner = CliRunner()
@@ -277,8 +278,8 @@ def test_search_on_a_running_cluster_then_results_and_export(ray_engine, ray_hea
 @pytest.mark.slow
 def test_kill_9_of_the_driver_then_the_same_command_resumes(ray_engine, ray_head: RayHead,
                                                             tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch
-                                                            ) -> None:
+                                                            monkeypatch: pytest.MonkeyPatch,
+                                                            reliability: Recorder) -> None:
     space = _space_file(tmp_path, TINY_SPACE)
     out = tmp_path / "killed"
     storage = tmp_path / "shared"  # --ray-storage: the experiment lives apart from --out
@@ -306,6 +307,9 @@ def test_kill_9_of_the_driver_then_the_same_command_resumes(ray_engine, ray_head
     assert done.returncode == 0, done.stderr[-3000:]
     after = _finished(exp)
     assert len(after) == 5  # --trials reached, not exceeded
+    reliability.fault("kill -9 of the Ray driver", trials=len(_records(exp)),
+                      lost=lost_trials({n: r["metrics"] for n, r in before.items()},
+                                       {n: r["metrics"] for n, r in after.items()}))
     for number, record in before.items():  # every trial finished before the kill is kept
         assert after[number]["metrics"] == record["metrics"]
         assert after[number]["state"] == record["state"]
@@ -350,7 +354,8 @@ def test_pareto_search_with_single_task_references(ray_engine, ray_head: RayHead
 @pytest.mark.ray
 @pytest.mark.slow
 def test_a_corrupt_image_met_in_a_trial_stops_the_search_with_exit_2(
-        ray_engine, ray_head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        ray_engine, ray_head: RayHead, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     from tests.test_folder import build as build_folder
 
     ray_head.join(monkeypatch)
@@ -365,6 +370,7 @@ def test_a_corrupt_image_met_in_a_trial_stops_the_search_with_exit_2(
     assert runner.invoke(app, [*args, "2"]).exit_code == 0
     table = pd.read_csv(out / "results.csv")
     assert table.loc[table["state"] == "complete", "loader_workers"].eq(1).all()
+    before = finished_trials(out)
     # A file whose header is fine but whose pixels cannot be decoded: found only when read,
     # inside a trial on a Ray worker, by its loader worker.
     victim = root / "images" / "img3.png"
@@ -372,8 +378,11 @@ def test_a_corrupt_image_met_in_a_trial_stops_the_search_with_exit_2(
     result = runner.invoke(app, [*args, "4"])
     assert result.exit_code == 2, result.output
     assert result.output.strip().splitlines()[-1].startswith(f"error: {victim}: corrupt image")
+    reliability.fault("corrupt image met in a Ray trial", trials=all_trials(out),
+                      lost=lost_trials(before, finished_trials(out)))
     table = pd.read_csv(out / "results.csv")
     assert table["state"].eq("complete").sum() == 2  # the two finished trials are kept
+    assert lost_trials(before, finished_trials(out)) == 0
 
 
 # --- a local Ray instance (the default) --------------------------------------------------------
@@ -381,8 +390,8 @@ def test_a_corrupt_image_met_in_a_trial_stops_the_search_with_exit_2(
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_local_instance_retries_a_dead_worker_and_fails_a_dying_trial(ray_engine,
-                                                                      tmp_path: Path) -> None:
+def test_local_instance_retries_a_dead_worker_and_fails_a_dying_trial(
+        ray_engine, tmp_path: Path, reliability: Recorder) -> None:
     space = _space_file(tmp_path, TINY_SPACE)
     out = tmp_path / "local"
     marker = tmp_path / "died-once"
@@ -398,6 +407,9 @@ def test_local_instance_retries_a_dead_worker_and_fails_a_dying_trial(ray_engine
     assert records[2]["state"] == "failed" and "died" in records[2]["error"]
     assert records[2]["retries"] == ray_engine.RETRIES
     assert len(_finished(out)) == 3 and records[3]["state"] == "complete"
+    # Trial 1's worker died once, trial 2's at each of its attempts.
+    reliability.fault("a Ray worker process dies", trials=len(records),
+                      n=1 + 1 + ray_engine.RETRIES)
     table = pd.read_csv(out / "results.csv")
     assert len(table) == 4 and table["rank"].notna().sum() == 3
     assert json.loads((out / rr.EXPERIMENT_FILE).read_text())["engine"] == "ray"

@@ -31,6 +31,7 @@ from policysearch.search.driver import load_study_records
 from policysearch.search.lifecycle import MAX_CONSECUTIVE_FAILURES
 from policysearch.search.optuna_study import JOURNAL_NAME
 from tests.conftest import TINY_SPACE
+from tests.reliability_counts import Recorder, all_trials, finished_trials, lost_trials
 
 runner = CliRunner()
 
@@ -103,7 +104,8 @@ def _all_metric_values(trials: list[optuna.trial.FrozenTrial]) -> list[float]:
 
 @pytest.mark.slow
 def test_each_trial_fault_fails_its_trial_with_the_reason_and_the_search_goes_on(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     schedule = {1: "error", 2: "nan", 3: "oom", 4: "erase"}
     inject_faults(monkeypatch, schedule)
     out = tmp_path / "faults"
@@ -118,6 +120,8 @@ def test_each_trial_fault_fails_its_trial_with_the_reason_and_the_search_goes_on
     assert {n: trials[n].user_attrs["epochs"] for n in schedule} == {
         n: expected_epochs[k] for n, k in schedule.items()}
     finished = [t for t in trials.values() if t.state == optuna.trial.TrialState.COMPLETE]
+    reliability.fault("a fault inside a trial", n=len(schedule), trials=len(trials),
+                      lost=4 - len(finished))
     assert len(finished) == 4 and max(schedule) < min(t.number for t in finished[1:])
     assert all(math.isfinite(v) for v in _all_metric_values(list(trials.values())))
 
@@ -131,7 +135,8 @@ def test_each_trial_fault_fails_its_trial_with_the_reason_and_the_search_goes_on
 
 
 def test_a_non_finite_metric_fails_the_trial_and_is_never_recorded(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     real_evaluate = training.evaluate
 
     def evaluate(*args: Any, **kwargs: Any) -> dict:
@@ -146,6 +151,7 @@ def test_a_non_finite_metric_fails_the_trial_and_is_never_recorded(
     assert result.exit_code == 1, result.output  # the reference cannot finish: …
     assert f"{MAX_CONSECUTIVE_FAILURES} trials in a row failed" in result.output
     trials = _study(out).trials
+    reliability.fault("a non-finite metric", n=len(trials), trials=len(trials))
     assert len(trials) == MAX_CONSECUTIVE_FAILURES  # … so it stops instead of looping
     assert all(t.state == optuna.trial.TrialState.FAIL for t in trials)
     assert all("non-finite metric after epoch 1: depth.abs_err" in t.user_attrs["error"]
@@ -155,7 +161,8 @@ def test_a_non_finite_metric_fails_the_trial_and_is_never_recorded(
 
 
 def test_repeated_unexpected_errors_stop_the_search_with_one_line_and_exit_1(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     inject_faults(monkeypatch, {n: "error" for n in range(1, 10)})
     space = _space(tmp_path, budget={**TINY_SPACE["budget"], "epochs": 2})
     out = tmp_path / "errors"
@@ -166,17 +173,21 @@ def test_repeated_unexpected_errors_stop_the_search_with_one_line_and_exit_1(
     assert "Traceback" not in result.output
     states = [t.state for t in _study(out).trials]
     assert states == [optuna.trial.TrialState.COMPLETE] + [optuna.trial.TrialState.FAIL] * 3
+    before = finished_trials(out)
     # the same command, the bug fixed, resumes: 5 finished, the failures stay failed
     monkeypatch.undo()
     assert _search(space, out, 5).exit_code == 0
-    finished = [t for t in _study(out).trials if t.state == optuna.trial.TrialState.COMPLETE]
-    assert len(finished) == 5
+    after = finished_trials(out)
+    reliability.fault("the same bug in every trial", n=3, trials=all_trials(out),
+                      lost=lost_trials(before, after))
+    assert len(after) == 5 and lost_trials(before, after) == 0
 
 
 # --- 2. Ctrl-C --------------------------------------------------------------------------------
 
 def test_ctrl_c_marks_the_running_trial_prints_a_summary_and_resumes(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     real_step = training.Trainer._step_losses
     calls = {"trials": 0}
     real_run_trial = training.run_trial
@@ -202,9 +213,13 @@ def test_ctrl_c_marks_the_running_trial_prints_a_summary_and_resumes(
         optuna.trial.TrialState.FAIL]
     assert trials[2].user_attrs["error"] == "interrupted"
     assert set(pd.read_csv(out / "results.csv")["trial"]) == {0, 1, 2}  # written on the way out
+    before = finished_trials(out)
 
     monkeypatch.undo()
     assert _search(space, out, 4).exit_code == 0
+    reliability.fault("Ctrl-C", trials=all_trials(out),
+                      lost=lost_trials(before, finished_trials(out)))
+    assert lost_trials(before, finished_trials(out)) == 0
     trials = _study(out).trials
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == 4 and len(trials) == 5  # --trials respected, nothing twice
@@ -248,7 +263,7 @@ def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, code: in
 ], ids=["read_only_folder_exit_2", "unexpected_io_error_exit_1"])
 def test_an_output_folder_that_cannot_be_written_is_one_line(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, code: int, status: int,
-        ending: str) -> None:
+        ending: str, reliability: Recorder) -> None:
     out = tmp_path / "cannot-write"
     space = _space(tmp_path)
     _refuse_writes_under(monkeypatch, out, code)
@@ -257,10 +272,12 @@ def test_an_output_folder_that_cannot_be_written_is_one_line(
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and lines[0].endswith(ending) and str(out) in lines[0]
     assert "Traceback" not in result.output
+    reliability.fault(f"an output folder that cannot be written ({errno.errorcode[code]})")
 
 
 def test_a_full_disk_mid_search_keeps_the_finished_trials_readable(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     out, space = tmp_path / "full", _space(tmp_path)
     finished = {"n": 0}
     real_run_trial = training.run_trial
@@ -285,14 +302,18 @@ def test_a_full_disk_mid_search_keeps_the_finished_trials_readable(
     assert [r.number for r in complete] == [0]  # the first trial, fully kept
     assert all(math.isfinite(v) for r in complete for m in r.metrics.values()
                for v in m.values())
+    before = finished_trials(out)
     # space freed: the same command resumes and reaches its target
     assert _search(space, out, 4).exit_code == 0
+    reliability.fault("a full disk", trials=all_trials(out),
+                      lost=lost_trials(before, finished_trials(out)))
+    assert lost_trials(before, finished_trials(out)) == 0
     assert len([t for t in _study(out).trials
                 if t.state == optuna.trial.TrialState.COMPLETE]) == 4
 
 
 def test_a_half_written_last_journal_line_is_cut_off_and_the_search_resumes(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], reliability: Recorder) -> None:
     # The process died (or the disk filled) in the middle of writing a record: the journal
     # ends without a newline. Reading it keeps every complete trial; resuming moves the cut
     # line aside instead of gluing the next record to it, and the search reaches its target.
@@ -303,8 +324,7 @@ def test_a_half_written_last_journal_line_is_cut_off_and_the_search_resumes(
     last = data[:-1].rfind(b"\n") + 1
     journal.write_bytes(data[: last + (len(data) - last) // 2])  # half of the last record
     capsys.readouterr()
-    before = [r.number for r in load_study_records(out, None, None).records
-              if r.state == "complete"]
+    before = finished_trials(out)
     assert before  # the complete trials are read back as they were
     # The first opening cuts the line off under the journal's lock, and says so.
     assert "its last line was cut off mid-write" in capsys.readouterr().err
@@ -312,13 +332,15 @@ def test_a_half_written_last_journal_line_is_cut_off_and_the_search_resumes(
     assert result.exit_code == 0, result.output
     assert (out / (JOURNAL_NAME + ".partial")).read_bytes() == data[last: last + (
         len(data) - last) // 2] + b"\n"
-    after = load_study_records(out, None, None).records
-    complete = [r.number for r in after if r.state == "complete"]
-    assert set(before) <= set(complete) and len(complete) == 3  # nothing lost, target held
+    after = finished_trials(out)
+    reliability.fault("a half-written journal line", trials=all_trials(out),
+                      lost=lost_trials(before, after))
+    assert lost_trials(before, after) == 0 and len(after) == 3  # nothing lost, target held
     assert journal.read_bytes().endswith(b"\n")
 
 
-def test_a_journal_damaged_in_the_middle_is_one_line_naming_the_line(tmp_path: Path) -> None:
+def test_a_journal_damaged_in_the_middle_is_one_line_naming_the_line(
+        tmp_path: Path, reliability: Recorder) -> None:
     # A cut-off record with others appended after it (written by a version without the repair,
     # or another tool): no reader can parse it; the error names the file and the line.
     out = tmp_path / "bad"
@@ -331,15 +353,18 @@ def test_a_journal_damaged_in_the_middle_is_one_line_naming_the_line(tmp_path: P
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and str(out / JOURNAL_NAME) in lines[0]
     assert "line 2 is not a complete journal record" in lines[0]
+    reliability.fault("a journal damaged in the middle")
 
 
-def test_an_unreachable_storage_is_one_line_naming_the_flag(tmp_path: Path) -> None:
+def test_an_unreachable_storage_is_one_line_naming_the_flag(tmp_path: Path,
+                                                           reliability: Recorder) -> None:
     result = _search(_space(tmp_path), tmp_path / "x", 2, "--storage",
                      "postgresql://nobody@127.0.0.1:9/nothing")
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert len(lines) == 1 and "--storage" in lines[0]
     assert "Traceback" not in result.output
+    reliability.fault("a storage that cannot be reached")
 
 
 # --- 6 and 7. a soak search with scheduled faults; a stored trial re-run gives its metrics ---
@@ -352,7 +377,8 @@ SOAK_FAULTS = {3: "error", 8: "nan", 12: "oom", 17: "erase", 21: "error", 26: "n
 
 @pytest.mark.slow
 def test_soak_search_with_scheduled_faults_ends_with_the_expected_counts(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
     inject_faults(monkeypatch, SOAK_FAULTS)
     space = _space(tmp_path, dataset_options={"n_train": 32, "n_val": 16, "n_test": 16,
                                               "seed": 0})
@@ -363,6 +389,8 @@ def test_soak_search_with_scheduled_faults_ends_with_the_expected_counts(
     assert len(trials) == SOAK_TRIALS + len(SOAK_FAULTS)
     failed = {t.number for t in trials if t.state == optuna.trial.TrialState.FAIL}
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    reliability.fault("soak: scheduled faults inside trials", n=len(failed), trials=len(trials),
+                      lost=SOAK_TRIALS - len(complete))
     assert failed == set(SOAK_FAULTS)
     assert len(complete) == SOAK_TRIALS
     for number, kind in SOAK_FAULTS.items():

@@ -23,6 +23,7 @@ from policysearch.reporting.report import REPORT_NAME, ReportWriter, render_repo
 from policysearch.reporting.tables import results_frame
 from tests.browser import open_page, require_chromium
 from tests.conftest import TINY_SPACE
+from tests.reliability_counts import Recorder
 
 runner = CliRunner()
 REPORT_TIMEOUT_S = 300  # `policysearch report` in a subprocess (a few seconds, unloaded)
@@ -179,8 +180,8 @@ def test_report_writer_throttles_and_never_raises(single: Path, tmp_path: Path) 
     assert broken.error and "cannot write the report" in broken.error
 
 
-def test_a_report_that_cannot_be_written_never_ends_a_search(tiny_space: Path,
-                                                             tmp_path: Path) -> None:
+def test_a_report_that_cannot_be_written_never_ends_a_search(tiny_space: Path, tmp_path: Path,
+                                                             reliability: Recorder) -> None:
     """Inside a real search: ``report.html`` is a folder, so every write of the report fails,
     during the search and at its end. The search still reaches ``--trials``, exits 0 with its
     results and export, and says once, at the end, that the report is missing and how to
@@ -195,6 +196,7 @@ def test_a_report_that_cannot_be_written_never_ends_a_search(tiny_space: Path,
     assert "cannot write the report" in lines[0]
     assert (out / "results.csv").exists() and (out / "best_policy.yaml").exists()
     assert [r.state for r in ps.records(out).records] == ["complete", "complete"]
+    reliability.fault("the report cannot be written", trials=2)
     assert (out / REPORT_NAME).is_dir()  # nothing was written in its place
 
 

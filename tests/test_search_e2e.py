@@ -21,6 +21,7 @@ from typer.testing import CliRunner
 from policysearch import load_policy
 from policysearch.cli import app
 from policysearch.search.optuna_study import JOURNAL_NAME
+from tests.reliability_counts import Recorder, lost_trials
 
 runner = CliRunner()
 QUICK_TIMEOUT_S = 300  # a subprocess that reads a study or refuses its arguments
@@ -190,7 +191,8 @@ def test_results_without_study_is_a_user_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path) -> None:
+def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path,
+                                          reliability: Recorder) -> None:
     out = tmp_path / "killed"
     # --epochs 4: trials long enough (a few seconds) that the kill lands midway on a busy machine
     cmd = [sys.executable, "-m", "policysearch", "search", "--space", str(tiny_space),
@@ -216,12 +218,13 @@ def test_kill_9_then_same_command_resumes(tiny_space: Path, tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     after = {t.number: t.value for t in _finished(out)}
     assert len(after) == 6
-    assert all(after[n] == v for n, v in before.items())
+    assert lost_trials(before, after) == 0
     # Nothing counted twice: besides the 6 finished trials, only the one the kill cut short,
     # failed as stale (its parameters ran again as a new trial).
     storage = optuna.storages.JournalStorage(
         optuna.storages.journal.JournalFileBackend(str(out / JOURNAL_NAME)))
     trials = optuna.load_study(study_name="tiny", storage=storage).trials
+    reliability.fault("kill -9 of the driver", trials=len(trials), lost=lost_trials(before, after))
     failed = [t for t in trials if t.state == optuna.trial.TrialState.FAIL]
     assert len(failed) <= 1 and len(trials) == 6 + len(failed)
     assert all("interrupted search" in t.user_attrs["error"] for t in failed)

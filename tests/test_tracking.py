@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import policysearch as ps
 from policysearch.cli import app
+from tests.reliability_counts import Recorder
 
 runner = CliRunner()
 TRIALS, EPOCHS = 3, 2  # TINY_SPACE trains 2 epochs per trial
@@ -96,3 +97,35 @@ def test_a_failing_tracker_is_switched_off_and_the_search_goes_on() -> None:
     tracked(EpochEnded(trial=0, epoch=1, metrics={"shape": {"accuracy": 0.6}}))
     assert [e.kind for e in seen] == ["trial_start", "tracking_failed", "epoch", "epoch"]
     assert seen[1] == TrackingFailed(error="database is locked") and tracked.tracker is None
+
+
+def test_a_tracker_failing_inside_a_real_search_is_switched_off_and_the_search_goes_on(
+        tiny_space: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        reliability: Recorder) -> None:
+    """The same inside a real search: TensorBoard's writer fails at trial 1's first epoch (a
+    full disk, a locked file). The search says so once, logs nothing more, and reaches its
+    target with every trial kept."""
+    from policysearch.reporting.tracking import TensorBoardTracker
+
+    real = TensorBoardTracker.metrics
+
+    def metrics(self: TensorBoardTracker, number: int, values: dict, step: int) -> None:
+        if number == 1:
+            raise OSError("No space left on device")
+        real(self, number, values, step)
+
+    monkeypatch.setattr(TensorBoardTracker, "metrics", metrics)
+    out = tmp_path / "tb"
+    result = runner.invoke(app, ["search", "--space", str(tiny_space), "--out", str(out),
+                                 "--trials", str(TRIALS), "--device", "cpu",
+                                 "--log-to", "tensorboard"])
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines() if "--log-to stopped logging" in line]
+    assert said == ["--log-to stopped logging: No space left on device; the search goes on"]
+    records = ps.records(out).records
+    assert [r.state for r in records] == ["complete"] * TRIALS
+    reliability.fault("--log-to fails mid-search", trials=len(records),
+                      lost=TRIALS - len(records))
+    # Trial 0 was logged in full; nothing after the failure was.
+    assert sorted(p.name for p in (out / "tensorboard").iterdir()) == ["trial-00000",
+                                                                      "trial-00001"]

@@ -31,6 +31,7 @@ from policysearch.cli import app
 from policysearch.errors import UserError
 from tests.conftest import TINY_SPACE
 from tests.ray_cluster import ray_unavailable, unanswered_port
+from tests.reliability_counts import Recorder
 
 runner = CliRunner()
 AMP_LINE = "warning: --amp: bf16 mixed precision is CUDA-only; ignored on the CPU"
@@ -307,7 +308,7 @@ def _skip_unless_possible(needs: str | None) -> None:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_a_user_error_is_one_line_exit_2_naming_the_flag_or_file(
-        case: Case, inputs: dict[str, Any], tmp_path: Path) -> None:
+        case: Case, inputs: dict[str, Any], tmp_path: Path, reliability: Recorder) -> None:
     _skip_unless_possible(case.needs)
     out = tmp_path / "out"
     paths = {k: str(v) for k, v in inputs.items() if isinstance(v, Path)}
@@ -331,6 +332,7 @@ def test_a_user_error_is_one_line_exit_2_naming_the_flag_or_file(
     # Only a lock's owner file may be rewritten (the lock is taken before a resume is checked).
     changed = [name for name in after if after[name] != before[name]]
     assert all(name.endswith(".owner") for name in changed), changed
+    reliability.bad_input()
 
 
 def test_the_table_covers_every_command_that_takes_input() -> None:
