@@ -50,7 +50,8 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
-    """``postgresql+psycopg://postgres@127.0.0.1:PORT/postgres`` of a fresh server."""
+    """``postgresql://postgres@127.0.0.1:PORT/postgres`` of a fresh server: the URL form the
+    README documents (policysearch picks the installed driver, ``optuna_study.database_url``)."""
     bin_dir = _bin_dir()
     if bin_dir is None:
         if os.environ.get("POLICYSEARCH_REQUIRE_POSTGRES") == "1":
@@ -86,7 +87,7 @@ def postgres_url() -> Iterator[str]:
         if started.returncode != 0:
             pytest.fail(f"PostgreSQL did not start: {started.stdout}{started.stderr}"
                         f"{server_log[-2000:]}")
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
         # Also after a start that failed or timed out: stop whatever runs on this data folder.
         subprocess.run(_as_postgres([str(bin_dir / "pg_ctl"), "-D", str(data), "-m", "fast",

@@ -14,6 +14,8 @@ import errno
 import io
 import math
 import os
+import sys
+import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +29,21 @@ from typer.testing import CliRunner
 
 import policysearch.training as training
 from policysearch.cli import app
+from policysearch.errors import UserError
 from policysearch.search.driver import load_study_records
 from policysearch.search.lifecycle import MAX_CONSECUTIVE_FAILURES
-from policysearch.search.optuna_study import JOURNAL_NAME
+from policysearch.search.optuna_study import (
+    GRACE_ENV,
+    GRACE_PERIOD_S,
+    HEARTBEAT_ENV,
+    HEARTBEAT_INTERVAL_S,
+    JOURNAL_NAME,
+    MAX_RETRY,
+    POSTGRES_DRIVER_HINT,
+    database_url,
+    heartbeat_settings,
+    open_storage,
+)
 from tests.conftest import TINY_SPACE
 from tests.reliability_counts import Recorder, all_trials, finished_trials, lost_trials
 
@@ -365,6 +379,51 @@ def test_an_unreachable_storage_is_one_line_naming_the_flag(tmp_path: Path,
     assert len(lines) == 1 and "--storage" in lines[0]
     assert "Traceback" not in result.output
     reliability.fault("a storage that cannot be reached")
+
+
+def test_a_database_storage_takes_its_heartbeat_from_the_environment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = f"sqlite:///{tmp_path / 'h.db'}"
+    for name in (HEARTBEAT_ENV, GRACE_ENV):
+        monkeypatch.delenv(name, raising=False)
+    assert heartbeat_settings() == (HEARTBEAT_INTERVAL_S, GRACE_PERIOD_S)
+    monkeypatch.setenv(HEARTBEAT_ENV, "1")
+    monkeypatch.setenv(GRACE_ENV, " 3 ")
+    storage, is_file = open_storage(url, tmp_path)
+    assert not is_file and isinstance(storage, optuna.storages.RDBStorage)
+    assert (storage.heartbeat_interval, storage.grace_period) == (1, 3)
+    callback = storage.get_heartbeat_stale_trial_callback()
+    assert isinstance(callback, optuna.storages.RetryHeartbeatStaleTrialCallback)
+    assert callback._max_retry == MAX_RETRY
+    # (bad values: tests/test_user_errors.py, one line and exit 2 from the commands)
+    for heartbeat, grace, named in (("0", "3", HEARTBEAT_ENV), ("1", "1.5", GRACE_ENV),
+                                    ("5", "5", GRACE_ENV)):
+        monkeypatch.setenv(HEARTBEAT_ENV, heartbeat)
+        monkeypatch.setenv(GRACE_ENV, grace)
+        with pytest.raises(UserError) as caught:
+            open_storage(url, tmp_path)
+        assert str(caught.value).startswith(f"{named}: ")
+
+
+def test_a_postgresql_url_uses_the_installed_driver_or_names_the_package(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "postgresql://nobody@127.0.0.1:9/nothing"
+    # (a None in sys.modules makes that import fail, as when the package is not installed)
+    monkeypatch.setitem(sys.modules, "psycopg", types.ModuleType("psycopg"))
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    assert database_url(url) == "postgresql+psycopg://nobody@127.0.0.1:9/nothing"
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.setitem(sys.modules, "psycopg2", types.ModuleType("psycopg2"))
+    assert database_url(url) == url  # SQLAlchemy's default driver for postgresql://
+    for other in (f"sqlite:///{tmp_path / 'x.db'}", "postgresql+psycopg2://u@h/db"):
+        assert database_url(other) == other  # a driver named by the user is the user's
+    monkeypatch.setitem(sys.modules, "psycopg2", None)
+    with pytest.raises(UserError, match=r"pip install 'policysearch\[postgres\]'"):
+        database_url(url)
+    result = _search(_space(tmp_path), tmp_path / "x", 2, "--storage", url)
+    assert result.exit_code == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {url}: --storage: postgresql:// needs a PostgreSQL driver: {POSTGRES_DRIVER_HINT}"]
 
 
 # --- 6 and 7. a soak search with scheduled faults; a stored trial re-run gives its metrics ---

@@ -3,7 +3,8 @@ benchmark, preview, report, check and show — in one table (``CASES``): bad fla
 (ranges, choices, types, unknown and missing options), missing and broken files (space, policy,
 study, storage), mismatches (a policy's tasks against the dataset's, a benchmark's contenders,
 storage and study, an engine and its folder), out-of-range ranks, ``--device cuda`` without a
-GPU, an unreachable ``--ray-address`` and an unusable ``--ray-storage``.
+GPU, an unreachable ``--ray-address`` and an unusable ``--ray-storage``; and the environment
+variables that set a database storage's heartbeat.
 
 Each case runs the command in-process and must end with exit status 2 and exactly one line on
 standard error, ``error: …``, naming the flag or file at fault; nothing may be written into the
@@ -42,6 +43,7 @@ class Case(NamedTuple):
     argv: str  # split on spaces; {names} are the paths of the ``inputs`` fixture, {out} …
     names: tuple[str, ...]  # what the error line must hold: the flag or file at fault, …
     needs: str | None = None  # "ray": skipped without ray; "no_gpu": skipped with a GPU
+    env: dict[str, str] | None = None  # environment variables the command runs with
 
 
 SEARCH = "search --space {space} --device cpu --out {out}"
@@ -105,6 +107,12 @@ CASES = [
     Case("search-storage-not-a-url", SEARCH + " --storage nourl", ("--storage",)),
     Case("search-sqlite-with-workers", SEARCH + " --workers 2 --storage sqlite:///{out}/x.db",
          ("--storage",)),
+    # (a database storage's heartbeat: policysearch.search.optuna_study.heartbeat_settings)
+    Case("search-heartbeat-not-a-number", SEARCH + " --storage sqlite:///{tmp}/x.db",
+         ("POLICYSEARCH_HEARTBEAT_S", "'ten'"), env={"POLICYSEARCH_HEARTBEAT_S": "ten"}),
+    Case("search-grace-not-above-the-heartbeat", SEARCH + " --storage sqlite:///{tmp}/x.db",
+         ("POLICYSEARCH_GRACE_S", "longer than the heartbeat"),
+         env={"POLICYSEARCH_HEARTBEAT_S": "10", "POLICYSEARCH_GRACE_S": "5"}),
     Case("search-resume-with-another-space",  # (the study was searched with --amp)
          "search --space {space} --device cpu --out {study} --epochs 3",
          ("{study}", "refusing to resume", "space.budget.amp")),
@@ -146,6 +154,8 @@ CASES = [
          ("--device",), "no_gpu"),
     Case("results-study-unknown", "results --out {study} --study nope", ("--study", "nope")),
     Case("results-storage-not-a-url", "results --storage nourl --study x", ("--storage",)),
+    Case("results-grace-0", "results --storage sqlite:///{tmp}/none.db --study x",
+         ("POLICYSEARCH_GRACE_S", "at least 1"), env={"POLICYSEARCH_GRACE_S": "0"}),
     Case("results-storage-without-study", "results --storage sqlite:///{tmp}/none.db",
          ("--study",)),
     Case("results-storage-study-unknown", "results --storage sqlite:///{tmp}/none.db "
@@ -316,7 +326,7 @@ def test_a_user_error_is_one_line_exit_2_naming_the_flag_or_file(
     with unanswered_port() as port:  # bound, not listening: a ray address nothing answers
         values = {**paths, "out": str(out), "tmp": str(tmp_path), "port": str(port)}
         argv = [part.format(**values) for part in case.argv.split()]
-        result = runner.invoke(app, argv)
+        result = runner.invoke(app, argv, env=case.env)
 
     assert result.exit_code == 2, (argv, result.output, result.exception)
     assert isinstance(result.exception, SystemExit), (argv, result.exception)

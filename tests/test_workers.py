@@ -14,9 +14,18 @@ from pathlib import Path
 import optuna
 import pandas as pd
 import pytest
+import sqlalchemy
 import yaml
 
-from policysearch.search.optuna_study import JOURNAL_NAME, journal_lock
+from policysearch.search.optuna_study import (
+    GRACE_ENV,
+    HEARTBEAT_ENV,
+    JOURNAL_NAME,
+    MAX_RETRY,
+    database_url,
+    journal_lock,
+    open_storage,
+)
 from policysearch.search.workers import gpu_for, visible_gpus
 from tests.conftest import TINY_SPACE
 from tests.postgres_server import postgres_url  # noqa: F401 — a fixture
@@ -27,6 +36,8 @@ ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 SEARCH_TIMEOUT_S = 900  # a search's subprocess (tiny trials, on a busy machine)
 QUICK_TIMEOUT_S = 300  # a subprocess refused up front, or one that only reads a study
 WAIT_TIMEOUT_S = 60  # a killed process, to be collected
+# A database study's heartbeat, short enough that a lost host's trials go stale in seconds.
+SHORT_HEARTBEAT = {HEARTBEAT_ENV: "1", GRACE_ENV: "3"}
 
 
 def _space(tmp_path: Path, **budget: object) -> Path:
@@ -43,9 +54,9 @@ def _search_cmd(space: Path, *args: str) -> list[str]:
 
 def _study(storage: str, name: str = "tiny") -> optuna.Study:
     if storage.endswith(".journal"):
-        storage = optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(storage))
-    return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(storage)))
+    return optuna.load_study(study_name=name, storage=database_url(storage))
 
 
 def _wait_for(condition, proc: subprocess.Popen, what: str, limit: float = 300) -> None:
@@ -238,11 +249,13 @@ def test_sqlite_with_workers_is_refused(tmp_path: Path) -> None:
 
 @pytest.mark.postgres
 def test_two_searches_share_one_postgres_study(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
+    """Two hosts on one study, the second with ``--workers 2``: three processes in all."""
     space = _space(tmp_path)
     # With loader workers: started from a forkserver beside Optuna's heartbeat thread.
     cmd = _search_cmd(space, "--storage", postgres_url, "--study", "shared", "--trials", "6",
                       "--loader-workers", "1")
-    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"host{i}")],
+    procs = [subprocess.Popen([*cmd, "--out", str(tmp_path / f"host{i}"),
+                               *(["--workers", "2"] if i else [])],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=ENV) for i in range(2)]
     try:
@@ -253,9 +266,10 @@ def test_two_searches_share_one_postgres_study(tmp_path: Path, postgres_url: str
                 p.kill()
                 p.wait(timeout=WAIT_TIMEOUT_S)
     assert [p.returncode for p in procs] == [0, 0], "\n".join(o[:3000] for o in outputs)
+    assert "2 workers" in outputs[1]
     study = _study(postgres_url, "shared")
-    _check_counts(study, 6, 2)
-    _check_workers(study, 2)
+    _check_counts(study, 6, 3)
+    _check_workers(study, 3)
     # results read the same study from the database
     table = subprocess.run([sys.executable, "-m", "policysearch", "results", "--storage",
                             postgres_url, "--study", "shared", "--format", "csv"],
@@ -264,24 +278,73 @@ def test_two_searches_share_one_postgres_study(tmp_path: Path, postgres_url: str
     assert len(table.stdout.strip().splitlines()) == len(study.trials) + 1
 
 
-@pytest.mark.postgres
-def test_kill_9_on_postgres_then_the_same_command(tmp_path: Path, postgres_url: str) -> None:  # noqa: F811
-    cmd = _search_cmd(_space(tmp_path, epochs=4), "--storage", postgres_url, "--study",
-                      "killed", "--trials", "5", "--out", str(tmp_path / "run"))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=ENV)
+def _heartbeats(storage: str) -> set[int]:
+    """The ids of the trials that have beaten at least once (Optuna's heartbeat table)."""
+    engine = sqlalchemy.create_engine(database_url(storage))
     try:
-        _wait_for(lambda: len(_study(postgres_url, "killed").get_trials(states=FINISHED)) >= 2,
-                  proc, "two trials finished")
+        with engine.connect() as conn:
+            rows = conn.execute(sqlalchemy.text("SELECT trial_id FROM trial_heartbeats"))
+            return {row[0] for row in rows}
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=WAIT_TIMEOUT_S)
-    before = {t.number: t.value for t in _study(postgres_url, "killed").get_trials(
-        states=FINISHED)}
-    done = subprocess.run(cmd, capture_output=True, text=True, env=ENV,
-                          timeout=SEARCH_TIMEOUT_S)
-    assert done.returncode == 0, done.stdout + done.stderr
-    study = _study(postgres_url, "killed")
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+    """Host A (``--workers 2``) is killed with SIGKILL, all its processes at once, while it
+    trains search trials; host B then searches the same study. Once A's trials have gone a
+    grace period without a heartbeat, B fails them and runs their parameters again; every
+    trial A finished is kept, and B stops at exactly ``--trials``. Short heartbeats
+    (``POLICYSEARCH_HEARTBEAT_S``/``_GRACE_S``) keep it to seconds."""
+    for name, value in SHORT_HEARTBEAT.items():
+        monkeypatch.setenv(name, value)  # for this test's own look at the study, as for A, B
+    env = {**ENV, **SHORT_HEARTBEAT}
+    target = 5
+    cmd = _search_cmd(_space(tmp_path, epochs=6), "--storage", postgres_url, "--study",
+                      "hostloss", "--trials", str(target))
+
+    def search_trials_run_and_beat() -> bool:
+        study = _study(postgres_url, "hostloss")
+        running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        beating = _heartbeats(postgres_url)
+        return (any(t.user_attrs.get("role") == "search" for t in running)
+                and all(t._trial_id in beating for t in running))
+
+    host_a = subprocess.Popen([*cmd, "--workers", "2", "--out", str(tmp_path / "host-a")],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              env=env, start_new_session=True)
+    try:
+        _wait_for(search_trials_run_and_beat, host_a, "a search trial running on host A")
+    finally:
+        os.killpg(host_a.pid, signal.SIGKILL)  # the driver and its workers: the host is gone
+        host_a.wait(timeout=WAIT_TIMEOUT_S)
+    study = _study(postgres_url, "hostloss")
+    killed = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    before = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+    assert killed and len(before) < target
+
+    # Until the grace period has passed, B would rightly take A's trials for live ones.
+    storage, _ = open_storage(postgres_url, tmp_path)
+    stale = lambda: set(storage._get_stale_trial_ids(study._study_id))  # noqa: E731
+    deadline = time.monotonic() + WAIT_TIMEOUT_S
+    while not {t._trial_id for t in killed} <= stale():
+        assert time.monotonic() < deadline, "host A's trials never went stale"
+        time.sleep(0.2)  # polling the database's clock, not a timing assertion
+
+    host_b = subprocess.run([*cmd, "--out", str(tmp_path / "host-b")], capture_output=True,
+                            text=True, env=env, timeout=SEARCH_TIMEOUT_S)
+    assert host_b.returncode == 0, host_b.stdout + host_b.stderr
+    study = _study(postgres_url, "hostloss")
+    trials = study.get_trials()
+    for dead in killed:
+        assert trials[dead.number].state == optuna.trial.TrialState.FAIL
+        reruns = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert 1 <= len(reruns) <= MAX_RETRY
+        assert all(t.params == dead.params for t in reruns)  # its parameters ran again
+        assert reruns[-1].state == optuna.trial.TrialState.COMPLETE
     after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
-    assert all(after[n] == v for n, v in before.items())
-    assert len(after) == 5
+    assert all(after[n] == v for n, v in before.items())  # every finished trial kept
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == target
+    _check_counts(study, target, 1)  # one reference, no trial run twice
+    assert all(t.state in (*FINISHED, optuna.trial.TrialState.FAIL) for t in trials)

@@ -72,12 +72,13 @@ def _claim_reference(study: optuna.Study, space: SearchSpace,
                      tasks: Mapping[str, str]) -> Trial | None:
     """A reference trial for this worker to run, or None while other workers run every missing
     one. Reference trials are enqueued and claimed atomically (WAITING → RUNNING), so with
-    several workers, or several hosts on one database, each reference runs once."""
+    several workers, or several hosts on one database, each reference runs once
+    (``tests/test_reference_claim.py`` runs two claims interleaved step by step)."""
+    # One snapshot: what is done and what is running or waiting are read together.
     trials = [t for t in study.get_trials(deepcopy=False)
               if t.user_attrs.get("role") == "reference"]
-    done = {t.user_attrs.get("reference_task")
-            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.user_attrs.get("role") == "reference"}
+    done = {t.user_attrs.get("reference_task") for t in trials
+            if t.state == TrialState.COMPLETE}
     for key in missing_references(space, tasks, done):
         mine = [t for t in trials if t.user_attrs.get("reference_task") == key]
         if any(t.state == TrialState.RUNNING for t in mine):
@@ -88,11 +89,13 @@ def _claim_reference(study: optuna.Study, space: SearchSpace,
             if key is not None:
                 attrs["reference_task"] = key
             study.enqueue_trial({}, user_attrs=attrs)
-            # Read again: another worker may have enqueued and claimed its own meanwhile.
+            # Read again: another worker may have enqueued and claimed its own meanwhile, or
+            # even run it to the end since the snapshot above (this copy is then left
+            # waiting, and a later ``ask`` turns it into a search trial).
             mine = [t for t in study.get_trials(deepcopy=False)
                     if t.user_attrs.get("role") == "reference"
                     and t.user_attrs.get("reference_task") == key]
-            if any(t.state == TrialState.RUNNING for t in mine):
+            if any(t.state in (TrialState.RUNNING, TrialState.COMPLETE) for t in mine):
                 continue
             waiting = [t for t in mine if t.state == TrialState.WAITING]
         # Only the lowest-numbered one: when two workers enqueue at the same moment, the one
@@ -120,6 +123,18 @@ def _drop_duplicate_references(study: optuna.Study, key: str | None) -> None:
                 study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
             except optuna.exceptions.UpdateFinishedTrialError:
                 pass
+
+
+def _first_beat(study: optuna.Study, trial: Trial) -> None:
+    """Record a database trial's first heartbeat as soon as it is claimed: Optuna never
+    counts a running trial without any heartbeat as stale, so a process killed between the
+    claim and the heartbeat thread's start (sampling, attributes) would leave its trial
+    running for ever; this narrows that gap to one database round trip."""
+    storage: Any = study._storage
+    beat = getattr(storage, "record_heartbeat", None)
+    if beat is not None and storage.get_heartbeat_interval():
+        with contextlib.suppress(Exception):  # a lost connection: the thread beats again
+            beat(trial._trial_id)
 
 
 class _Heartbeat:
@@ -230,12 +245,14 @@ class _Trials:
             trial = _claim_reference(study, space, self.tasks)
             if trial is None:
                 return None
+            _first_beat(study, trial)
             policy = reference_run_policy(space, self.tasks,
                                           trial.user_attrs.get("reference_task"))
         else:
             with warnings.catch_warnings():  # "heartbeat is supposed to be used with optimize"
                 warnings.simplefilter("ignore")
                 trial = study.ask()
+            _first_beat(study, trial)
             if trial.user_attrs.get("role") == "reference":  # a leftover duplicate
                 trial.set_user_attr("reference_task", None)
             trial.set_user_attr("role", "search")

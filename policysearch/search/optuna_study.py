@@ -16,6 +16,8 @@ trials, so they change neither trial counts nor the study's definition.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import os
 import sys
 import time
 import warnings
@@ -51,10 +53,14 @@ _STATES = {
 }
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Database storages: how often a running trial's process beats, after how long without a
-# beat its trial counts as dead, and how often one trial's parameters are retried.
+# beat its trial counts as dead (defaults; the environment variables below change them), and
+# how often one trial's parameters are retried.
 HEARTBEAT_INTERVAL_S = 10
 GRACE_PERIOD_S = 40
 MAX_RETRY = 2
+HEARTBEAT_ENV = "POLICYSEARCH_HEARTBEAT_S"
+GRACE_ENV = "POLICYSEARCH_GRACE_S"
+POSTGRES_DRIVER_HINT = "pip install 'policysearch[postgres]' (psycopg 3)"
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -64,12 +70,58 @@ def storage_location(storage: str | None, out_dir: Path) -> str:
     return storage or str(out_dir / JOURNAL_NAME)
 
 
+def _seconds(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or not raw.strip():
+        return default
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise UserError(f"expected a whole number of seconds, at least 1, got {raw!r}",
+                        source=name)
+    return value
+
+
+def heartbeat_settings() -> tuple[int, int]:
+    """``(heartbeat interval, grace period)`` in seconds for a database storage: the defaults
+    (``HEARTBEAT_INTERVAL_S``, ``GRACE_PERIOD_S``) unless ``POLICYSEARCH_HEARTBEAT_S`` /
+    ``POLICYSEARCH_GRACE_S`` set them. Every host of a study must use the same values: a host
+    judges the others' trials by its own grace period. A bad value is a ``UserError``."""
+    interval = _seconds(HEARTBEAT_ENV, HEARTBEAT_INTERVAL_S)
+    grace = _seconds(GRACE_ENV, GRACE_PERIOD_S)
+    if grace <= interval:
+        raise UserError(f"the grace period ({grace} s) must be longer than the heartbeat "
+                        f"interval ({HEARTBEAT_ENV}={interval} s), or live trials count as dead",
+                        source=GRACE_ENV)
+    return interval, grace
+
+
+def database_url(url: str) -> str:
+    """``url`` as SQLAlchemy should open it: ``postgresql://`` (SQLAlchemy's default driver is
+    psycopg2) goes through psycopg 3 when it is installed, else psycopg2; with neither, a
+    ``UserError`` says what to install. Any other URL is returned as it is."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme.lower() != "postgresql":
+        return url
+    # psycopg: the driver the `postgres` extra installs; psycopg2: SQLAlchemy's default.
+    for module, driver_url in (("psycopg", f"postgresql+psycopg://{rest}"), ("psycopg2", url)):
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            continue
+        return driver_url
+    raise UserError(f"postgresql:// needs a PostgreSQL driver: {POSTGRES_DRIVER_HINT}",
+                    source=url, field="--storage")
+
+
 def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str, bool]:
     """An Optuna storage and whether it is a local file that only this driver writes.
 
-    A database URL gets Optuna's heartbeat: a trial whose process stops beating for
-    ``GRACE_PERIOD_S`` is failed by the next worker that looks, and re-enqueued with the same
-    parameters (at most ``MAX_RETRY`` times).
+    A database URL gets Optuna's heartbeat: a trial whose process stops beating for the grace
+    period (``heartbeat_settings``) is failed by the next worker that looks, and re-enqueued
+    with the same parameters (at most ``MAX_RETRY`` times).
     """
     if storage is None or storage.endswith(".journal"):
         path = Path(storage) if storage else out_dir / JOURNAL_NAME
@@ -95,13 +147,14 @@ def open_storage(storage: str | None, out_dir: Path) -> tuple[BaseStorage | str,
     if "://" not in storage:
         raise UserError("expected a database URL (postgresql://…) or a *.journal file",
                         field="--storage", source=storage)
+    interval, grace = heartbeat_settings()
+    url = database_url(storage)
     for attempt in range(4):
         try:
             with warnings.catch_warnings():  # (heartbeats are "experimental": not the user's)
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 rdb = optuna.storages.RDBStorage(
-                    storage, heartbeat_interval=HEARTBEAT_INTERVAL_S,
-                    grace_period=GRACE_PERIOD_S,
+                    url, heartbeat_interval=interval, grace_period=grace,
                     heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
                         max_retry=MAX_RETRY))
             return rdb, False
