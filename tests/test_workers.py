@@ -29,6 +29,7 @@ from policysearch.search.optuna_study import (
 from policysearch.search.workers import gpu_for, visible_gpus
 from tests.conftest import TINY_SPACE
 from tests.postgres_server import postgres_url  # noqa: F401 — a fixture
+from tests.reliability_counts import Recorder, lost_trials
 
 pytestmark = pytest.mark.slow
 FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
@@ -122,7 +123,8 @@ def test_two_workers_share_one_journal(tmp_path: Path) -> None:
     assert len(_study(str(out / JOURNAL_NAME)).trials) == len(study.trials)
 
 
-def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path: Path) -> None:
+def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path: Path,
+                                                                reliability: Recorder) -> None:
     out = tmp_path / "run"
     journal = str(out / JOURNAL_NAME)
     proc = subprocess.Popen(_search_cmd(_space(tmp_path, epochs=6), "--out", str(out),
@@ -173,9 +175,11 @@ def test_a_killed_worker_fails_its_trial_and_the_search_goes_on(tmp_path: Path) 
     retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == dead.number]
     assert len(retried) == 1 and retried[0].params == dead.params  # its parameters ran again
     assert len(study.get_trials(states=FINISHED)) >= 5
+    reliability.fault("a worker process killed", trials=len(study.trials))
 
 
-def test_kill_9_of_a_driver_with_workers_then_the_same_command(tmp_path: Path) -> None:
+def test_kill_9_of_a_driver_with_workers_then_the_same_command(tmp_path: Path,
+                                                               reliability: Recorder) -> None:
     out = tmp_path / "run"
     journal = str(out / JOURNAL_NAME)
     cmd = _search_cmd(_space(tmp_path, epochs=4), "--out", str(out), "--trials", "7",
@@ -216,6 +220,8 @@ def test_kill_9_of_a_driver_with_workers_then_the_same_command(tmp_path: Path) -
     assert done.returncode == 0, done.stdout + done.stderr
     study = _study(journal)
     after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+    reliability.fault("kill -9 of a driver with workers", trials=len(study.trials),
+                      lost=lost_trials(before, after))
     assert all(after[n] == v for n, v in before.items())  # every finished trial kept
     _check_counts(study, 7, 2)
     assert not study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
@@ -291,7 +297,8 @@ def _heartbeats(storage: str) -> set[int]:
 
 @pytest.mark.postgres
 def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
-        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
+        tmp_path: Path, postgres_url: str, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        reliability: Recorder) -> None:
     """Host A (``--workers 2``) is killed with SIGKILL, all its processes at once, while it
     trains search trials; host B then searches the same study. Once A's trials have gone a
     grace period without a heartbeat, B fails them and runs their parameters again; every
@@ -344,6 +351,8 @@ def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
         assert all(t.params == dead.params for t in reruns)  # its parameters ran again
         assert reruns[-1].state == optuna.trial.TrialState.COMPLETE
     after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
+    reliability.fault("a PostgreSQL host killed mid-trial", trials=len(trials),
+                      lost=lost_trials(before, after))
     assert all(after[n] == v for n, v in before.items())  # every finished trial kept
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == target
     _check_counts(study, target, 1)  # one reference, no trial run twice
