@@ -477,3 +477,28 @@ def test_soak_search_with_scheduled_faults_ends_with_the_expected_counts(
     rerun = train_policy(Policy.from_dict(best.user_attrs["policy"]), load_dataset(loaded),
                          loaded.budget, seed=0, device="cpu", threads=1)
     assert rerun.metrics == best.user_attrs["metrics"]
+
+
+def test_a_trial_failed_by_the_heartbeat_says_why_and_which_trial_ran_it_again() -> None:
+    from policysearch.search.optuna_study import (
+        STALE_HEARTBEAT_ERROR,
+        _with_stale_reasons,
+        to_record,
+    )
+
+    study = optuna.create_study()
+    make = optuna.trial.create_trial
+    study.add_trial(make(state=optuna.trial.TrialState.COMPLETE, value=1.0,
+                         user_attrs={"role": "reference"}))
+    # Trial 1 failed by the heartbeat (no reason of its own), retried as 2, which failed the
+    # same way and was retried as 3 (Optuna's retries name the first trial: failed_trial 1).
+    study.add_trial(make(state=optuna.trial.TrialState.FAIL))
+    study.add_trial(make(state=optuna.trial.TrialState.FAIL, system_attrs={"failed_trial": 1}))
+    study.add_trial(make(state=optuna.trial.TrialState.COMPLETE, value=2.0,
+                         system_attrs={"failed_trial": 1}))
+    study.add_trial(make(state=optuna.trial.TrialState.FAIL, user_attrs={"error": "nan"}))
+    trials = study.get_trials()
+    errors = [r.error for r in _with_stale_reasons(trials, [to_record(t) for t in trials])]
+    assert errors == [None, f"{STALE_HEARTBEAT_ERROR}; its parameters ran again as trial 2",
+                      f"{STALE_HEARTBEAT_ERROR}; its parameters ran again as trial 3", None,
+                      "nan"]

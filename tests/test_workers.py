@@ -22,8 +22,10 @@ from policysearch.search.optuna_study import (
     HEARTBEAT_ENV,
     JOURNAL_NAME,
     MAX_RETRY,
+    STALE_HEARTBEAT_ERROR,
     database_url,
     journal_lock,
+    load_records,
     open_storage,
 )
 from policysearch.search.workers import gpu_for, visible_gpus
@@ -350,6 +352,13 @@ def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
         assert 1 <= len(reruns) <= MAX_RETRY
         assert all(t.params == dead.params for t in reruns)  # its parameters ran again
         assert reruns[-1].state == optuna.trial.TrialState.COMPLETE
+    # The results say why: Optuna's heartbeat fails a trial without a reason of its own.
+    errors = {r.number: r.error for r in load_records(out_dir=None, storage=postgres_url,
+                                                      study_name="hostloss").records}
+    for dead in killed:
+        again = [t.number for t in trials if t.system_attrs.get("failed_trial") == dead.number]
+        assert errors[dead.number] == (f"{STALE_HEARTBEAT_ERROR}; its parameters ran again as "
+                                       f"trial {again[0]}")
     after = {t.number: t.value for t in study.get_trials(states=FINISHED)}
     reliability.fault("a PostgreSQL host killed mid-trial", trials=len(trials),
                       lost=lost_trials(before, after))

@@ -16,6 +16,7 @@ trials, so they change neither trial counts nor the study's definition.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import os
 import sys
@@ -266,12 +267,35 @@ def to_record(trial: FrozenTrial) -> TrialRecord:
     )
 
 
+STALE_HEARTBEAT_ERROR = ("its process stopped sending heartbeats for the grace period (a lost "
+                         "host, or a killed process)")
+
+
+def _with_stale_reasons(trials: Sequence[FrozenTrial],
+                        records: list[TrialRecord]) -> list[TrialRecord]:
+    """Optuna's heartbeat fails a trial whose process stopped beating without a reason (a
+    finished trial takes no attribute): give those the reason, and the trial its parameters
+    ran again as."""
+    # A retry names the first trial of its parameters (``failed_trial``), whichever failed.
+    first = {t.number: t.system_attrs.get("failed_trial", t.number) for t in trials}
+    out = []
+    for trial, record in zip(trials, records, strict=True):
+        if record.state == "failed" and record.error is None:  # every other failure says why
+            again = min((n for n, origin in first.items()
+                         if origin == first[trial.number] and n > trial.number), default=None)
+            reason = STALE_HEARTBEAT_ERROR + (f"; its parameters ran again as trial {again}"
+                                              if again is not None else "")
+            record = dataclasses.replace(record, error=reason)
+        out.append(record)
+    return out
+
+
 def study_records(study: optuna.Study) -> StudyRecords:
     """Every trial of ``study`` as a record, with what is needed to score them."""
     attrs = study.user_attrs
-    return StudyRecords.from_stored(study.study_name, attrs,
-                                    [to_record(t) for t in study.get_trials(deepcopy=False)],
-                                    attrs)
+    trials = study.get_trials(deepcopy=False)
+    records = _with_stale_reasons(trials, [to_record(t) for t in trials])
+    return StudyRecords.from_stored(study.study_name, attrs, records, attrs)
 
 
 def load_records(*, out_dir: Path | None, storage: str | None,
