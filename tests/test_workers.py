@@ -317,14 +317,31 @@ def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
         study = _study(postgres_url, "hostloss")
         running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
         beating = _heartbeats(postgres_url)
+        # Mid-trial: each running trial beats and has all its parameters drawn (its policy is
+        # stored once they are), so that the kill cannot land between two of its draws.
         return (any(t.user_attrs.get("role") == "search" for t in running)
-                and all(t._trial_id in beating for t in running))
+                and all(t._trial_id in beating and "policy" in t.user_attrs for t in running))
 
     host_a = subprocess.Popen([*cmd, "--workers", "2", "--out", str(tmp_path / "host-a")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               env=env, start_new_session=True)
+    def frozen_mid_trial() -> bool:
+        # Host A is frozen (SIGSTOP) and its trials looked at again before the kill: a worker
+        # cannot claim a new trial between the look and the kill (no race with it).
+        if not search_trials_run_and_beat():
+            return False
+        os.killpg(host_a.pid, signal.SIGSTOP)
+        try:
+            frozen = search_trials_run_and_beat()
+        except BaseException:
+            os.killpg(host_a.pid, signal.SIGCONT)
+            raise
+        if not frozen:
+            os.killpg(host_a.pid, signal.SIGCONT)
+        return frozen
+
     try:
-        _wait_for(search_trials_run_and_beat, host_a, "a search trial running on host A")
+        _wait_for(frozen_mid_trial, host_a, "a search trial running on host A")
     finally:
         os.killpg(host_a.pid, signal.SIGKILL)  # the driver and its workers: the host is gone
         host_a.wait(timeout=WAIT_TIMEOUT_S)
@@ -350,7 +367,8 @@ def test_a_host_killed_mid_trial_loses_no_trial_and_another_host_reruns_it(
         assert trials[dead.number].state == optuna.trial.TrialState.FAIL
         reruns = [t for t in trials if t.system_attrs.get("failed_trial") == dead.number]
         assert 1 <= len(reruns) <= MAX_RETRY
-        assert all(t.params == dead.params for t in reruns)  # its parameters ran again
+        assert all(t.params == dead.params for t in reruns), (  # its parameters ran again
+            dead.number, dead.params, [(t.number, t.params) for t in reruns])
         assert reruns[-1].state == optuna.trial.TrialState.COMPLETE
     # The results say why: Optuna's heartbeat fails a trial without a reason of its own.
     errors = {r.number: r.error for r in load_records(out_dir=None, storage=postgres_url,
