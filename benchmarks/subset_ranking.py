@@ -48,7 +48,9 @@ import json
 import math
 import os
 import random
+import shlex
 import statistics
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -234,13 +236,13 @@ def main() -> None:
     whole_rank, subset_rank = ranks(whole_means), ranks(subset_means)
     how = (f"stratified by {stratified.stratified_by}" if stratified is not None
            and stratified.stratified_by else "a random sample")
-    smoke_flag = " --smoke-test" if smoke else ""
+    invocation = " ".join(["benchmarks/subset_ranking.py", *map(shlex.quote, sys.argv[1:])])
     interval_text = (f"[{interval[0]:+.2f}, {interval[1]:+.2f}]" if interval is not None
                      else "none (too few policies)")
     lines = [
         "# Search on a subset: does it rank policies as the whole training split does?",
         "",
-        f"Produced by `.venv/bin/python benchmarks/subset_ranking.py{smoke_flag}` on "
+        f"Produced by `.venv/bin/python {invocation}` on "
         f"{cpu_model()}, {threads} CPU thread{'' if threads == 1 else 's'}, "
         f"torch {torch.__version__}, no GPU; "
         f"{(time.perf_counter() - started) / 60:.1f} minutes for this invocation (stored runs "
