@@ -64,7 +64,8 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            study: str | None = None, out: PathLike | None = None, workers: int = 1,
            device: str = "auto", seed: int = 0, timeout: float | None = None,
            threads: int | None = None, objective: str | None = None,
-           ray_address: str | None = None, ray_storage: str | None = None,
+           method: str | None = None, ray_address: str | None = None,
+           ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
            finalists: int = 0, finalist_seeds: int = 3, subset: int | None = None,
@@ -75,7 +76,8 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     the same defaults (None: the space file's value); they are the command's options.
     ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
     ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
-    apply to ray). ``objective``: delta_m or pareto. ``log_to``: tensorboard or mlflow.
+    apply to ray). ``objective``: delta_m or pareto. ``method``: how trials are proposed, ``tpe``
+    or ``random`` (None: the space's ``sampler``). ``log_to``: tensorboard or mlflow.
     ``report``: keep ``out/report.html`` current. ``finalists=K``: after the trials, train
     the K best search trials and the reference again with ``finalist_seeds`` seeds no trial
     used and export the finalist with the best mean Δm% over them (0: off, export rank 1).
@@ -95,7 +97,8 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
         weights=weights, loader_workers=loader_workers, skip_bad_samples=skip_bad_samples,
         storage=storage, study=study,
         out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
-        threads=threads, objective=objective, ray_address=ray_address, ray_storage=ray_storage,
+        threads=threads, objective=objective, method=method, ray_address=ray_address,
+        ray_storage=ray_storage,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
         report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds,
         subset=subset)

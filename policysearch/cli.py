@@ -120,6 +120,11 @@ class Engine(StrEnum):
     ray = "ray"
 
 
+class Method(StrEnum):
+    tpe = "tpe"
+    random = "random"
+
+
 class Scheduler(StrEnum):
     asha = "asha"
     pbt = "pbt"
@@ -236,6 +241,8 @@ def search(
     objective: Annotated[Objective | None, typer.Option(
         help="delta_m: maximise Δm%; pareto: one objective per task (its Δ%), no pruning "
              "(default: the space's).")] = None,
+    method: Annotated[Method | None, typer.Option(
+        help="How trials are proposed: tpe or random (default: the space's sampler).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray: a cluster's address, or 'auto' to join the running one "
              "(default: start a local Ray instance).")] = None,
@@ -294,6 +301,7 @@ def search(
             skip_bad_samples=skip_bad_samples, storage=storage, study=study,
             out=out, workers=workers, device=device.value, seed=seed, timeout=timeout,
             threads=threads, objective=objective.value if objective else None,
+            method=method.value if method else None,
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
             report=report, log_to=log_to.value if log_to else None, finalists=finalists,

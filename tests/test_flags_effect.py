@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 import torch
@@ -275,6 +276,26 @@ def test_search_seed_sets_the_trials_numbers(space: Path, tmp_path: Path) -> Non
     first = metrics(3, "a")
     assert metrics(3, "b") == first  # the same seed: the same training, the same numbers
     assert metrics(4, "c") != first
+
+
+def test_search_method_sets_the_sampler_that_proposes_the_trials(space: Path,
+                                                                 tmp_path: Path) -> None:
+    """``--method random`` makes the study a random search (its stored space says so, and a
+    resume under another method is refused); ``--method tpe`` a TPE one."""
+    from policysearch.search.options import SearchOptions, resolve_space
+    from policysearch.search.sampling import make_sampler
+
+    _search(space, tmp_path / "r", "--method", "random")
+    assert api.records(tmp_path / "r").space["sampler"]["name"] == "random"
+    for method, kind in (("random", optuna.samplers.RandomSampler),
+                         ("tpe", optuna.samplers.TPESampler)):
+        resolved = resolve_space(SearchOptions(space=space, method=method))
+        assert isinstance(make_sampler(resolved, seed=0, n_existing=0), kind)
+    resumed = runner.invoke(app, ["search", "--space", str(space), "--out", str(tmp_path / "r"),
+                                  "--trials", "1", "--device", "cpu", "--threads", "1",
+                                  "--quiet", "--no-report", "--method", "tpe"])
+    assert resumed.exit_code == 2
+    assert "sampler.name: 'random' → 'tpe'" in " ".join(resumed.output.split())
 
 
 def test_search_report_flag_writes_the_report(space: Path, tmp_path: Path) -> None:

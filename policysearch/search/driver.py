@@ -66,6 +66,9 @@ def check_options(options: SearchOptions) -> None:
     if options.scheduler not in SCHEDULERS:
         raise UserError(f"expected one of {', '.join(SCHEDULERS)}, got {options.scheduler!r}",
                         field="--scheduler")
+    if options.method is not None and options.engine == "ray" and options.scheduler == "pbt":
+        raise UserError("--scheduler pbt draws its population at random and explores by "
+                        "perturbing it: it takes no --method", field="--method")
     if options.workers < 1:
         raise UserError("must be at least 1", field="--workers")
     if (options.engine == "optuna" and options.workers > 1 and options.storage

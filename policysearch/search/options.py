@@ -21,6 +21,9 @@ if TYPE_CHECKING:
     from policysearch.training import Reporter, TrialResult
 
 OBJECTIVES = ("delta_m", "pareto")
+# How a search proposes trials (``--method``; None: the space's ``sampler``): ``tpe`` and
+# ``random`` set the space's sampler, so the choice is part of the study's definition.
+METHODS = ("tpe", "random")
 
 
 @dataclass
@@ -40,6 +43,7 @@ class SearchOptions(SpaceOverrides):
     timeout: float | None = None
     threads: int | None = None
     objective: str | None = None  # delta_m | pareto (part of the study's definition)
+    method: str | None = None  # tpe | random (METHODS); None: the space's sampler
     # --engine ray only:
     ray_address: str | None = None  # None: start a local Ray instance; "auto": join a cluster
     ray_storage: str | None = None  # experiment root (shared filesystem); default: --out
@@ -93,7 +97,7 @@ class SearchOptions(SpaceOverrides):
 
 
 def resolve_space(options: SearchOptions) -> SearchSpace:
-    """The space file with the options' overrides (budget, dataset, objective, data,
+    """The space file with the options' overrides (budget, dataset, objective, method, data,
     ``--subset``)."""
     space = options.apply(load_space(options.space))
     if options.objective is not None:
@@ -101,6 +105,12 @@ def resolve_space(options: SearchOptions) -> SearchSpace:
             raise UserError(f"expected one of {', '.join(OBJECTIVES)}, got {options.objective!r}",
                             field="--objective")
         space = space.model_copy(update={"objective": options.objective})
+    if options.method is not None:
+        if options.method not in METHODS:
+            raise UserError(f"expected one of {', '.join(METHODS)}, got {options.method!r}",
+                            field="--method")
+        sampler = space.sampler.model_copy(update={"name": options.method})
+        space = space.model_copy(update={"sampler": sampler})
     if options.skip_bad_samples is not None:
         data_opts = space.dataset_options.model_copy(
             update={"skip_bad_samples": options.skip_bad_samples})
