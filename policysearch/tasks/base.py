@@ -88,6 +88,48 @@ class Task(ABC):
     def loss(self, output: Any, targets: Any) -> Tensor:
         """Scalar training loss of a batch (mean over the batch)."""
 
+    def has_target(self, targets: Any) -> bool:
+        """Whether collated ``targets`` hold any target of this task, i.e. whether ``loss`` on
+        them is a real loss rather than a ``* 0.0`` placeholder. The default says yes: a kind
+        whose samples can lack a target overrides it so that ``sample_losses`` gives them NaN."""
+        return True
+
+    def sample_losses(self, output: Any, targets: Any) -> Tensor:
+        """Each sample's own loss: B float32 on the output's device, for scoring a trained model
+        sample by sample (under ``torch.no_grad()``: no gradient is promised).
+
+        Entry i equals, up to float tolerance, ``loss`` on sample i alone: on the one-sample
+        slices ``sample_slice(output, i, B)`` and ``sample_slice(targets, i, B)``. It is NaN
+        where sample i has no target of this task (``has_target`` False on its slice, where
+        ``loss`` would return its ``* 0.0`` placeholder), so "no target" differs from "perfect".
+
+        The batch ``loss`` need not be the mean of these: a loss that pools pixels, entries or
+        object centres over the batch weighs samples by their counts.
+
+        This default calls ``loss`` once per sample; the built-in kinds override it with
+        vectorised equivalents.
+        """
+        batch = batch_size(output)
+        if batch is None:
+            batch = batch_size(targets)
+        if batch is None:
+            raise ValueError(f"task {self.name!r}: no tensor or list in the output or targets "
+                             "to take the batch size from")
+        found = first_tensor(output)
+        device = found.device if found is not None else torch.device("cpu")
+        nan = torch.tensor(float("nan"), dtype=torch.float32, device=device)
+        values = []
+        for i in range(batch):
+            sample_targets = sample_slice(targets, i, batch)
+            if not self.has_target(sample_targets):
+                values.append(nan)
+                continue
+            value = self.loss(sample_slice(output, i, batch), sample_targets)
+            values.append(value.detach().float().reshape(()).to(device))
+        if not values:
+            return torch.zeros(0, dtype=torch.float32, device=device)
+        return torch.stack(values)
+
     @abstractmethod
     def evaluator(self) -> Evaluator:
         """A fresh metric accumulator for one evaluation pass."""
@@ -150,6 +192,74 @@ def move_to(obj: Any, device: torch.device | str) -> Any:
     if isinstance(obj, tuple):
         return tuple(move_to(v, device) for v in obj)
     return obj
+
+
+def batch_size(obj: Any) -> int | None:
+    """B of a head's output or of collated targets: dim 0 of the first tensor with a dim or the
+    length of the first list, whichever comes first (dicts and tuples searched in order); None
+    when there is neither."""
+    if isinstance(obj, Tensor):
+        return int(obj.shape[0]) if obj.ndim else None
+    if isinstance(obj, list):
+        return len(obj)
+    for value in _children(obj, lists=False):
+        n = batch_size(value)
+        if n is not None:
+            return n
+    return None
+
+
+def first_tensor(obj: Any) -> Tensor | None:
+    """The first tensor inside ``obj`` (itself, or in dicts, lists and tuples); None if none."""
+    if isinstance(obj, Tensor):
+        return obj
+    for value in _children(obj, lists=True):
+        found = first_tensor(value)
+        if found is not None:
+            return found
+    return None
+
+
+def _children(obj: Any, lists: bool) -> Sequence[Any]:
+    if isinstance(obj, Mapping):
+        return list(obj.values())
+    if isinstance(obj, tuple) or (lists and isinstance(obj, list)):
+        return obj
+    return ()
+
+
+def sample_slice(obj: Any, i: int, batch: int) -> Any:
+    """Sample ``i`` of a batch of ``batch`` samples, as a batch of one.
+
+    Tensors are cut along dim 0 (``[i:i+1]``); lists are per-sample (one entry per sample, as
+    ``collate`` makes them) and become ``[obj[i]]``; dicts and tuples are cut entry by entry;
+    0-dim tensors and other values (an image size of ints, names) are kept. A tensor or list
+    whose length is not ``batch`` is a ``ValueError``: per-sample cannot be told from per-batch.
+    """
+    if isinstance(obj, Tensor):
+        if obj.ndim == 0:
+            return obj
+        if obj.shape[0] != batch:
+            raise ValueError(f"cannot cut sample {i} from a tensor of shape {tuple(obj.shape)} "
+                             f"in a batch of {batch}")
+        return obj[i:i + 1]
+    if isinstance(obj, list):
+        if len(obj) != batch:
+            raise ValueError(f"cannot cut sample {i} from a list of {len(obj)} in a batch of "
+                             f"{batch}")
+        return [obj[i]]
+    if isinstance(obj, Mapping):
+        return {k: sample_slice(v, i, batch) for k, v in obj.items()}
+    if isinstance(obj, tuple):
+        return tuple(sample_slice(v, i, batch) for v in obj)
+    return obj
+
+
+def per_sample_mean(values: Tensor, keep: Tensor) -> Tensor:
+    """B: each sample's mean of ``values`` over the entries where ``keep`` (both B×…); NaN for
+    a sample with no entry kept. Entries not kept are left out, whatever they hold (NaN, inf)."""
+    kept = torch.where(keep, values, torch.zeros((), dtype=values.dtype, device=values.device))
+    return kept.flatten(1).sum(dim=1) / keep.flatten(1).sum(dim=1).to(values.dtype)
 
 
 def as_tensor(value: Any, dtype: torch.dtype) -> Tensor:

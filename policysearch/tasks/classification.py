@@ -84,6 +84,14 @@ class ClassificationTask(PooledTask):
             return output.sum() * 0.0  # keeps the graph for weightings that need it
         return F.cross_entropy(output, targets, ignore_index=MISSING)
 
+    def has_target(self, targets: Tensor) -> bool:
+        return bool((targets != MISSING).any())
+
+    def sample_losses(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy per sample; NaN where the label is missing."""
+        losses = F.cross_entropy(output.float(), targets, ignore_index=MISSING, reduction="none")
+        return torch.where(targets != MISSING, losses, torch.nan)
+
     def evaluator(self) -> ClassificationEvaluator:
         return ClassificationEvaluator(self.num_classes)
 

@@ -9,7 +9,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind, resize_to
+from policysearch.tasks.base import (
+    MetricInfo,
+    as_tensor,
+    per_sample_mean,
+    register_task_kind,
+    resize_to,
+)
 from policysearch.tasks.dense import ActivatedDenseHead, DenseTask
 
 
@@ -68,6 +74,14 @@ class DepthTask(DenseTask):
         if not valid.any():
             return pred.sum() * 0.0
         return (pred[valid] - targets[valid]).abs().mean()
+
+    def has_target(self, targets: Tensor) -> bool:
+        return bool(valid_depth(targets).any())
+
+    def sample_losses(self, output: Tensor, targets: Tensor) -> Tensor:
+        """L1 per sample, mean over its valid pixels; NaN where it has none."""
+        pred = resize_to(output.float(), targets.shape[-2:])[:, 0]
+        return per_sample_mean((pred - targets).abs(), valid_depth(targets))
 
     def evaluator(self) -> DepthEvaluator:
         return DepthEvaluator()

@@ -59,6 +59,18 @@ def focal_loss(logits: Tensor, target: Tensor) -> Tensor:
     return -(pos_loss.sum() + neg_loss.sum()) / num_pos
 
 
+def sample_focal_losses(logits: Tensor, target: Tensor) -> Tensor:
+    """``focal_loss`` of each sample alone (B): summed over its pixels and divided by its own
+    number of object centres (at least 1)."""
+    pred = logits.sigmoid().clamp(1e-4, 1 - 1e-4)
+    pos = target.eq(1).float()
+    neg = 1.0 - pos
+    pos_loss = (torch.log(pred) * (1 - pred) ** 2 * pos).flatten(1).sum(dim=1)
+    neg_loss = (torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * neg).flatten(1).sum(dim=1)
+    num_pos = pos.flatten(1).sum(dim=1).clamp(min=1.0)
+    return -(pos_loss + neg_loss) / num_pos
+
+
 class CenterNetHead(nn.Module):
     """FPN-lite neck to ``stride``, then heatmap / size / offset branches (3×3 conv, ReLU, 1×1).
 
@@ -245,6 +257,26 @@ class DetectionTask(Task):
         size_loss = ((output["size"].float() - enc["size"]).abs() * centres).sum() / n
         offset_loss = ((output["offset"].float() - enc["offset"]).abs() * centres).sum() / n
         return hm_loss + self.size_weight * size_loss + self.offset_weight * offset_loss
+
+    def has_target(self, targets: dict[str, Any]) -> bool:
+        return bool(targets["valid"].any())
+
+    def sample_losses(self, output: dict[str, Tensor], targets: dict[str, Any]) -> Tensor:
+        """``loss`` of each sample alone: its focal, size and offset terms divided by its own
+        object centres, where ``loss`` divides the batch's sums by the batch's centres; NaN
+        where ``valid`` is False."""
+        logits = output["heatmap"].float()
+        enc = self.encode(targets["boxes"], targets["labels"], tuple(logits.shape[-2:]),
+                          device=logits.device)
+        hm_loss = sample_focal_losses(logits, enc["heatmap"])
+        centres = enc["mask"].unsqueeze(1).float()
+        n = centres.flatten(1).sum(dim=1).clamp(min=1.0)
+        size_err = (output["size"].float() - enc["size"]).abs() * centres
+        offset_err = (output["offset"].float() - enc["offset"]).abs() * centres
+        size_loss = size_err.flatten(1).sum(dim=1) / n
+        offset_loss = offset_err.flatten(1).sum(dim=1) / n
+        losses = hm_loss + self.size_weight * size_loss + self.offset_weight * offset_loss
+        return torch.where(targets["valid"].to(logits.device), losses, torch.nan)
 
     @torch.no_grad()
     def decode(self, output: dict[str, Tensor], image_size: tuple[int, int] | None = None

@@ -19,7 +19,7 @@ from torchmetrics.functional.classification import (
 
 from policysearch.data.base import Sample
 from policysearch.errors import DataError
-from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind
+from policysearch.tasks.base import MetricInfo, as_tensor, per_sample_mean, register_task_kind
 from policysearch.tasks.classification import PooledTask
 
 UNKNOWN = -1  # target entry without a label; ignored by loss and metrics
@@ -127,6 +127,15 @@ class MultilabelTask(PooledTask):
         if not known.any():
             return output.sum() * 0.0  # keeps the graph for weightings that need it
         return F.binary_cross_entropy_with_logits(output[known], targets[known].to(output.dtype))
+
+    def has_target(self, targets: Tensor) -> bool:
+        return bool((targets != UNKNOWN).any())
+
+    def sample_losses(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Binary cross-entropy per sample, mean over its known entries; NaN where it has none."""
+        entries = F.binary_cross_entropy_with_logits(output.float(), targets.float(),
+                                                     reduction="none")
+        return per_sample_mean(entries, targets != UNKNOWN)
 
     def evaluator(self) -> MultilabelEvaluator:
         return MultilabelEvaluator(self.num_labels)

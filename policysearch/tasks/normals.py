@@ -15,7 +15,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from policysearch.errors import DataError
-from policysearch.tasks.base import MetricInfo, as_tensor, register_task_kind, resize_to
+from policysearch.tasks.base import (
+    MetricInfo,
+    as_tensor,
+    per_sample_mean,
+    register_task_kind,
+    resize_to,
+)
 from policysearch.tasks.dense import ActivatedDenseHead, DenseTask
 
 THRESHOLDS = (("within_11_25", 11.25), ("within_22_5", 22.5), ("within_30", 30.0))
@@ -127,6 +133,15 @@ class NormalsTask(DenseTask):
         gt = unit_vectors(torch.nan_to_num(targets))
         cos = (pred * gt).sum(dim=1)
         return 1.0 - cos[valid].mean()
+
+    def has_target(self, targets: Tensor) -> bool:
+        return bool(valid_normals(targets).any())
+
+    def sample_losses(self, output: Tensor, targets: Tensor) -> Tensor:
+        """1 − cosine per sample, mean over its valid pixels; NaN where it has none."""
+        pred = unit_prediction(output.float(), targets.shape[-2:])
+        gt = unit_vectors(torch.nan_to_num(targets))
+        return 1.0 - per_sample_mean((pred * gt).sum(dim=1), valid_normals(targets))
 
     def evaluator(self) -> NormalsEvaluator:
         return NormalsEvaluator()

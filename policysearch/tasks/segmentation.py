@@ -16,6 +16,7 @@ from policysearch.tasks.base import (
     MetricInfo,
     MetricsEvaluator,
     as_tensor,
+    per_sample_mean,
     register_task_kind,
     resize_to,
 )
@@ -67,6 +68,16 @@ class SegmentationTask(DenseTask):
         if not (targets != self.ignore_index).any():
             return output.sum() * 0.0
         return F.cross_entropy(output, targets, ignore_index=self.ignore_index)
+
+    def has_target(self, targets: Tensor) -> bool:
+        return bool((targets != self.ignore_index).any())
+
+    def sample_losses(self, output: Tensor, targets: Tensor) -> Tensor:
+        """Cross-entropy per sample, mean over its labelled pixels; NaN where it has none."""
+        output = resize_to(output.float(), targets.shape[-2:])
+        pixels = F.cross_entropy(output, targets, ignore_index=self.ignore_index,
+                                 reduction="none")
+        return per_sample_mean(pixels, targets != self.ignore_index)
 
     def evaluator(self) -> SegmentationEvaluator:
         return SegmentationEvaluator(self.num_classes, self.ignore_index)
