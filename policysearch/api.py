@@ -64,7 +64,9 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
            study: str | None = None, out: PathLike | None = None, workers: int = 1,
            device: str = "auto", seed: int = 0, timeout: float | None = None,
            threads: int | None = None, objective: str | None = None,
-           method: str | None = None, ray_address: str | None = None,
+           method: str | None = None, folds: int | None = None,
+           heldout: float | None = None, copies: int | None = None, keep: int | None = None,
+           ray_address: str | None = None,
            ray_storage: str | None = None,
            cpus_per_trial: float | None = None, gpus_per_trial: float = 0.0,
            scheduler: str = "asha", report: bool = True, log_to: str | None = None,
@@ -77,7 +79,10 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
     ``space``: a shipped space name or a YAML path. ``engine``: optuna or ray (``ray_address``,
     ``ray_storage``, ``cpus_per_trial``, ``gpus_per_trial``, ``scheduler``: asha, pbt or none,
     apply to ray). ``objective``: delta_m or pareto. ``method``: how trials are proposed, ``tpe``
-    or ``random`` (None: the space's ``sampler``). ``log_to``: tensorboard or mlflow.
+    or ``random`` (None: the space's ``sampler``), or ``density``: density matching
+    (``policysearch.search.density``: ``folds``, ``heldout``, ``copies``, ``keep``; ``trials``
+    candidates per fold; the outcome's ``study`` is None and its ``cost`` says what it
+    spent). ``log_to``: tensorboard or mlflow.
     ``report``: keep ``out/report.html`` current. ``finalists=K``: after the trials, train
     the K best search trials and the reference again with ``finalist_seeds`` seeds no trial
     used and export the finalist with the best mean Δm% over them (0: off, export rank 1).
@@ -97,7 +102,8 @@ def search(space: str | Path = "default", *, dataset: str | None = None,
         weights=weights, loader_workers=loader_workers, skip_bad_samples=skip_bad_samples,
         storage=storage, study=study,
         out=_path(out), workers=workers, device=device, seed=seed, timeout=timeout,
-        threads=threads, objective=objective, method=method, ray_address=ray_address,
+        threads=threads, objective=objective, method=method, folds=folds, heldout=heldout,
+        copies=copies, keep=keep, ray_address=ray_address,
         ray_storage=ray_storage,
         cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial, scheduler=scheduler,
         report=report, log_to=log_to, finalists=finalists, finalist_seeds=finalist_seeds,

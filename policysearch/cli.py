@@ -123,6 +123,7 @@ class Engine(StrEnum):
 class Method(StrEnum):
     tpe = "tpe"
     random = "random"
+    density = "density"
 
 
 class Scheduler(StrEnum):
@@ -242,7 +243,17 @@ def search(
         help="delta_m: maximise Δm%; pareto: one objective per task (its Δ%), no pruning "
              "(default: the space's).")] = None,
     method: Annotated[Method | None, typer.Option(
-        help="How trials are proposed: tpe or random (default: the space's sampler).")] = None,
+        help="How policies are found: tpe or random trials (default: the space's sampler), "
+             "or density matching (no training under the candidates; --trials is then the "
+             "candidates per fold).")] = None,
+    folds: Annotated[int | None, typer.Option(
+        help="--method density: fold models (default 5).")] = None,
+    heldout: Annotated[float | None, typer.Option(
+        help="--method density: each fold's held-out share (default 0.4).")] = None,
+    copies: Annotated[int | None, typer.Option(
+        help="--method density: augmented copies per held-out sample (default 5).")] = None,
+    keep: Annotated[int | None, typer.Option(
+        help="--method density: best candidates per fold in the union (default 10).")] = None,
     ray_address: Annotated[str | None, typer.Option(
         help="--engine ray: a cluster's address, or 'auto' to join the running one "
              "(default: start a local Ray instance).")] = None,
@@ -301,11 +312,15 @@ def search(
             skip_bad_samples=skip_bad_samples, storage=storage, study=study,
             out=out, workers=workers, device=device.value, seed=seed, timeout=timeout,
             threads=threads, objective=objective.value if objective else None,
-            method=method.value if method else None,
+            method=method.value if method else None, folds=folds, heldout=heldout,
+            copies=copies, keep=keep,
             ray_address=ray_address, ray_storage=ray_storage, cpus_per_trial=cpus_per_trial,
             gpus_per_trial=gpus_per_trial, scheduler=(scheduler or Scheduler.asha).value,
             report=report, log_to=log_to.value if log_to else None, finalists=finalists,
             finalist_seeds=finalist_seeds, subset=subset, progress=printer)
+    if outcome.study is None:  # --method density
+        _density_done(outcome, quiet, printer if json_logs else None)
+        return
     if json_logs:
         printer.write("done", {"files": [str(p) for p in outcome.files],
                                "best": _best_row(outcome.table)})
@@ -338,6 +353,25 @@ def _printer(quiet: bool, json_logs: bool) -> Any:
     if json_logs:
         return JsonLogPrinter()
     return QuietPrinter() if quiet else ProgressPrinter(out_console)
+
+
+def _density_done(outcome: Any, quiet: bool, json_printer: Any) -> None:
+    """The end of a density search: the kept candidates, the files and the exported union."""
+    policy = outcome.export.policy if outcome.export is not None else None
+    if json_printer is not None:
+        json_printer.write("done", {"files": [str(p) for p in outcome.files],
+                                    "cost": outcome.cost,
+                                    "policy": policy.summary() if policy else None})
+        return
+    table = outcome.table
+    kept = table[table["kept"]] if not table.empty else table
+    if not quiet and not kept.empty:
+        out_console.print(kept.to_string(index=False, max_colwidth=70), highlight=False,
+                          markup=False)
+    out_console.print(f"wrote {', '.join(str(p) for p in outcome.files)}", highlight=False)
+    if policy is not None:
+        out_console.print(f"{outcome.export.yaml_path}: the union of the {len(kept)} kept "
+                          f"candidates: {policy.summary()}", highlight=False, markup=False)
 
 
 def _best_row(table: Any) -> dict[str, Any] | None:

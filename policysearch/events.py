@@ -238,11 +238,61 @@ class FinalistsProgress(Event):
     message: str
 
 
+@dataclass(frozen=True)
+class DensityStarted(Event):
+    """``--method density``: ``folds`` fold models, each trained under the ``reference`` on
+    ``train`` samples and scoring ``candidates`` candidate policies on its ``heldout``
+    samples, ``copies`` augmented copies each; ``stored``: fold models read back, not trained;
+    ``scored``: candidates scored already; ``weighting``: the loss weights that train the folds
+    and combine the tasks' losses (density matching does not search them)."""
+
+    kind: ClassVar[str] = "density"
+    folds: int
+    train: int
+    heldout: int
+    candidates: int
+    copies: int
+    reference: str
+    weighting: str
+    stored: int = 0
+    scored: int = 0
+
+
+@dataclass(frozen=True)
+class FoldTrained(Event):
+    """Density matching: fold ``fold`` (from 0) has its model, trained now in ``seconds`` or
+    read back (``reused``); ``metrics``: its held-out part's metrics (un-augmented)."""
+
+    kind: ClassVar[str] = "fold_trained"
+    fold: int
+    folds: int
+    seconds: float
+    reused: bool
+    metrics: Metrics
+
+
+@dataclass(frozen=True)
+class CandidateScored(Event):
+    """Density matching: candidate ``number`` (from 0) of fold ``fold`` scored: its ``loss``
+    (lower is better), the fold's ``best`` so far, and ``rate``, the candidates per second of
+    this fold's scoring so far."""
+
+    kind: ClassVar[str] = "candidate_scored"
+    fold: int
+    folds: int
+    number: int
+    candidates: int
+    loss: float
+    best: float
+    rate: float
+    policy: str
+
+
 SearchEvent: TypeAlias = (DatasetLoaded | SpaceAdapted | SearchStarted | TrialStale
                           | PruningOff | WaitingForReference | TrialStarted | EpochEnded
                           | TrialEnded | TrialRetried | TrialExploited | TimedOut | WorkerDied
                           | Interrupted | TrackingFailed | ReportFailed | FinalistsStarted
-                          | FinalistsProgress)
+                          | FinalistsProgress | DensityStarted | FoldTrained | CandidateScored)
 SearchListener: TypeAlias = Callable[[SearchEvent], None]
 """What ``policysearch.search(progress=...)`` takes: called with each event of the search."""
 
@@ -291,7 +341,8 @@ BenchmarkListener: TypeAlias = Callable[[BenchmarkEvent], None]
 SEARCH_EVENTS: tuple[type[Event], ...] = (
     DatasetLoaded, SpaceAdapted, SearchStarted, TrialStale, PruningOff, WaitingForReference,
     TrialStarted, EpochEnded, TrialEnded, TrialRetried, TrialExploited, TimedOut, WorkerDied,
-    Interrupted, TrackingFailed, ReportFailed, FinalistsStarted, FinalistsProgress)
+    Interrupted, TrackingFailed, ReportFailed, FinalistsStarted, FinalistsProgress,
+    DensityStarted, FoldTrained, CandidateScored)
 BENCHMARK_EVENTS: tuple[type[Event], ...] = (RunStarted, RunEpochEnded, RunEnded)
 
 

@@ -235,6 +235,27 @@ def _autocast(device: torch.device, amp: bool) -> torch.autocast:
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
+def head_outputs(model: torch.nn.Module, tasks: Sequence[Task], batch: dict[str, Any],
+                 device: torch.device, amp: bool = False) -> dict[str, tuple[Any, Any]]:
+    """Each task's head output (as float) and its targets, on ``device``, for one prepared
+    batch (``input_pipeline.PreparedBatches``): one encoder pass per view, each task's head
+    on the features of the view that feeds it. The training step's and the density scorer's
+    forward pass."""
+    features = {}
+    for view, images in batch["images"].items():
+        with _autocast(device, amp):
+            features[view] = model.features(
+                _layout(normalise(images.to(device, non_blocking=True))))
+    outputs = {}
+    for task in tasks:
+        view = batch["views"][task.name]
+        targets = task.to_device(batch["targets"][task.name], device)
+        with _autocast(device, amp):
+            output = model.head_forward(task.name, features[view])
+        outputs[task.name] = (_to_float(output), targets)
+    return outputs
+
+
 class Trainer:
     """One trial's training, an epoch at a time, with its whole state in a ``state_dict``.
 
@@ -386,6 +407,15 @@ class Trainer:
                                                   self.batch_order(self.epoch)))
         return mean_losses
 
+    def run(self, reporter: Reporter | None = None) -> TrialResult:
+        """Train every epoch left, each evaluated and reported to ``reporter``; the result."""
+        while not self.done:
+            self.train_epoch()
+            metrics = self.evaluate()
+            if reporter is not None:
+                reporter.report(self.epoch - 1, metrics)
+        return self.result()
+
     def batch_order(self, epoch: int) -> list[np.ndarray]:
         """The sample indices of each batch of ``epoch``, in order (from the order seed)."""
         order = np.random.default_rng(_epoch_seed(self.seeds.order, epoch, 1)).permutation(
@@ -400,20 +430,8 @@ class Trainer:
 
     def _step_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Each task's loss on one prepared batch (one encoder pass per view)."""
-        dev, amp = self.device, self.budget.amp
-        features = {}
-        for view, images in batch["images"].items():
-            with _autocast(dev, amp):
-                features[view] = self.model.features(
-                    _layout(normalise(images.to(dev, non_blocking=True))))
-        losses = {}
-        for task in self.tasks:
-            view = batch["views"][task.name]
-            targets = task.to_device(batch["targets"][task.name], dev)
-            with _autocast(dev, amp):
-                output = self.model.head_forward(task.name, features[view])
-            losses[task.name] = task.loss(_to_float(output), targets)
-        return losses
+        outputs = head_outputs(self.model, self.tasks, batch, self.device, self.budget.amp)
+        return {task.name: task.loss(*outputs[task.name]) for task in self.tasks}
 
     def evaluate(self) -> Metrics:
         """Metrics of every task on the evaluation split; after a trained epoch they are also
@@ -618,12 +636,7 @@ def run_trial(
     """
     with Trainer(policy, dataset, budget, seed=seed, device=device, threads=threads,
                  eval_split=eval_split) as trainer:
-        while not trainer.done:
-            trainer.train_epoch()
-            metrics = trainer.evaluate()
-            if reporter is not None:
-                reporter.report(trainer.epoch - 1, metrics)
-        return trainer.result()
+        return trainer.run(reporter)
 
 
 def train_policy(policy: Policy, dataset: MultiTaskDataset, budget: Budget, *,

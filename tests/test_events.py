@@ -16,7 +16,8 @@ def test_one_class_per_event_name_in_each_stream() -> None:
     assert [c.kind for c in ev.SEARCH_EVENTS] == [
         "dataset", "space_adapted", "start", "stale", "pruning_off", "waiting_reference",
         "trial_start", "epoch", "trial_end", "trial_retry", "exploit", "timeout", "worker_died",
-        "interrupted", "tracking_failed", "report_failed", "finalists", "finalists_progress"]
+        "interrupted", "tracking_failed", "report_failed", "finalists", "finalists_progress",
+        "density", "fold_trained", "candidate_scored"]
     assert [c.kind for c in ev.BENCHMARK_EVENTS] == ["run_start", "epoch", "run_end"]
     assert set(typing.get_args(ev.SearchEvent)) == set(ev.SEARCH_EVENTS)
     assert set(typing.get_args(ev.BenchmarkEvent)) == set(ev.BENCHMARK_EVENTS)

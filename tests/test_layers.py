@@ -12,7 +12,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "policysearch"
 ENGINES = ("policysearch.search.optuna_engine", "policysearch.search.ray_engine",
-           "policysearch.search.ray_pbt")
+           "policysearch.search.ray_pbt", "policysearch.search.density")
 
 
 def _module_name(path: Path) -> str:

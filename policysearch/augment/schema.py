@@ -189,7 +189,8 @@ def _read_per_task(raw: Any, structure: str, source: str, where: str
 
 
 def _read_view(raw: Any, structure: str, source: str, where: str) -> TaskView:
-    """A task's view: a list of slots or, in a ``randaugment`` policy, a RandAugment mapping."""
+    """A task's view: a list of slots; in a ``randaugment`` policy a RandAugment mapping, in a
+    ``subpolicies`` one a list of sub-policies."""
     if not raw:  # left empty, as ever: no view of its own
         return ()
     if isinstance(raw, Mapping):
@@ -200,6 +201,14 @@ def _read_view(raw: Any, structure: str, source: str, where: str) -> TaskView:
         return _read_randaugment(raw, source, where)
     if structure == "randaugment" and not isinstance(raw, list):
         raise UserError(f"must be {_RANDAUGMENT_VIEW}", source=source, field=where)
+    if isinstance(raw, list) and any(isinstance(item, list) for item in raw):
+        if structure != "subpolicies":
+            raise UserError("a task's own sub-policies [[{op, p, magnitude}, ...], ...] need "
+                            f"structure: subpolicies (this policy's is {structure}); here a "
+                            "task's view is a list of slots {op, p, magnitude}", source=source,
+                            field=where)
+        return SubPolicies(tuple(
+            _read_slots(sp, source, f"{where}[{i}]") for i, sp in enumerate(raw)))
     return _read_slots(raw, source, where)
 
 
@@ -360,14 +369,21 @@ def _check_slots(slots: Any, source: str, where: str) -> None:
 
 def _check_per_task(per_task: Any, tasks: Mapping[str, Any], structure: Any, source: str,
                     where: str) -> None:
-    """Views of known tasks: slots, or a ``RandAugmentSpec`` in a ``randaugment`` policy."""
+    """Views of known tasks: slots, a ``RandAugmentSpec`` in a ``randaugment`` policy, or
+    ``SubPolicies`` in a ``subpolicies`` one."""
     per_task = _mapping(per_task, source, where)
     for name, view in per_task.items():
         fld = f"{where}.{name}"
         if name not in tasks:
             raise UserError(f"{name!r} is not one of the policy's tasks ({', '.join(tasks)})",
                             source=source, field=fld)
-        if not isinstance(view, RandAugmentSpec):
+        if isinstance(view, SubPolicies):
+            if structure != "subpolicies":
+                raise UserError(f"a task's own SubPolicies need structure 'subpolicies', got "
+                                f"{structure!r}; here a task's view is a tuple of Slot",
+                                source=source, field=fld)
+            _check_shared(view, structure, source, fld)
+        elif not isinstance(view, RandAugmentSpec):
             _check_slots(view, source, fld)
         elif structure == "randaugment":
             _check_randaugment(view, source, fld)

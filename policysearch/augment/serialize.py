@@ -144,8 +144,11 @@ def _flow_shared(shared: Any, structure: str | None) -> Any:
 
 
 def _flow_part(part: Any) -> Any:
-    """The YAML value of a slot list or a RandAugment/TrivialAugment mapping (shared, or a
-    task's view) in flow style, one slot (or op list) per line."""
+    """The YAML value of a slot list, a list of sub-policies (a task's own) or a
+    RandAugment/TrivialAugment mapping (shared, or a task's view) in flow style, one slot (or
+    sub-policy, or op list) per line."""
     if isinstance(part, dict):
         return {k: _FlowList(v) if k == "ops" else v for k, v in part.items()}
+    if part and isinstance(part[0], list):  # a task's own sub-policies
+        return [_FlowList(_FlowMap(s) for s in sp) for sp in part]
     return [_FlowMap(s) for s in part]

@@ -22,7 +22,10 @@ structure          ``Policy.shared``                           YAML ``shared:``
 A task's own view (``per_task``: task -> view, applied after the shared part) is a plain sequence
 of slots, ``[{op, p, magnitude}, ...]``, in every structure. In a ``randaugment`` policy it may
 instead be a ``RandAugmentSpec`` of its own, YAML ``{n, magnitude, mstd, ops}`` as the shared
-one: the task's view is then base, the shared RandAugment, then the task's RandAugment.
+one: the task's view is then base, the shared RandAugment, then the task's RandAugment. In a
+``subpolicies`` policy it may be ``SubPolicies`` of its own, YAML ``[[{op, p, magnitude}, ...],
+...]``: one of them picked per sample, apart from the shared part's pick (what a density-matching
+search exports: the union of its best candidates' views).
 
 A policy may carry a **base**: a plain sequence of slots applied to every sample before the
 shared part (so before the per-task views branch off), in every phase of a schedule, e.g. the
@@ -144,9 +147,9 @@ STRUCTURE_OF: dict[type, str] = {
     RandAugmentSpec: "randaugment",
     TrivialAugmentSpec: "trivialaugment",
 }
-# A task's own view: slots in order (any structure) or, in a ``randaugment`` policy, its own
-# RandAugment.
-TaskView: TypeAlias = tuple[Slot, ...] | RandAugmentSpec
+# A task's own view: slots in order (any structure); in a ``randaugment`` policy its own
+# RandAugment, in a ``subpolicies`` policy sub-policies of its own.
+TaskView: TypeAlias = tuple[Slot, ...] | SubPolicies | RandAugmentSpec
 
 
 def view_ops(part: Shared) -> tuple[str, ...]:

@@ -18,10 +18,13 @@ from rich.progress import BarColumn, Progress, TextColumn
 
 from policysearch.events import (
     BenchmarkEvent,
+    CandidateScored,
     DatasetLoaded,
+    DensityStarted,
     EpochEnded,
     FinalistsProgress,
     FinalistsStarted,
+    FoldTrained,
     Interrupted,
     PruningOff,
     ReportFailed,
@@ -210,6 +213,22 @@ class ProgressPrinter:
                 say(finalists_line(event), highlight=False)
             case FinalistsProgress():
                 say(f"  {event.message}", highlight=False)
+            case DensityStarted():
+                stored = (f"; {event.stored} fold model(s) and {event.scored} candidate(s) "
+                          "stored" if event.stored or event.scored else "")
+                say(f"density matching: {event.folds} folds, each trained under "
+                    f"{event.reference} on {event.train} samples and scoring "
+                    f"{event.candidates} candidates on {event.heldout} held-out samples × "
+                    f"{event.copies} copies; loss weights: {event.weighting}{stored}",
+                    highlight=False)
+            case FoldTrained():
+                how = "stored" if event.reused else f"trained in {_fmt_time(event.seconds)}"
+                say(f"  fold {event.fold + 1}/{event.folds}: model {how}", highlight=False)
+            case CandidateScored():
+                say(f"  fold {event.fold + 1}/{event.folds} candidate {event.number + 1}/"
+                    f"{event.candidates}: loss {event.loss:.4f}  best {event.best:.4f}  "
+                    f"{event.rate:.2f} candidates/s  {event.policy}", highlight=False,
+                    markup=False)
             case TimedOut():
                 say(f"timeout reached: stopping with {event.finished} of {event.target} trials "
                     "finished; run the same command to continue", highlight=False)

@@ -353,15 +353,22 @@ def _page(study: StudyRecords, frame: pd.DataFrame, sections: list[tuple[str, st
     subtitle = [f"dataset {study.dataset}" if study.dataset else "",
                 f"objective {study.objective}", f"reference {study.reference_name}",
                 f"{running} trial(s) running" if running else "", f"written {stamp}"]
+    return html_page(study.name, subtitle, sections, plotly_js)
+
+
+def html_page(name: str, subtitle: list[str], sections: list[tuple[str, str, str]],
+              script: str = "") -> str:
+    """A self-contained report page: ``name`` in its title, the non-empty ``subtitle`` parts,
+    and one section per (anchor, title, HTML content), linked from the navigation bar."""
     nav = "".join(f'<a href="#{key}">{html.escape(title)}</a>' for key, title, _ in sections)
     body = "".join(f'<section id="{key}"><h2>{html.escape(title)}</h2>{content}</section>'
                    for key, title, content in sections)
     return (
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-        f"<title>policysearch report: {html.escape(study.name)}</title>"
+        f"<title>policysearch report: {html.escape(name)}</title>"
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"
-        f"<style>{_CSS}</style><script>{plotly_js}</script></head><body>"
-        f"<header><h1>policysearch report: {html.escape(study.name)}</h1>"
+        f"<style>{_CSS}</style><script>{script}</script></head><body>"
+        f"<header><h1>policysearch report: {html.escape(name)}</h1>"
         f"<p>{html.escape(' · '.join(s for s in subtitle if s))}</p></header>"
         f"<nav>{nav}</nav><main>{body}</main></body></html>\n"
     )

@@ -40,11 +40,16 @@ __all__ = ["ENGINES", "OBJECTIVES", "SCHEDULERS", "SearchOptions", "SearchOutcom
 
 @dataclass
 class SearchOutcome:
-    study: StudyRecords
+    """What a search produced: its study's records (None for ``--method density``, which has
+    no trials), the results table, the files written, the exported best policy, and for
+    ``--method density`` its cost (``search.density.DensitySearch.cost``)."""
+
+    study: StudyRecords | None
     table: pd.DataFrame
     out_dir: Path
     files: list[Path] = field(default_factory=list)
     export: ExportResult | None = None
+    cost: dict[str, Any] | None = None
 
 
 def load_study_records(out: Path | None, storage: str | None,
@@ -69,6 +74,7 @@ def check_options(options: SearchOptions) -> None:
     if options.method is not None and options.engine == "ray" and options.scheduler == "pbt":
         raise UserError("--scheduler pbt draws its population at random and explores by "
                         "perturbing it: it takes no --method", field="--method")
+    _check_density_options(options)
     if options.workers < 1:
         raise UserError("must be at least 1", field="--workers")
     if (options.engine == "optuna" and options.workers > 1 and options.storage
@@ -90,6 +96,31 @@ def check_options(options: SearchOptions) -> None:
                             field="--storage")
         options.ray_resources()
         options.check_ray_storage()
+
+
+_DENSITY_FLAGS = ("folds", "heldout", "copies", "keep")
+
+
+def _check_density_options(options: SearchOptions) -> None:
+    """The density flags only with ``--method density``, which runs in this process on its own
+    folder (no Ray, no workers, no finalists, no database, no tracker, no timeout)."""
+    if options.method != "density":
+        for name in _DENSITY_FLAGS:
+            if getattr(options, name) is not None:
+                raise UserError("is a setting of --method density", field=f"--{name}")
+        return
+    refused = {"--engine ray": options.engine != "optuna",
+               "--workers": options.workers > 1, "--finalists": options.finalists > 0,
+               "--storage": options.storage is not None, "--log-to": options.log_to is not None,
+               "--timeout": options.timeout is not None}
+    for flag, given in refused.items():
+        if given:
+            raise UserError(f"--method density trains its fold models and scores candidates "
+                            f"in this process, into --out: it takes no {flag.split()[0]}",
+                            field=flag.split()[0])
+    from policysearch.search.density import settings_of
+
+    settings_of(options).check()
 
 
 def _engine(options: SearchOptions) -> Engine:
@@ -195,6 +226,8 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
 
         tracked = TrackedProgress(make_tracker(options.log_to, out_dir, study_name), progress)
         progress = tracked
+    if options.method == "density":
+        return _search_density(options, space, study_name, out_dir, progress)
     try:
         run = load_run(options, space, study_name=study_name, out_dir=out_dir,
                        threads=options.trial_threads(), progress=progress)
@@ -210,6 +243,20 @@ def search(options: SearchOptions, progress: SearchListener | None = None) -> Se
         if tracked is not None:
             tracked.close()
     return _finish(run, records, checkpoint)
+
+
+def _search_density(options: SearchOptions, space: Any, study_name: str, out_dir: Path,
+                    progress: SearchListener | None) -> SearchOutcome:
+    """``--method density`` (``search.density``): no trials, no study records."""
+    from policysearch.search.density import check_space, search_density, settings_of
+
+    check_space(space)
+    run = load_run(options, space, study_name=study_name, out_dir=out_dir,
+                   threads=options.trial_threads(), progress=progress)
+    with _study_lock(options, out_dir):
+        found = search_density(run, settings_of(options))
+    return SearchOutcome(study=None, table=found.table, out_dir=out_dir, files=found.files,
+                         export=found.export, cost=found.cost)
 
 
 def _finish(run: SearchRun, records: StudyRecords, checkpoint: _Checkpoint) -> SearchOutcome:

@@ -22,8 +22,10 @@ if TYPE_CHECKING:
 
 OBJECTIVES = ("delta_m", "pareto")
 # How a search proposes trials (``--method``; None: the space's ``sampler``): ``tpe`` and
-# ``random`` set the space's sampler, so the choice is part of the study's definition.
-METHODS = ("tpe", "random")
+# ``random`` set the space's sampler, so the choice is part of the study's definition;
+# ``density`` trains fold models once and scores candidates without training under them
+# (``search.density``).
+METHODS = ("tpe", "random", "density")
 
 
 @dataclass
@@ -43,7 +45,12 @@ class SearchOptions(SpaceOverrides):
     timeout: float | None = None
     threads: int | None = None
     objective: str | None = None  # delta_m | pareto (part of the study's definition)
-    method: str | None = None  # tpe | random (METHODS); None: the space's sampler
+    method: str | None = None  # tpe | random | density (METHODS); None: the space's sampler
+    # --method density only (None: search.density.DensitySettings' defaults):
+    folds: int | None = None
+    heldout: float | None = None
+    copies: int | None = None
+    keep: int | None = None
     # --engine ray only:
     ray_address: str | None = None  # None: start a local Ray instance; "auto": join a cluster
     ray_storage: str | None = None  # experiment root (shared filesystem); default: --out
@@ -109,8 +116,9 @@ def resolve_space(options: SearchOptions) -> SearchSpace:
         if options.method not in METHODS:
             raise UserError(f"expected one of {', '.join(METHODS)}, got {options.method!r}",
                             field="--method")
-        sampler = space.sampler.model_copy(update={"name": options.method})
-        space = space.model_copy(update={"sampler": sampler})
+        if options.method != "density":
+            sampler = space.sampler.model_copy(update={"name": options.method})
+            space = space.model_copy(update={"sampler": sampler})
     if options.skip_bad_samples is not None:
         data_opts = space.dataset_options.model_copy(
             update={"skip_bad_samples": options.skip_bad_samples})
