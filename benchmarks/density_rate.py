@@ -1,7 +1,7 @@
 """How fast density matching scores candidates on this machine, and what a candidate costs in
 full trainings: the numbers that size ``--method density`` for a budget.
 
-For each of the protocol's development datasets (shapes, multidigits: the final spaces'
+For each of the protocol's datasets (shapes, multidigits, scenes: the final spaces'
 budgets and ops, loss weights equal, development data, no test split read), one fold network
 is trained under the reference on 60% of the training split and scores ``--candidates``
 TPE candidates on the other 40%, with 5 copies per sample (``policysearch search --method
@@ -29,7 +29,7 @@ from policysearch import api
 from policysearch.events import CandidateScored
 
 HERE = Path(__file__).resolve().parent
-DATASETS = ("shapes", "multidigits")
+DATASETS = ("shapes", "multidigits", "scenes")
 
 
 def _space(dataset: str, folder: Path, smoke: bool) -> Path:
