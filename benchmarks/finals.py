@@ -28,7 +28,6 @@ types, and contenders are compared paired by seed.
 from __future__ import annotations
 
 import argparse
-import datetime
 import hashlib
 import json
 import shutil
@@ -38,7 +37,9 @@ import tempfile
 from pathlib import Path
 
 import yaml
-from _machine import cpu_model  # benchmarks/_machine.py, beside this script
+from _ledger import enter_ledger, finish_ledger  # benchmarks/_ledger.py, beside this script
+from _ledger import git as _git
+from _machine import cpu_model
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -46,11 +47,6 @@ PROTOCOL = HERE / "protocol.yaml"
 LEDGER = HERE / "ledger.md"
 VERSIONS = HERE / "protocol_versions.yaml"
 STEP_TIMEOUT = 12 * 3600  # a whole step, across a chunk; a session ends long before
-
-
-def _git(*args: str) -> str:
-    return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=True,
-                          timeout=60).stdout.strip()
 
 
 def _refuse(message: str) -> None:
@@ -95,34 +91,6 @@ def _run(args: list[str]) -> None:
 
 def _ledger_key(version: int, dataset: str) -> str:
     return f"final run, protocol v{version}, `{dataset}`"
-
-
-def _ledger_rows(ledger: Path) -> list[str]:
-    return [line for line in ledger.read_text().splitlines() if line.startswith("| ")
-            and line.split("|")[1].strip().isdigit()]
-
-
-def _enter_ledger(ledger: Path, key: str, command: str, configuration: str,
-                  machine: str) -> None:
-    """Add the run's row (outcome "started") unless it is there already."""
-    if any(key in row for row in _ledger_rows(ledger)):
-        return
-    number = len(_ledger_rows(ledger)) + 1
-    commit = _git("rev-parse", "--short", "HEAD")
-    row = (f"| {number} | {datetime.date.today().isoformat()} | `{commit}` | `{command}` | "
-           f"{key}: {configuration} | {machine} | started; not finished |")
-    lines = ledger.read_text().splitlines()
-    last = max(i for i, line in enumerate(lines) if line in _ledger_rows(ledger))
-    lines.insert(last + 1, row)
-    ledger.write_text("\n".join(lines) + "\n")
-
-
-def _finish_ledger(ledger: Path, key: str, outcome: str) -> None:
-    lines = ledger.read_text().splitlines()
-    for i, line in enumerate(lines):
-        if key in line and line.rstrip().endswith("| started; not finished |"):
-            lines[i] = line.rstrip()[: -len("started; not finished |")] + outcome + " |"
-    ledger.write_text("\n".join(lines) + "\n")
 
 
 def _machine(work: Path) -> str:
@@ -304,7 +272,7 @@ def main() -> None:
     command = f"python benchmarks/finals.py --dataset {args.dataset}"
     key = _ledger_key(version, args.dataset)
     if not smoke:
-        _enter_ledger(LEDGER, key, command, configuration(
+        enter_ledger(LEDGER, key, command, configuration(
             entry, search_block, trials, finalists, finalist_seeds, contenders, seeds),
             f"{machine}, 2 CPU threads")
     _run(search_cmd)
@@ -318,7 +286,7 @@ def main() -> None:
         search_cmd=search_cmd, bench_cmd=bench_cmd, bench=bench,
         cap=float(protocol["targets"]["search_cost_full_trainings"]))
     if not smoke:
-        _finish_ledger(LEDGER, key, f"**Target {'met' if met else 'not met'}** "
+        finish_ledger(LEDGER, key, f"**Target {'met' if met else 'not met'}** "
                        f"(`{_short(out)}`)")
     print(f"wrote {_short(out)} and {out.with_suffix('.png').name}")
 

@@ -33,13 +33,13 @@ def test_a_final_run_enters_its_row_once_and_fills_in_its_outcome(tmp_path: Path
     before = _numbers(ledger.read_text())
     key = finals._ledger_key(999, "shapes")  # a version with no row in the real ledger
     for _ in range(2):  # a resumed run does not add a second row
-        finals._enter_ledger(ledger, key, "python benchmarks/finals.py --dataset shapes",
+        finals.enter_ledger(ledger, key, "python benchmarks/finals.py --dataset shapes",
                              "config", "cpu")
     text = ledger.read_text()
     assert _numbers(text) == [*before, len(before) + 1]
     row = next(line for line in text.splitlines() if key in line)
     assert row.endswith("| started; not finished |")
-    finals._finish_ledger(ledger, key, "**Target not met** (`x.md`)")
+    finals.finish_ledger(ledger, key, "**Target not met** (`x.md`)")
     row = next(line for line in ledger.read_text().splitlines() if key in line)
     assert row.endswith("| **Target not met** (`x.md`) |")
     assert "started" not in row
