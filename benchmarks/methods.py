@@ -29,6 +29,7 @@ row in benchmarks/ledger.md.
 from __future__ import annotations
 
 import argparse
+import datetime
 import hashlib
 import json
 import math
@@ -188,6 +189,7 @@ def run_search(protocol: dict, dataset: str, cell: Cell, work: Path, smoke: bool
     space = method_space(protocol, dataset, cell, work / "spaces", smoke)
     kwargs = search_arguments(protocol, dataset, cell, smoke)
     print(f"search {cell.name}: {json.dumps(kwargs, sort_keys=True)}", flush=True)
+    started = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
     start = time.monotonic()
     outcome = api.search(space, out=out, seed=cell.seed, **kwargs)
     wall = time.monotonic() - start
@@ -205,7 +207,9 @@ def run_search(protocol: dict, dataset: str, cell: Cell, work: Path, smoke: bool
             "policy": policy.to_dict(), "policy_key": policy_key(policy),
             "full_trainings": full, "trial_epochs": trial_epochs, "wall_seconds": wall,
             "cpu_hours": wall * threads / 3600, "threads": threads,
-            "density_cost": outcome.cost if cell.method == "density" else None}
+            "density_cost": outcome.cost if cell.method == "density" else None,
+            "started": started,
+            "finished": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")}
 
 
 # --- evaluation runs ------------------------------------------------------------------------------
@@ -411,11 +415,27 @@ def _check_machine(state: Path, digest: str) -> str:
     return model
 
 
+def _redone(path: Path, record: dict) -> None:
+    """A search run again (``--redo``) must export the very policy it exported before (a
+    search is deterministic on the CPU); its new timings replace the old, which are kept in
+    the record's ``earlier`` list."""
+    old = json.loads(path.read_text())
+    if old["policy_key"] != record["policy_key"]:
+        _refuse(f"{path.name}: run again, the search exported policy {record['policy_key']}, "
+                f"not {old['policy_key']} as before: it is not deterministic here")
+    record["earlier"] = [*old.pop("earlier", []), {k: old.get(k) for k in (
+        "wall_seconds", "cpu_hours", "full_trainings", "started", "finished")}]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="multidigits")
     parser.add_argument("--minutes", type=float, default=150.0,
                         help="stop starting new work after this many minutes (resume later)")
+    parser.add_argument("--redo", help="search these finished searches again (names such as "
+                        "tpe-large-s1, comma-separated), e.g. when other work shared the machine "
+                        "while they ran: the same policy is required, the new timings replace "
+                        "the old (kept under 'earlier')")
     parser.add_argument("--smoke-test", action="store_true",
                         help="tiny sizes, one search seed and 2 evaluation seeds in a temporary "
                              "folder; no ledger row")
@@ -450,14 +470,17 @@ def main() -> None:
     deadline = time.monotonic() + args.minutes * 60
 
     searches: dict[str, dict] = {}
+    redo = set(args.redo.split(",")) if args.redo else set()
     for cell in cells(protocol, smoke):
         path = state / "searches" / f"{cell.name}.json"
-        if path.exists():
+        if path.exists() and cell.name not in redo:
             searches[cell.name] = json.loads(path.read_text())
             continue
         if time.monotonic() > deadline:
             break
         record = run_search(protocol, args.dataset, cell, work, smoke)
+        if path.exists():
+            _redone(path, record)
         _write_json(path, record)
         searches[cell.name] = record
     missing = [c.name for c in cells(protocol, smoke) if c.name not in searches]
