@@ -148,6 +148,7 @@ def load_benchmark_script(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, folder / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # a dataclass in the script looks its module up there
     sys.path.insert(0, str(folder))
     try:
         spec.loader.exec_module(module)
