@@ -185,7 +185,7 @@ def main() -> None:
     command = f"python benchmarks/finals_gpu.py --dataset {args.dataset}"
     key = _ledger_key(version, args.dataset)
     if not smoke:
-        finals._enter_ledger(finals.LEDGER, key, command, finals.configuration(
+        finals.enter_ledger(finals.LEDGER, key, command, finals.configuration(
             entry, block, trials, finalists, finalist_seeds, contenders, seeds)
             + f"; {k} trainings sharing the GPU", machine)
 
@@ -212,7 +212,7 @@ def main() -> None:
         entry=entry, space=space, search_cmd=search_cmd, bench_cmd=bench_cmd, bench=bench,
         cap=float(protocol["targets"]["search_cost_full_trainings"]))
     if not smoke:
-        finals._finish_ledger(finals.LEDGER, key, f"**Target {'met' if met else 'not met'}** "
+        finals.finish_ledger(finals.LEDGER, key, f"**Target {'met' if met else 'not met'}** "
                               f"(`{short(out)}`)")
     print(f"wrote {short(out)} and {out.with_suffix('.png').name}")
 
