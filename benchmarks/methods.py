@@ -222,11 +222,13 @@ def contender_policies(protocol: dict, dataset: str, tasks: dict[str, str]) -> d
             for name in protocol["datasets"][dataset]["contenders"]}
 
 
-def train_run(policy: Any, seed: int, dataset: Any, budget: Any, threads: int) -> dict:
+def train_run(policy: Any, seed: int, dataset: Any, budget: Any, threads: int,
+              split: str = "test") -> dict:
+    """Train ``policy`` on the whole training split on the CPU and score ``split``."""
     from policysearch.training import train_policy
 
     result = train_policy(policy, dataset, budget, seed=seed, device="cpu", threads=threads,
-                          eval_split="test")
+                          eval_split=split)
     return {"metrics": result.metrics, "seconds": round(result.seconds, 3),
             "epochs": result.epochs}
 
