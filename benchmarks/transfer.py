@@ -406,12 +406,14 @@ def main() -> None:
     reference = yaml.safe_load((ROOT / protocol["dataset"]["space"]).read_text())["reference"]
     if reference not in recipes:
         _refuse(f"the space's reference {reference!r} is not among the recipes")
+    high = loaded["high"][0]
     if not smoke:
         enter_ledger(LEDGER, key, command, (
             f"`{protocol['dataset']['space']}` with generator seed "
             f"{protocol['dataset']['generator_seed']}; {', '.join(recipes)} and the found "
-            f"policies {', '.join(found)} at the proxy (the space's budget) and at "
-            f"{protocol['fidelities']['high']}, seeds {', '.join(map(str, seeds))}, test split; "
+            f"policies {', '.join(found)} at the proxy (the space's budget) and at the high "
+            f"fidelity (`{high.encoder}`, {high.image_size} px, {high.epochs} epochs, lr "
+            f"{high.lr:g}), seeds {', '.join(map(str, seeds))}, test split; "
             f"protocol sha256 {digest[:12]}"), f"{machine}, {threads} CPU threads")
     deadline = time.monotonic() + args.minutes * 60
     runs: dict[tuple[str, str, int], dict] = {}
@@ -445,7 +447,7 @@ def main() -> None:
     seconds = {f: sum(r["seconds"] for (g, _, _), r in runs.items() if g == f) * threads
                for f in FIDELITIES}
     found_from = {k: str(v) for k, v in protocol["policies"]["found"].items()}
-    proxy_budget, high = loaded["proxy"][0], loaded["high"][0]
+    proxy_budget = loaded["proxy"][0]
     title = (f"# Transfer from the proxy to a higher fidelity: `{name}` (transfer protocol "
              f"v{version})" + (" — smoke test: tiny sizes, not a result" if smoke else ""))
     header = [
