@@ -26,7 +26,7 @@ from tests.reliability_counts import lost_trials
 
 ROOT = Path(__file__).resolve().parents[1]
 SEARCH_TIMEOUT_S = 900  # a subprocess that searches (tiny trials, on a busy machine)
-TRIALS = 5
+TRIALS = 3  # a kill after the 2nd finished trial, then the resume must add the 3rd
 
 RANDAUGMENT = {
     **{k: v for k, v in TINY_SPACE.items() if k not in ("shared", "per_task", "weights")},
